@@ -1,0 +1,49 @@
+# The two set-up commands: `make demo` and `make test`. Each installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= out/digits
+
+.PHONY: demo test install system-deps crd manifests bench lint clean
+
+demo: install examples/digits/data/train.npz
+	$(VENV)/bin/slimserve compress examples/digits/compressedmodel.yaml --out $(OUT)
+
+test: install examples/digits/data/train.npz
+	$(PY) -m pytest -q
+
+install: $(STAMP) system-deps
+
+# torch is pinned to the CPU wheel the machines carry (any other version downloads gigabytes).
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Prometheus from Debian for the serving tests and `slimserve run` (root installs it, others are told).
+system-deps:
+	@command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "prometheus is missing: run 'sudo apt-get install -y prometheus'"; exit 1; fi; }
+
+# The example's model and data are made deterministically from scikit-learn's bundled digits.
+examples/digits/data/train.npz: examples/digits/train.py examples/digits/model.py $(STAMP)
+	$(PY) examples/digits/train.py
+
+crd: install
+	$(PY) -m slimserve.api.crd > manifests/crds/compressedmodels.yaml
+
+bench: install
+	$(PY) -m benchmarks.compression --json .bench/compression.json
+
+lint: install
+	$(VENV)/bin/ruff check slimserve tests benchmarks
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy slimserve
+
+clean:
+	rm -rf out .bench .pytest_cache

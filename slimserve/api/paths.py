@@ -1,0 +1,45 @@
+"""Resolving the spec's URIs to local files (relative paths resolve against the YAML's folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slimserve.api.resource import CompressedModel
+from slimserve.errors import InvalidInput
+
+
+def resolve_uri(uri: str, base: Path, field: str) -> Path:
+    """A local path for `uri`; remote schemes are for the cluster and fail here with the fix."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise InvalidInput(
+            f"{field} = {uri!r}: {scheme}:// is read inside the cluster; locally use a file path "
+            "(relative to the YAML file)"
+        )
+    path = Path(uri)
+    return path if path.is_absolute() else (base / path)
+
+
+def data_files(model: CompressedModel, base: Path) -> dict[str, Path]:
+    """The spec's data sets that are set, by role (train, calibration, evaluation)."""
+    data = model.spec.data
+    out = {}
+    for role in ("train", "calibration", "evaluation"):
+        uri = getattr(data, role)
+        if uri is not None:
+            out[role] = resolve_uri(uri, base, f"spec.data.{role}")
+    return out
+
+
+def check_files(model: CompressedModel, base: Path) -> None:
+    """Every file the spec names exists; one problem per missing file."""
+    problems = []
+    wanted = {"spec.source.uri": resolve_uri(model.spec.source.uri, base, "spec.source.uri")}
+    wanted.update({f"spec.data.{role}": p for role, p in data_files(model, base).items()})
+    for field, path in wanted.items():
+        if not path.is_file():
+            problems.append(f"{field} = {str(path)!r}: file not found; fix the path (relative to the YAML file)")
+    if problems:
+        raise InvalidInput(problems)

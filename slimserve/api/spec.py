@@ -1,0 +1,576 @@
+"""The CompressedModel spec: one contract for `slimserve compress/run FILE.yaml` and the cluster.
+
+Frozen pydantic v2 models with camelCase aliases. The CRD's openAPIV3Schema is generated from
+these models (see `slimserve.api.crd`), so the YAML a user `kubectl apply`s and the YAML the
+local runtime reads are validated by the same rules.
+
+Cross-field rules live in model validators *and* as CEL rules in each class's `cel`, which the
+CRD carries as `x-kubernetes-validations`; tests hold the two to the same verdicts.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Annotated, ClassVar, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP: Final = "slimserve.dev"
+API_VERSION: Final = "v1alpha1"
+KIND: Final = "CompressedModel"
+PLURAL: Final = "compressedmodels"
+
+# RE2-compatible (Kubernetes evaluates CRD patterns with Go's regexp): no ".." anywhere.
+NO_DOTDOT_PATTERN: Final = r"^([^.]|\.([^.]|$))*$"
+DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+FACTORY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+DURATION_PATTERN: Final = r"^[0-9]+(ms|s|m)$"
+
+
+class Model(BaseModel):
+    """Base for every spec object: frozen, camelCase in YAML, unknown fields rejected.
+
+    `cel` holds the CEL twins of a class's cross-field validators; the CRD generator attaches
+    them to the class's schema as `x-kubernetes-validations`.
+    """
+
+    cel: ClassVar[list[dict[str, str]]] = []
+
+    model_config = ConfigDict(
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+
+def _check_uri(value: str) -> str:
+    if not re.match(NO_DOTDOT_PATTERN, value):
+        raise ValueError(
+            f"'{value}' contains '..' and could escape the allowed root; "
+            "use a path inside the directory of the YAML file (or a pvc://, s3:// URI) without '..'"
+        )
+    return value
+
+
+Uri = Annotated[
+    str,
+    Field(min_length=1, max_length=1024, pattern=NO_DOTDOT_PATTERN),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# source and data
+# ---------------------------------------------------------------------------------------------
+
+
+class SourceFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    torch_export = "torch-export"
+    factory = "factory"
+
+
+TORCH_FORMATS: Final = frozenset({"torchscript", "torch-export", "factory"})
+
+
+class Source(Model):
+    """Where the trained model comes from.
+
+    `uri` is an ONNX file, a TorchScript file, a torch.export `.pt2` archive, or (format
+    `factory`) a state-dict file loaded into the `nn.Module` that `factory` builds.
+    Relative paths resolve against the directory of the YAML file.
+    """
+
+    uri: Uri = Field(description="Model file: a path relative to the YAML file, or pvc://, s3://.")
+    format: SourceFormat = Field(
+        default=SourceFormat.onnx,
+        description="onnx, torchscript, torch-export (.pt2) or factory (module:function + state dict).",
+    )
+    factory: str | None = Field(
+        default=None,
+        pattern=FACTORY_PATTERN,
+        description="'module:function' returning an nn.Module; needed when format is factory.",
+    )
+
+    _check = field_validator("uri")(classmethod(lambda cls, v: _check_uri(v)))
+
+
+class Data(Model):
+    """Data sets as `.npz` files: one array per model input (or `x`), plus `y` labels if any."""
+
+    train: Uri | None = Field(default=None, description="Training set for fine-tuning and distillation.")
+    calibration: Uri | None = Field(default=None, description="Calibration set for static quantization.")
+    evaluation: Uri = Field(description="Evaluation set every variant is measured on.")
+
+    _check = field_validator("train", "calibration", "evaluation")(
+        classmethod(lambda cls, v: v if v is None else _check_uri(v))
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# recipes: each step of a variant holds exactly one of these
+# ---------------------------------------------------------------------------------------------
+
+
+class QuantizeMode(str, Enum):
+    static = "static"
+    dynamic = "dynamic"
+    fp16 = "fp16"
+
+
+class Calibration(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QuantType(str, Enum):
+    uint8 = "uint8"
+    int8 = "int8"
+
+
+class QuantFormat(str, Enum):
+    qoperator = "QOperator"
+    qdq = "QDQ"
+
+
+class Quantize(Model):
+    """Post-training quantization of the ONNX graph with onnxruntime (or fp16 conversion).
+
+    Defaults are the fast ones on x86: static int8, QOperator, uint8 activations, int8
+    per-channel weights.
+    """
+
+    mode: QuantizeMode = QuantizeMode.static
+    calibration: Calibration = Calibration.minmax
+    percentile: float = Field(default=99.999, gt=90, le=100)
+    calibration_samples: int = Field(default=256, ge=1, le=100_000)
+    per_channel: bool = True
+    activation_type: QuantType = QuantType.uint8
+    weight_type: QuantType = QuantType.int8
+    format: QuantFormat = QuantFormat.qoperator
+    exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
+    exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float.")
+
+
+class PruneMethod(str, Enum):
+    structured = "structured"
+    unstructured = "unstructured"
+
+
+class Prune(Model):
+    """Structured channel pruning with torch-pruning (or unstructured magnitude pruning)."""
+
+    ratio: float = Field(gt=0, lt=1, description="Fraction of channels (or weights) to remove.")
+    method: PruneMethod = PruneMethod.structured
+    round_to: int | None = Field(default=None, ge=1, le=1024, description="Keep channel counts multiples of this.")
+    keep_layers: list[str] = Field(default_factory=list, description="Module names never pruned.")
+
+
+class LowRank(Model):
+    """SVD factorization of Linear and 1x1 Conv layers, by rank or by kept energy."""
+
+    rank: int | None = Field(default=None, ge=1, le=65_536)
+    energy: float | None = Field(default=None, gt=0, le=1, description="Fraction of squared singular values kept.")
+    layers: list[str] = Field(default_factory=list, description="Module names to factorize; empty means all that shrink.")
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {"rule": "has(self.rank) != has(self.energy)", "message": "set exactly one of 'rank' or 'energy'"}
+    ]
+
+    @model_validator(mode="after")
+    def _one_of_rank_energy(self) -> LowRank:
+        if (self.rank is None) == (self.energy is None):
+            raise ValueError("set exactly one of 'rank' (e.g. 16) or 'energy' (e.g. 0.9)")
+        return self
+
+
+class Student(Model):
+    width_multiplier: float | None = Field(default=None, gt=0, le=1)
+    factory: str | None = Field(default=None, pattern=FACTORY_PATTERN)
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "has(self.widthMultiplier) != has(self.factory)",
+            "message": "set exactly one of 'widthMultiplier' or 'factory'",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Student:
+        if (self.width_multiplier is None) == (self.factory is None):
+            raise ValueError("set exactly one of 'widthMultiplier' (e.g. 0.5) or 'factory' ('module:function')")
+        return self
+
+
+class Distill(Model):
+    """Train a student on the teacher's soft targets (and labels when present)."""
+
+    student: Student
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the soft-target loss.")
+    epochs: int = Field(default=10, ge=1, le=1000)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+
+
+class FineTune(Model):
+    """Train the current model on the train set (after pruning or factorization)."""
+
+    epochs: int = Field(default=3, ge=1, le=1000)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+
+
+RECIPES: Final = ("quantize", "prune", "lowRank", "distill", "fineTune")
+TORCH_RECIPES: Final = frozenset({"prune", "lowRank", "distill", "fineTune"})
+TRAINING_RECIPES: Final = frozenset({"distill", "fineTune"})
+
+
+class Step(Model):
+    """One step of a variant: exactly one recipe key."""
+
+    quantize: Quantize | None = None
+    prune: Prune | None = None
+    low_rank: LowRank | None = None
+    distill: Distill | None = None
+    fine_tune: FineTune | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_recipe(cls, data: object) -> object:
+        if isinstance(data, dict):
+            unknown = [k for k in data if k not in RECIPES and k not in ("low_rank", "fine_tune")]
+            if unknown:
+                import difflib
+
+                near = difflib.get_close_matches(str(unknown[0]), RECIPES, n=1)
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                raise ValueError(
+                    f"unknown recipe '{unknown[0]}'{hint}; a step holds one of: {', '.join(RECIPES)}"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Step:
+        if len(self.recipes_set()) != 1:
+            raise ValueError(f"a step holds exactly one recipe key, one of: {', '.join(RECIPES)}")
+        return self
+
+    def recipes_set(self) -> list[str]:
+        return [name for name in RECIPES if getattr(self, _attr(name)) is not None]
+
+    @property
+    def recipe(self) -> str:
+        """The recipe's name as written in YAML (`quantize`, `lowRank`, ...)."""
+        return self.recipes_set()[0]
+
+    @property
+    def params(self) -> Quantize | Prune | LowRank | Distill | FineTune:
+        value = getattr(self, _attr(self.recipe))
+        assert value is not None
+        return value  # type: ignore[no-any-return]
+
+
+def _attr(recipe: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), recipe)
+
+
+class Variant(Model):
+    """A named chain of recipe steps applied to the baseline, e.g. prune → fineTune → quantize."""
+
+    name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN)
+    steps: list[Step] = Field(min_length=1, max_length=16)
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "self.steps.all(s, !has(s.quantize) || s == self.steps[size(self.steps) - 1])",
+            "message": "quantize must be the last step of a variant",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _quantize_last(self) -> Variant:
+        recipes = [s.recipe for s in self.steps]
+        if "quantize" in recipes[:-1]:
+            raise ValueError(
+                f"variant '{self.name}': steps {recipes} put quantize before another step; "
+                "quantize works on the exported ONNX graph, so it must be the last step"
+            )
+        return self
+
+
+class Objective(str, Enum):
+    size = "size"
+    latency = "latency"
+    throughput = "throughput"
+
+
+class Search(Model):
+    """Accuracy-aware search: try recipes, fall back until the drop holds or the budget ends."""
+
+    max_accuracy_drop: float = Field(gt=0, le=100, description="Allowed drop in points (accuracy %).")
+    objective: Objective = Objective.size
+    max_trials: int = Field(default=8, ge=1, le=100)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Toleration(Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class JobPlacement(Model):
+    """Where the compression Job runs in a cluster (ignored locally)."""
+
+    gpus: int = Field(default=0, ge=0, le=16)
+    cpu: str = Field(default="2", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field(default="8Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+
+class Measure(Model):
+    """How each variant is measured offline (in-process onnxruntime)."""
+
+    latency_runs: int = Field(default=200, ge=10, le=100_000)
+    throughput_batch: int = Field(default=32, ge=1, le=4096)
+    threads: int = Field(default=0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = all cores.")
+
+
+class Compression(Model):
+    variants: list[Variant] = Field(default_factory=list, max_length=32)
+    search: Search | None = None
+    device: Device = Device.auto
+    seed: int = Field(default=0, ge=0)
+    measure: Measure = Field(default_factory=Measure)
+    job: JobPlacement = Field(default_factory=JobPlacement)
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "(has(self.variants) && size(self.variants) > 0) || has(self.search)",
+            "message": "list at least one variant under 'variants' or add a 'search'",
+        },
+        {
+            "rule": "!has(self.variants) || self.variants.all(v, self.variants.exists_one(w, w.name == v.name))",
+            "message": "variant names must be unique",
+        },
+        {
+            "rule": "!has(self.variants) || self.variants.all(v, v.name != 'baseline')",
+            "message": "'baseline' is reserved for the uncompressed model",
+        },
+    ]
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> Compression:
+        if not self.variants and self.search is None:
+            raise ValueError("list at least one variant under 'variants' or add a 'search'")
+        names = [v.name for v in self.variants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"variant names must be unique; '{dupes[0]}' appears more than once")
+        if "baseline" in names:
+            raise ValueError("'baseline' is reserved for the uncompressed model; rename that variant")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# serving, rollout, gates
+# ---------------------------------------------------------------------------------------------
+
+
+class Backend(str, Enum):
+    auto = "auto"
+    onnxruntime = "onnxruntime"
+    python = "python"
+
+
+class InstanceKind(str, Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class DynamicBatching(Model):
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [4, 8])
+    max_queue_delay_microseconds: int = Field(default=500, ge=0, le=10_000_000)
+
+
+class Autoscaling(Model):
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    max_replicas: int = Field(default=4, ge=1, le=1000)
+    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+    keda_query: str | None = Field(default=None, description="PromQL for a KEDA ScaledObject instead of the HPA.")
+    keda_threshold: float | None = Field(default=None, gt=0)
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.maxReplicas) || !has(self.minReplicas) || self.maxReplicas >= self.minReplicas",
+            "message": "maxReplicas must be at least minReplicas",
+        },
+        {"rule": "has(self.kedaQuery) == has(self.kedaThreshold)", "message": "set both kedaQuery and kedaThreshold, or neither"},
+    ]
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas}); raise maxReplicas"
+            )
+        if (self.keda_query is None) != (self.keda_threshold is None):
+            raise ValueError("set both 'kedaQuery' and 'kedaThreshold' to scale with KEDA, or neither")
+        return self
+
+
+class ModelRepository(Model):
+    """Where the Triton model repository lives in a cluster: a PVC (default) or an s3:// URI."""
+
+    pvc: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN)
+    uri: str | None = Field(default=None, pattern=r"^s3://[^ ]+$")
+    size: str = Field(default="5Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
+
+
+class Serving(Model):
+    backend: Backend = Backend.auto
+    max_batch_size: int = Field(default=32, ge=0, le=4096)
+    dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
+    instances: int = Field(default=1, ge=1, le=64)
+    instance_kind: InstanceKind = InstanceKind.cpu
+    gpus: int = Field(default=0, ge=0, le=16)
+    cpu: str = Field(default="1", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
+    memory: str = Field(default="2Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    autoscaling: Autoscaling = Field(default_factory=Autoscaling)
+    model_repository: ModelRepository = Field(default_factory=ModelRepository)
+
+
+class TrafficSplit(str, Enum):
+    gateway = "gateway"
+    replicas = "replicas"
+
+
+class Rollout(Model):
+    candidate: str = Field(
+        default="auto",
+        description="Variant to roll out, or 'auto' for the best variant that meets the accuracy gate.",
+    )
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [10, 50, 100], min_length=1, max_length=20,
+        description="Canary weights in percent, increasing, ending at 100.",
+    )
+    step_duration: str = Field(default="15s", pattern=DURATION_PATTERN)
+    users: int = Field(default=8, ge=1, le=10_000)
+    spawn_rate: int = Field(default=8, ge=1, le=10_000)
+    failure_budget: int = Field(default=0, ge=0, le=20, description="Failed steps tolerated before rollback.")
+    traffic_split: TrafficSplit = TrafficSplit.gateway
+    gateway: str | None = Field(default=None, description="Gateway API parent (name) for the HTTPRoute.")
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            # Standard CEL has no list index comprehension: walk a literal list of indices.
+            "rule": "!has(self.steps) || (self.steps[size(self.steps) - 1] == 100 && "
+            f"{list(range(19))}.all(i, i + 1 >= size(self.steps) || self.steps[i] < self.steps[i + 1]))",
+            "message": "canary steps must increase and end at 100",
+        }
+    ]
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing(cls, steps: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] != 100:
+            raise ValueError(f"{steps} must increase and end at 100, e.g. [10, 50, 100]")
+        return steps
+
+
+class Gates(Model):
+    """What the candidate must show against the baseline measured in the same run."""
+
+    max_accuracy_drop: float = Field(default=1.0, ge=0, le=100, description="Points, judged on the 95% CI.")
+    max_p99_ms: float | None = Field(default=None, gt=0, description="Absolute p99 budget in milliseconds.")
+    p99_tolerance: float | None = Field(default=0.1, ge=0, le=10, description="Candidate p99 <= baseline x (1 + this).")
+    min_throughput_rps: float | None = Field(default=None, gt=0)
+    min_throughput_ratio: float | None = Field(default=0.9, gt=0, le=100, description="Candidate rps >= baseline x this.")
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    min_samples: int = Field(default=100, ge=1, le=10_000_000, description="Fewer requests is Inconclusive.")
+
+
+class CompressedModelSpec(Model):
+    source: Source
+    data: Data
+    compression: Compression
+    serving: Serving = Field(default_factory=Serving)
+    rollout: Rollout = Field(default_factory=Rollout)
+    gates: Gates = Field(default_factory=Gates)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> CompressedModelSpec:
+        # Each check here has a CEL twin in CROSS_FIELD_RULES.
+        if self.source.format == "factory" and self.source.factory is None:
+            raise ValueError(
+                "source.factory is missing: format 'factory' needs 'module:function' that returns the nn.Module"
+            )
+        for i, variant in enumerate(self.compression.variants):
+            for j, step in enumerate(variant.steps):
+                where = f"compression.variants[{i}].steps[{j}].{step.recipe}"
+                if step.recipe in TORCH_RECIPES and self.source.format not in TORCH_FORMATS:
+                    raise ValueError(
+                        f"{where} needs a PyTorch model but source.format is '{self.source.format}'; "
+                        "give a torchscript, torch-export or factory source"
+                    )
+                if step.recipe in TRAINING_RECIPES and self.data.train is None:
+                    raise ValueError(f"{where} trains the model but data.train is missing; add a .npz train set")
+                if (
+                    step.quantize is not None
+                    and step.quantize.mode == "static"
+                    and self.data.calibration is None
+                ):
+                    raise ValueError(
+                        f"{where} is static quantization but data.calibration is missing; "
+                        "add a .npz calibration set or use mode: dynamic"
+                    )
+        names = {v.name for v in self.compression.variants}
+        if self.rollout.candidate != "auto" and self.rollout.candidate not in names:
+            raise ValueError(
+                f"rollout.candidate '{self.rollout.candidate}' is not a variant; use 'auto' or one of {sorted(names)}"
+            )
+        return self
+
+
+# CEL twins of `_check_consistency`, carried by the CRD as x-kubernetes-validations on `spec`.
+CompressedModelSpec.cel = [
+    {
+        "rule": "self.source.format != 'factory' || has(self.source.factory)",
+        "message": "source.factory is missing: format 'factory' needs 'module:function'",
+    },
+    {
+        "rule": "!has(self.compression.variants) || self.source.format != 'onnx' || "
+        "self.compression.variants.all(v, v.steps.all(s, !has(s.prune) && !has(s.lowRank) "
+        "&& !has(s.distill) && !has(s.fineTune)))",
+        "message": "prune, lowRank, distill and fineTune need a PyTorch source (torchscript, torch-export or factory)",
+    },
+    {
+        "rule": "has(self.data.train) || !has(self.compression.variants) || "
+        "self.compression.variants.all(v, v.steps.all(s, !has(s.distill) && !has(s.fineTune)))",
+        "message": "distill and fineTune train the model: add data.train",
+    },
+    {
+        "rule": "has(self.data.calibration) || !has(self.compression.variants) || "
+        "self.compression.variants.all(v, v.steps.all(s, !has(s.quantize) || "
+        "(has(s.quantize.mode) && s.quantize.mode != 'static')))",
+        "message": "static quantization needs data.calibration (or use mode: dynamic)",
+    },
+    {
+        "rule": "!has(self.rollout) || !has(self.rollout.candidate) || self.rollout.candidate == 'auto' || "
+        "(has(self.compression.variants) && self.compression.variants.exists(v, v.name == self.rollout.candidate))",
+        "message": "rollout.candidate must be 'auto' or the name of a variant",
+    },
+]

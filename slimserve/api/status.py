@@ -1,0 +1,89 @@
+"""CompressedModel status: the phase machine, meta/v1 conditions and the evidence summary."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Phase(str, Enum):
+    pending = "Pending"
+    compressing = "Compressing"
+    packaging = "Packaging"
+    deploying = "Deploying"
+    evaluating = "Evaluating"
+    progressing = "Progressing"
+    promoted = "Promoted"
+    rolled_back = "RolledBack"
+    failed = "Failed"
+
+
+TERMINAL_PHASES: Final = frozenset({Phase.promoted, Phase.rolled_back, Phase.failed})
+CONDITION_TYPES: Final = ("Compressed", "Deployed", "Evaluated", "Promoted", "Ready")
+
+
+class StatusModel(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True, alias_generator=to_camel, extra="ignore")
+
+
+class Condition(StatusModel):
+    """The meta/v1 Condition shape."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: str
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(
+    conditions: list[dict[str, object]],
+    type: str,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str = "",
+    observed_generation: int | None = None,
+    now: str | None = None,
+) -> list[dict[str, object]]:
+    """Return `conditions` with `type` set; lastTransitionTime moves only when status changes."""
+    previous = next((c for c in conditions if c.get("type") == type), None)
+    changed = previous is None or previous.get("status") != status
+    condition: dict[str, object] = {
+        "type": type,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": (now or now_rfc3339()) if changed else previous["lastTransitionTime"],  # type: ignore[index]
+    }
+    if observed_generation is not None:
+        condition["observedGeneration"] = observed_generation
+    Condition.model_validate(condition)
+    return [c for c in conditions if c.get("type") != type] + [condition]
+
+
+class CompressedModelStatus(StatusModel):
+    """What the operator (or the local runtime) observed; every field is declared in the CRD."""
+
+    phase: Phase = Phase.pending
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    message: str | None = None
+    stable_variant: str | None = None
+    candidate_variant: str | None = None
+    size_ratio: float | None = Field(default=None, description="Baseline size / candidate size.")
+    accuracy_drop: float | None = Field(default=None, description="Points versus the baseline.")
+    p99_ms: float | None = None
+    throughput_rps: float | None = None
+    canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")
+    canary_step: int | None = None
+    decision: Literal["Promoted", "RolledBack", "Inconclusive"] | None = None
+    report_config_map: str | None = None

@@ -1,0 +1,1 @@
+"""The `slimserve` command line."""

@@ -1,0 +1,95 @@
+"""`slimserve` entry point: one typer app; each command lives in its own module.
+
+Exit codes (slimserve.errors): 0 success/promoted, 1 internal failure, 2 invalid input,
+3 rolled back, 4 inconclusive. Invalid input prints a message naming field, value and fix,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from slimserve import __version__
+from slimserve.errors import EXIT_INTERNAL, EXIT_INVALID, InvalidInput
+
+app = typer.Typer(
+    name="slimserve",
+    help=(
+        "Compress a trained model into smaller, faster variants, serve them behind Triton, "
+        "and promote one only when a gate has seen it be as good as the baseline.\n\n"
+        "Start with: slimserve compress examples/digits/compressedmodel.yaml --out out/digits"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Map InvalidInput to exit 2 with a clean message, anything unexpected to exit 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except InvalidInput as exc:
+            err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INVALID) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: nothing was promoted; partial output was removed")
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for a CLI
+            logging.getLogger("slimserve").debug("internal failure", exc_info=True)
+            err_console.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                "run again with --verbose for the traceback, and report it if it persists",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"slimserve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages and tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _register() -> None:
+    # Each command module adds itself to `app`; heavy imports stay inside the command bodies.
+    from slimserve.cli import commands  # noqa: F401
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""`slimserve validate FILE.yaml`: check a CompressedModel without running anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from slimserve.api import load_compressed_model
+from slimserve.cli.main import app, handle_errors
+
+
+@app.command()
+@handle_errors
+def validate(
+    file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),
+) -> None:
+    """Validate a CompressedModel file: fields, values, and that the files it names exist."""
+    from slimserve.api.paths import check_files
+
+    model = load_compressed_model(file)
+    check_files(model, file.parent)
+    variants = ", ".join(v.name for v in model.spec.compression.variants) or "(search only)"
+    Console().print(f"[green]valid[/]: {model.metadata.name} with variants {variants}")
