@@ -9,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slimserve.api.spec import API_GROUP, API_VERSION, DNS_LABEL_PATTERN, KIND, CompressedModelSpec
+from slimserve.api.spec import API_GROUP, API_VERSION, DNS_LABEL_PATTERN, KIND, PATTERN_HINTS, CompressedModelSpec
 from slimserve.api.status import CompressedModelStatus
 from slimserve.errors import InvalidInput
 
@@ -90,7 +90,8 @@ def _fix(err: dict[str, Any], root: type[BaseModel]) -> str:
     if kind == "enum" or kind == "literal_error":
         return f"use one of: {ctx.get('expected', '')}"
     if kind == "string_pattern_mismatch":
-        return f"does not match {ctx.get('pattern')}; see the field's description in `kubectl explain`"
+        pattern = str(ctx.get("pattern"))
+        return PATTERN_HINTS.get(pattern, f"does not match {pattern}; see `kubectl explain compressedmodel.spec`")
     if kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     return err["msg"] + "; fix the type or value"
@@ -104,7 +105,9 @@ def format_validation_error(exc: ValidationError, root: type[BaseModel] = None) 
         loc = _loc(err["loc"])
         value = err.get("input")
         shown = "" if err["type"] == "missing" or isinstance(value, dict) else f" = {value!r}"
-        lines.append(f"{loc or '(top level)'}{shown}: {_fix(err, root)}")
+        fix = _fix(err, root)
+        # Cross-field validators name their own fields; don't repeat the parent's path.
+        lines.append(fix if fix.startswith(f"{loc}.") else f"{loc or '(top level)'}{shown}: {fix}")
     return lines
 
 

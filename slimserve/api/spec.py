@@ -27,6 +27,19 @@ NO_DOTDOT_PATTERN: Final = r"^([^.]|\.([^.]|$))*$"
 DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 FACTORY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_PATTERN: Final = r"^[0-9]+(ms|s|m)$"
+CPU_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?m?$"
+MEMORY_PATTERN: Final = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"
+
+# What each pattern means, for error messages that say how to fix the value.
+PATTERN_HINTS: Final = {
+    NO_DOTDOT_PATTERN: "contains '..' and could escape the allowed root; use a path inside the YAML file's "
+    "folder (or a pvc://, s3:// URI) without '..'",
+    DNS_LABEL_PATTERN: "use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. int8-static)",
+    FACTORY_PATTERN: "use 'module:function', e.g. model:build",
+    DURATION_PATTERN: "use a duration such as 500ms, 15s or 2m",
+    CPU_PATTERN: "use a Kubernetes CPU quantity such as 2 or 500m",
+    MEMORY_PATTERN: "use a Kubernetes memory quantity such as 512Mi or 8Gi",
+}
 
 
 class Model(BaseModel):
@@ -45,15 +58,6 @@ class Model(BaseModel):
         extra="forbid",
         use_enum_values=True,
     )
-
-
-def _check_uri(value: str) -> str:
-    if not re.match(NO_DOTDOT_PATTERN, value):
-        raise ValueError(
-            f"'{value}' contains '..' and could escape the allowed root; "
-            "use a path inside the directory of the YAML file (or a pvc://, s3:// URI) without '..'"
-        )
-    return value
 
 
 Uri = Annotated[
@@ -96,7 +100,6 @@ class Source(Model):
         description="'module:function' returning an nn.Module; needed when format is factory.",
     )
 
-    _check = field_validator("uri")(classmethod(lambda cls, v: _check_uri(v)))
 
 
 class Data(Model):
@@ -105,10 +108,6 @@ class Data(Model):
     train: Uri | None = Field(default=None, description="Training set for fine-tuning and distillation.")
     calibration: Uri | None = Field(default=None, description="Calibration set for static quantization.")
     evaluation: Uri = Field(description="Evaluation set every variant is measured on.")
-
-    _check = field_validator("train", "calibration", "evaluation")(
-        classmethod(lambda cls, v: v if v is None else _check_uri(v))
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +287,7 @@ class Variant(Model):
 
     cel: ClassVar[list[dict[str, str]]] = [
         {
-            "rule": "self.steps.all(s, !has(s.quantize) || s == self.steps[size(self.steps) - 1])",
+            "rule": f"{list(range(15))}.all(i, i + 1 >= size(self.steps) || !has(self.steps[i].quantize))",
             "message": "quantize must be the last step of a variant",
         }
     ]
@@ -335,8 +334,8 @@ class JobPlacement(Model):
     """Where the compression Job runs in a cluster (ignored locally)."""
 
     gpus: int = Field(default=0, ge=0, le=16)
-    cpu: str = Field(default="2", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
-    memory: str = Field(default="8Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    cpu: str = Field(default="2", pattern=CPU_PATTERN)
+    memory: str = Field(default="8Gi", pattern=MEMORY_PATTERN)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
 
@@ -447,8 +446,8 @@ class Serving(Model):
     instances: int = Field(default=1, ge=1, le=64)
     instance_kind: InstanceKind = InstanceKind.cpu
     gpus: int = Field(default=0, ge=0, le=16)
-    cpu: str = Field(default="1", pattern=r"^[0-9]+(\.[0-9]+)?m?$")
-    memory: str = Field(default="2Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$")
+    cpu: str = Field(default="1", pattern=CPU_PATTERN)
+    memory: str = Field(default="2Gi", pattern=MEMORY_PATTERN)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     model_repository: ModelRepository = Field(default_factory=ModelRepository)
 
@@ -516,11 +515,11 @@ class CompressedModelSpec(Model):
         # Each check here has a CEL twin in CROSS_FIELD_RULES.
         if self.source.format == "factory" and self.source.factory is None:
             raise ValueError(
-                "source.factory is missing: format 'factory' needs 'module:function' that returns the nn.Module"
+                "spec.source.factory is missing: format 'factory' needs 'module:function' that returns the nn.Module"
             )
         for i, variant in enumerate(self.compression.variants):
             for j, step in enumerate(variant.steps):
-                where = f"compression.variants[{i}].steps[{j}].{step.recipe}"
+                where = f"spec.compression.variants[{i}].steps[{j}].{step.recipe}"
                 if step.recipe in TORCH_RECIPES and self.source.format not in TORCH_FORMATS:
                     raise ValueError(
                         f"{where} needs a PyTorch model but source.format is '{self.source.format}'; "
@@ -540,7 +539,7 @@ class CompressedModelSpec(Model):
         names = {v.name for v in self.compression.variants}
         if self.rollout.candidate != "auto" and self.rollout.candidate not in names:
             raise ValueError(
-                f"rollout.candidate '{self.rollout.candidate}' is not a variant; use 'auto' or one of {sorted(names)}"
+                f"spec.rollout.candidate '{self.rollout.candidate}' is not a variant; use 'auto' or one of {sorted(names)}"
             )
         return self
 
