@@ -1,0 +1,1 @@
+"""Serving variants behind Triton: the model repository builder and the local launcher."""

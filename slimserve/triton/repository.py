@@ -1,0 +1,253 @@
+"""Triton model repositories built from a compression report: one model per variant.
+
+The same builder serves two worlds. In a cluster the official Triton image serves each variant with
+its native `onnxruntime` backend (optionally with the TensorRT accelerator on GPU). On one machine
+the `nvidia-pytriton` wheel's Triton has only the Python backend, so each variant becomes a
+Python-backend model whose `model.py` runs the very same ONNX file with onnxruntime. Only
+`config.pbtxt`'s backend section differs, so what the gate measured locally is what ships.
+
+`build_config` is pure (typed inputs to text); `read_signature` and `build_repository` do the I/O.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from slimserve.api.report import CompressionReport, VariantRecord
+from slimserve.api.spec import Serving
+from slimserve.errors import InvalidInput
+
+RepositoryBackend = Literal["onnxruntime", "python"]
+BACKENDS: Final = ("onnxruntime", "python")
+MODEL_FILE: Final = "model.onnx"
+VERSION: Final = "1"
+PYTHON_MODEL_SOURCE: Final = Path(__file__).with_name("python_model.py")
+
+# onnx.TensorProto element types → Triton data types.
+ONNX_TO_TRITON: Final[dict[int, str]] = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    4: "TYPE_UINT16",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    8: "TYPE_STRING",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    12: "TYPE_UINT32",
+    13: "TYPE_UINT64",
+    16: "TYPE_BF16",
+}
+# Ops TensorRT's ONNX parser cannot take (QOperator int8 graphs): such variants skip the accelerator.
+NOT_TENSORRT_OPS: Final = frozenset(
+    {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as ONNX declares it; `None` in `shape` is a dynamic dimension."""
+
+    name: str
+    data_type: str
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    op_types: frozenset[str] = field(default_factory=frozenset)
+
+
+def read_signature(path: Path) -> Signature:
+    """Inputs, outputs and op types of an ONNX file, without loading its weights.
+
+    A file that is not a readable ONNX graph raises `InvalidInput` naming the file.
+    """
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - protobuf raises many types for a corrupted file
+        raise InvalidInput(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc}); re-export or re-run compression"
+        ) from None
+    initializers = {t.name for t in graph.initializer}
+
+    def spec(value: object, where: str) -> TensorSpec:
+        tensor_type = value.type.tensor_type  # type: ignore[attr-defined]
+        name = value.name  # type: ignore[attr-defined]
+        if tensor_type.elem_type not in ONNX_TO_TRITON:
+            raise InvalidInput(
+                f"{path}: {where} '{name}' has ONNX element type {tensor_type.elem_type}, which Triton cannot "
+                "serve; cast it to a float or integer type before export"
+            )
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim
+        )
+        return TensorSpec(name, ONNX_TO_TRITON[tensor_type.elem_type], dims)
+
+    inputs = tuple(spec(v, "input") for v in graph.input if v.name not in initializers)
+    outputs = tuple(spec(v, "output") for v in graph.output)
+    if not inputs or not outputs:
+        raise InvalidInput(f"{path}: the graph has no inputs or no outputs; re-export the model")
+    return Signature(inputs, outputs, frozenset(n.op_type for n in graph.node))
+
+
+def _dims(tensor: TensorSpec, batching: bool, model: str) -> list[int]:
+    shape = list(tensor.shape)
+    if batching:
+        if not shape or shape[0] is not None:
+            raise InvalidInput(
+                f"model '{model}' {tensor.name} has shape {[d if d else -1 for d in shape]} without a dynamic "
+                "batch dimension: export with a dynamic dim 0, or set spec.serving.maxBatchSize: 0"
+            )
+        shape = shape[1:]
+    return [-1 if d is None else d for d in shape]
+
+
+def _tensor_block(tensor: TensorSpec, dims: list[int]) -> str:
+    lines = [f'    name: "{tensor.name}"', f"    data_type: {tensor.data_type}"]
+    if dims:
+        lines.append(f"    dims: [ {', '.join(str(d) for d in dims)} ]")
+    else:  # a per-sample scalar: Triton wants dims [1] reshaped to a scalar
+        lines += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
+    return "  {\n" + "\n".join(lines) + "\n  }"
+
+
+def build_config(
+    name: str,
+    signature: Signature,
+    serving: Serving,
+    backend: RepositoryBackend,
+    *,
+    tensorrt: bool = False,
+    intra_op_threads: int = 1,
+) -> str:
+    """`config.pbtxt` text for one variant.
+
+    `tensorrt` adds the TensorRT execution accelerator (onnxruntime backend on GPU) unless the graph
+    holds QOperator int8 ops TensorRT cannot parse. `intra_op_threads` stays small by default: on a
+    shared CPU, one spinning onnxruntime pool per instance steals the cores the others need.
+    """
+    if backend not in BACKENDS:
+        raise InvalidInput(f"backend = {backend!r}: use one of {', '.join(BACKENDS)}")
+    batching = serving.max_batch_size > 0
+    out = [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {serving.max_batch_size}"]
+    out.append("input [\n" + ",\n".join(_tensor_block(t, _dims(t, batching, name)) for t in signature.inputs) + "\n]")
+    out.append(
+        "output [\n" + ",\n".join(_tensor_block(t, _dims(t, batching, name)) for t in signature.outputs) + "\n]"
+    )
+    if batching:
+        batch = serving.dynamic_batching
+        sizes = sorted({s for s in batch.preferred_batch_sizes if s <= serving.max_batch_size})
+        lines = []
+        if sizes:
+            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, sizes))} ]")
+        lines.append(f"  max_queue_delay_microseconds: {batch.max_queue_delay_microseconds}")
+        out.append("dynamic_batching {\n" + "\n".join(lines) + "\n}")
+    kind = "KIND_GPU" if serving.instance_kind == "gpu" else "KIND_CPU"
+    out.append(f"instance_group [\n  {{\n    count: {serving.instances}\n    kind: {kind}\n  }}\n]")
+    out.append("version_policy: { latest: { num_versions: 1 } }")
+    key = "intra_op_threads" if backend == "python" else "intra_op_thread_count"
+    params = {key: str(intra_op_threads)}
+    if backend == "onnxruntime":
+        params["inter_op_thread_count"] = "1"
+    out.append(
+        "\n".join(
+            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(params.items())
+        )
+    )
+    if backend == "onnxruntime" and tensorrt and serving.instance_kind == "gpu" and not (
+        signature.op_types & NOT_TENSORRT_OPS
+    ):
+        out.append(
+            "optimization { execution_accelerators {\n"
+            '  gpu_execution_accelerator: [ { name: "tensorrt"\n'
+            '    parameters { key: "precision_mode" value: "FP16" }\n'
+            '    parameters { key: "max_workspace_size_bytes" value: "1073741824" } } ]\n'
+            "} }"
+        )
+    warm = _warmup(signature, batching)
+    if warm:
+        out.append(warm)
+    return "\n".join(out) + "\n"
+
+
+def _warmup(signature: Signature, batching: bool) -> str:
+    """One zero-filled request of batch 1, so the first user request does not pay session start-up."""
+    if any(t.data_type == "TYPE_STRING" for t in signature.inputs):
+        return ""
+    inputs = []
+    for t in signature.inputs:
+        shape = list(t.shape[1:] if batching else t.shape) or [1]
+        dims = ", ".join(str(d or 1) for d in shape)
+        inputs.append(
+            f'    inputs {{ key: "{t.name}" value: {{ data_type: {t.data_type} dims: [ {dims} ] zero_data: true }} }}'
+        )
+    batch = "    batch_size: 1\n" if batching else ""
+    return 'model_warmup [\n  {\n    name: "zeros"\n' + batch + "\n".join(inputs) + "\n  }\n]"
+
+
+def select_variants(report: CompressionReport, names: list[str] | None) -> list[VariantRecord]:
+    """The baseline plus the named variants (all of them when `names` is empty)."""
+    records = {report.baseline.name: report.baseline} | {v.name: v for v in report.variants}
+    if not names:
+        return list(records.values())
+    unknown = [n for n in names if n not in records]
+    if unknown:
+        raise InvalidInput(
+            f"--variants {','.join(names)}: '{unknown[0]}' is not in the report; choose from {', '.join(records)}"
+        )
+    return [records[report.baseline.name]] + [records[n] for n in names if n != report.baseline.name]
+
+
+def build_repository(
+    report: CompressionReport,
+    report_dir: Path,
+    repo_dir: Path,
+    backend: RepositoryBackend,
+    variants: list[str] | None = None,
+    serving: Serving | None = None,
+    *,
+    tensorrt: bool = False,
+    intra_op_threads: int = 1,
+) -> dict[str, Path]:
+    """Write `repo_dir/<variant>/{config.pbtxt, 1/model.onnx[, 1/model.py]}`; return model dirs by name.
+
+    The baseline is always included: the gate compares every candidate against it in the same run.
+    Files are copied, not linked, so the repository can be shipped on its own (PVC, s3).
+    """
+    serving = serving or Serving()
+    repo_dir.mkdir(parents=True, exist_ok=True)
+    built: dict[str, Path] = {}
+    for record in select_variants(report, variants):
+        source = report_dir / record.path
+        if not source.is_file():
+            raise InvalidInput(
+                f"variant '{record.name}' path = {record.path!r}: {source} not found; re-run compression"
+            )
+        signature = read_signature(source)
+        model_dir = repo_dir / record.name
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        version_dir = model_dir / VERSION
+        version_dir.mkdir(parents=True)
+        shutil.copyfile(source, version_dir / MODEL_FILE)
+        external = source.with_name(source.name + ".data")
+        if external.is_file():  # ONNX names its external data file; keep that name next to model.onnx
+            shutil.copyfile(external, version_dir / external.name)
+        if backend == "python":
+            shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
+        config = build_config(
+            record.name, signature, serving, backend, tensorrt=tensorrt, intra_op_threads=intra_op_threads
+        )
+        (model_dir / "config.pbtxt").write_text(config)
+        built[record.name] = model_dir
+    return built
