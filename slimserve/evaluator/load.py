@@ -1,0 +1,233 @@
+"""Canary load with Locust, run headless as its own process, and its statistics.
+
+Locust is never imported here (it monkey-patches the standard library through gevent): this
+module starts `locust -f loadtests/locustfile.py --headless ...` and reads the JSON file it writes
+at the end. Requests are named after the model, so the statistics come out per model. The run also
+records how much CPU the generator used: a single Locust process that keeps a core busy is the
+bottleneck, and then the measured rate says more about Locust than about the server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final
+
+from slimserve.triton.process import ManagedProcess, ServingError
+
+LOCUSTFILE: Final = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
+GENERATOR_BOUND_CPU: Final = 0.85  # fraction of one core: above it, Locust itself limits the rate
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one model is served and the share of requests it gets (weights need not sum to 100)."""
+
+    url: str
+    model: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """Client-side statistics of one model (or of all requests, named 'Aggregated')."""
+
+    name: str
+    requests: int
+    failures: int
+    rps: float
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    avg_ms: float | None
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failures / self.requests if self.requests else math.nan
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    per_model: dict[str, ModelLoad]
+    total: ModelLoad
+    start: float = field(metadata={"doc": "epoch seconds of the first request"})
+    end: float = field(metadata={"doc": "epoch seconds of the last request"})
+    generator_cpu: float = field(metadata={"doc": "Locust CPU seconds per wall second (1.0 = one core)"})
+    generator_bound: bool
+    exit_code: int
+    log_path: str
+
+    @property
+    def duration_s(self) -> float:
+        return max(self.end - self.start, 0.0)
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["duration_s"] = self.duration_s
+        return out
+
+
+def percentile(histogram: dict[float, int], q: float) -> float | None:
+    """The `q` quantile (0-1) of Locust's response-time histogram (ms → count)."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = math.ceil(q * total)
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return float(value)
+    return float(max(histogram))
+
+
+def parse_stats(entries: list[dict[str, object]]) -> tuple[dict[str, ModelLoad], ModelLoad, float, float]:
+    """Locust's `--json-file` entries → per-model loads, the aggregate, first and last request time."""
+    per_model: dict[str, ModelLoad] = {}
+    merged: dict[float, int] = {}
+    starts, ends = [], []
+    total_requests = total_failures = 0
+    total_time = 0.0
+    for entry in entries:
+        histogram = {float(k): int(v) for k, v in dict(entry.get("response_times") or {}).items()}  # type: ignore[call-overload]
+        for k, v in histogram.items():
+            merged[k] = merged.get(k, 0) + v
+        requests = int(entry.get("num_requests", 0))  # type: ignore[call-overload]
+        failures = int(entry.get("num_failures", 0))  # type: ignore[call-overload]
+        start = float(entry.get("start_time") or 0)  # type: ignore[arg-type]
+        end = float(entry.get("last_request_timestamp") or start)  # type: ignore[arg-type]
+        starts.append(start)
+        ends.append(end)
+        span = end - start
+        name = str(entry.get("name"))
+        spent = float(entry.get("total_response_time", 0.0))  # type: ignore[arg-type]
+        per_model[name] = ModelLoad(
+            name=name,
+            requests=requests,
+            failures=failures,
+            rps=requests / span if span > 0 else math.nan,
+            p50_ms=percentile(histogram, 0.50),
+            p95_ms=percentile(histogram, 0.95),
+            p99_ms=percentile(histogram, 0.99),
+            avg_ms=spent / requests if requests else None,
+        )
+        total_requests += requests
+        total_failures += failures
+        total_time += spent
+    start, end = (min(starts), max(ends)) if starts else (math.nan, math.nan)
+    span = end - start
+    total = ModelLoad(
+        name="Aggregated",
+        requests=total_requests,
+        failures=total_failures,
+        rps=total_requests / span if span > 0 else math.nan,
+        p50_ms=percentile(merged, 0.50),
+        p95_ms=percentile(merged, 0.95),
+        p99_ms=percentile(merged, 0.99),
+        avg_ms=total_time / total_requests if total_requests else None,
+    )
+    return per_model, total, start, end
+
+
+def locust_binary() -> str:
+    found = shutil.which("locust", path=str(Path(sys.executable).parent)) or shutil.which("locust")
+    if not found:
+        raise ServingError("Locust is missing: install the serving extra (pip install 'locust==2.47.0')")
+    return found
+
+
+def run_locust(
+    targets: list[Target],
+    data: Path,
+    *,
+    users: int,
+    spawn_rate: int,
+    duration_s: float,
+    work_dir: Path,
+    name: str = "load",
+    locustfile: Path = LOCUSTFILE,
+    max_samples: int = 512,
+) -> LoadResult:
+    """Run one headless Locust window against `targets`; raise ServingError if Locust fails.
+
+    Failed requests do not make this raise (they are evidence for the gate); Locust crashing or
+    writing no statistics does.
+    """
+    if not any(t.weight > 0 for t in targets):
+        raise ValueError("at least one target needs a positive weight")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stats_prefix = work_dir / f"{name}-stats"
+    stats_file = Path(f"{stats_prefix}.json")
+    stats_file.unlink(missing_ok=True)
+    argv = [
+        locust_binary(),
+        "-f", str(locustfile),
+        "--headless",
+        "--only-summary",
+        "-u", str(users),
+        "-r", str(spawn_rate),
+        "-t", f"{max(int(round(duration_s)), 1)}s",
+        "-H", targets[0].url,
+        "--stop-timeout", "2",
+        "--json-file", str(stats_prefix),
+        "--loglevel", "WARNING",
+        "--slimserve-targets", json.dumps([t.__dict__ for t in targets]),
+        "--slimserve-data", str(data),
+        "--slimserve-max-samples", str(max_samples),
+    ]  # fmt: skip
+    process = ManagedProcess(f"locust-{name}", argv, work_dir / f"{name}-locust.log")
+    samples: list[tuple[float, float]] = []  # (epoch, CPU seconds of Locust so far)
+    deadline = time.monotonic() + duration_s + 60
+    while process.alive() and time.monotonic() < deadline:
+        cpu = _cpu_seconds(process.pid)
+        if cpu is not None:
+            samples.append((time.time(), cpu))
+        time.sleep(0.25)
+    if process.alive():
+        process.stop()
+        raise ServingError(f"Locust did not finish its {duration_s:.0f} s window; log {process.log_path}")
+    code = process.wait()
+    process.stop()
+    if not stats_file.is_file():
+        raise ServingError(f"Locust exited with code {code} and wrote no statistics:\n{process.log_tail(20)}")
+    per_model, total, start, end = parse_stats(json.loads(stats_file.read_text()))
+    if total.requests == 0:
+        raise ServingError(f"Locust sent no requests (exit code {code}):\n{process.log_tail(20)}")
+    generator_cpu = _busy_fraction(samples, start, end)
+    log_text = process.log_path.read_text(errors="replace")
+    bound = generator_cpu >= GENERATOR_BOUND_CPU or "CPU usage above" in log_text
+    return LoadResult(
+        per_model=per_model,
+        total=total,
+        start=start,
+        end=end,
+        generator_cpu=generator_cpu,
+        generator_bound=bound,
+        exit_code=code,
+        log_path=str(process.log_path),
+    )
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` from /proc (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_fraction(samples: list[tuple[float, float]], start: float, end: float) -> float:
+    """Locust's CPU seconds per wall second while requests flowed (start-up imports excluded)."""
+    inside = [(t, c) for t, c in samples if start <= t <= end]
+    if len(inside) < 2:
+        inside = samples[-2:]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return math.nan
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
