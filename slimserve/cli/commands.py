@@ -1,3 +1,4 @@
 """Imports every command module so that each registers itself on the app."""
 
 from slimserve.cli import validate  # noqa: F401
+from slimserve.cli import compress  # noqa: F401

@@ -1,0 +1,215 @@
+"""Measure a variant the same way as the baseline: counts from the graph, accuracy, and speed.
+
+Speed is measured in-process with onnxruntime, every variant interleaved with the others in
+blocks (order rotated per block), so drift and neighbours on a shared machine hit all variants
+alike. Sessions set `session.intra_op.allow_spinning=0`: spinning intra-op threads would keep
+stealing a core from whichever variant runs next on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from slimserve.compression.loading import DataSet, InputSpec
+
+Z95 = 1.959963984540054
+_INTEGER_WEIGHT_INDEX = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
+_MATMUL_B_INDEX = {"MatMul": 1, "Gemm": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
+
+
+@dataclass(frozen=True)
+class Counts:
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class Quality:
+    metric: str  # "accuracy" (labels) or "fidelity" (top-1 agreement with the baseline)
+    accuracy: float
+    ci: tuple[float, float]
+    predictions: np.ndarray
+    cosine: float | None = None
+
+
+@dataclass(frozen=True)
+class Speed:
+    latency_ms_p50: float
+    latency_ms_p99: float
+    throughput_rps: float
+
+
+def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval in percent: honest at 99% accuracy on a few hundred samples."""
+    if total == 0:
+        return (0.0, 100.0)
+    p = correct / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (round(max(0.0, centre - half) * 100, 3), round(min(1.0, centre + half) * 100, 3))
+
+
+def _fixed_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.ModelProto:
+    """A copy with batch 1 and the data's per-sample shape on every input, for shape inference."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    by_name = {s.name: s for s in specs}
+    for inp in model.graph.input:
+        spec = by_name.get(inp.name)
+        if spec is None:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        for i, d in enumerate(dims):
+            value = 1 if i == 0 else spec.shape[i - 1]
+            if value is not None:
+                d.ClearField("dim_param")
+                d.dim_value = int(value)
+    for out in model.graph.output:  # stale symbolic output shapes would block inference
+        out.type.tensor_type.ClearField("shape")
+    del model.graph.value_info[:]
+    return model
+
+
+def count(path: Path, specs: list[InputSpec]) -> Counts:
+    """Parameters (elements of floating-point initializers) and MACs per sample.
+
+    MACs count Conv, Gemm and MatMul (and their integer/QLinear forms) from inferred shapes at
+    batch 1. The pipeline counts a quantized variant on its float graph before quantization:
+    quantization changes the width of each multiply-accumulate, not how many there are.
+    """
+    model = onnx.load(str(path), load_external_data=True)
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer if t.data_type in floats)
+    shapes: dict[str, list[int]] = {t.name: list(t.dims) for t in model.graph.initializer}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_fixed_shapes(model, specs), data_prop=True)
+    except Exception:  # noqa: BLE001 - custom ops: fall back to what the graph declares
+        inferred = model
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    macs = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if out is None:
+            continue
+        if node.op_type in _INTEGER_WEIGHT_INDEX:
+            w = shapes.get(node.input[_INTEGER_WEIGHT_INDEX[node.op_type]])
+            if w:
+                macs += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type in _MATMUL_B_INDEX:
+            a = shapes.get(node.input[0])
+            if a:
+                trans_a = any(x.name == "transA" and x.i for x in node.attribute)
+                k = a[0] if trans_a and len(a) == 2 else a[-1]
+                macs += int(np.prod(out)) * int(k)
+    return Counts(params=params, macs=macs)
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def feed(sess: ort.InferenceSession, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Map data arrays onto the session's inputs (a single input takes the only array)."""
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) == 1 and len(batch) == 1:
+        return {names[0]: next(iter(batch.values()))}
+    return {n: batch[n] for n in names}
+
+
+def predict(path: Path, data: DataSet, batch_size: int = 64, threads: int = 0) -> np.ndarray:
+    """The first output over the whole data set, as float32."""
+    sess = session(path, threads)
+    outs = [sess.run([sess.get_outputs()[0].name], feed(sess, b))[0] for b in data.batches(batch_size)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def quality(outputs: np.ndarray, labels: np.ndarray | None, baseline: np.ndarray | None) -> Quality:
+    """Top-1 accuracy with labels; otherwise top-1 agreement with the baseline's outputs."""
+    pred = outputs.argmax(-1).reshape(len(outputs), -1)
+    if labels is not None:
+        ok = (pred[:, 0] == labels) if pred.shape[1] == 1 else (pred == labels.reshape(len(labels), -1)).all(1)
+        metric = "accuracy"
+        cosine = None
+    else:
+        assert baseline is not None
+        ref = baseline.argmax(-1).reshape(len(baseline), -1)
+        ok = (pred == ref).all(1)
+        metric = "fidelity"
+        a, b = outputs.reshape(len(outputs), -1), baseline.reshape(len(baseline), -1)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cosine = float(np.mean((a * b).sum(1) / np.maximum(norms, 1e-12)))
+    correct, total = int(ok.sum()), len(ok)
+    return Quality(metric, round(100 * correct / total, 3), wilson_interval(correct, total), pred, cosine)
+
+
+def _repeat(data: DataSet, n: int) -> dict[str, np.ndarray]:
+    idx = np.arange(n) % len(data)
+    return {k: np.ascontiguousarray(v[idx]) for k, v in data.inputs.items()}
+
+
+def measure_speed(
+    paths: dict[str, Path],
+    data: DataSet,
+    runs: int,
+    throughput_batch: int,
+    threads: int = 0,
+    blocks: int = 10,
+    on_block: Callable[[], None] | None = None,
+) -> dict[str, Speed]:
+    """p50/p99 latency at batch 1 and samples/s at `throughput_batch`, variants interleaved.
+
+    Each of `blocks` rounds runs every variant in turn (order rotated), `runs / blocks` batch-1
+    calls then a few calls at the throughput batch; warm-up calls are discarded.
+    """
+    sessions = {name: session(p, threads) for name, p in paths.items()}
+    one, big = _repeat(data, 1), _repeat(data, throughput_batch)
+    feeds = {n: (feed(s, one), feed(s, big)) for n, s in sessions.items()}
+    out_names = {n: [s.get_outputs()[0].name] for n, s in sessions.items()}
+    for name, sess in sessions.items():  # warm-up: allocations, kernel choice
+        for _ in range(3):
+            sess.run(out_names[name], feeds[name][0])
+        sess.run(out_names[name], feeds[name][1])
+    per_block = max(1, math.ceil(runs / blocks))
+    big_per_block = max(1, math.ceil(per_block / 10))
+    lat: dict[str, list[float]] = {n: [] for n in sessions}
+    tput: dict[str, list[float]] = {n: [] for n in sessions}
+    names = list(sessions)
+    for block in range(blocks):
+        order = names[block % len(names) :] + names[: block % len(names)]
+        for name in order:
+            sess, (f1, fb), outs = sessions[name], feeds[name], out_names[name]
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                sess.run(outs, f1)
+                lat[name].append(time.perf_counter() - t0)
+            for _ in range(big_per_block):
+                t0 = time.perf_counter()
+                sess.run(outs, fb)
+                tput[name].append(time.perf_counter() - t0)
+        if on_block:
+            on_block()
+    return {
+        n: Speed(
+            latency_ms_p50=round(float(np.percentile(lat[n], 50)) * 1000, 4),
+            latency_ms_p99=round(float(np.percentile(lat[n], 99)) * 1000, 4),
+            throughput_rps=round(throughput_batch / float(np.median(tput[n])), 2),
+        )
+        for n in names
+    }

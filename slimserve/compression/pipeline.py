@@ -1,0 +1,354 @@
+"""`run_compression`: spec in, measured variants out — the contract in docs/architecture.md.
+
+Load the source and data sets, export the baseline, build every variant (a chain of recipe
+steps), optionally search, measure all of them the same way (speed interleaved), and write
+`report.json`, `report.md` and one ONNX file per variant. Work happens in a temp folder next to
+`out_dir` that is renamed into place only when complete, so an interrupted or failed run never
+leaves a partial variant looking finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from slimserve.api.paths import check_files, data_files
+from slimserve.api.report import CompressionReport, VariantRecord
+from slimserve.api.resource import CompressedModel
+from slimserve.api.spec import Step
+from slimserve.compression import measure
+from slimserve.compression.export import copy_onnx, export_onnx, sha256, size_bytes
+from slimserve.compression.loading import (
+    LABELS,
+    DataSet,
+    InputSpec,
+    LoadedSource,
+    load_npz,
+    load_source,
+    onnx_input_specs,
+    specs_from_data,
+)
+from slimserve.compression.recipes import REGISTRY, ModelState, RecipeContext
+from slimserve.compression.recipes.base import progress_task
+from slimserve.compression.report import write_reports
+from slimserve.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+log = logging.getLogger(__name__)
+
+BASELINE = "baseline"
+
+
+@dataclass
+class Built:
+    """A variant's ONNX file before measurement, with what made it."""
+
+    name: str
+    path: Path
+    float_path: Path  # the float graph a quantized variant came from (counts); else `path`
+    recipe: str
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Measured:
+    built: Built
+    counts: measure.Counts
+    quality: measure.Quality
+
+
+def describe(steps: Sequence[Step]) -> str:
+    """'prune(ratio=0.5, roundTo=4) → fineTune(epochs=8) → quantize(mode=static)'."""
+    parts = []
+    for step in steps:
+        shown = step.params.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        if step.recipe == "quantize":
+            shown = {"mode": step.params.model_dump(mode="json")["mode"], **shown}
+        args = ", ".join(f"{k}={v}" for k, v in shown.items())
+        parts.append(f"{step.recipe}({args})")
+    return " → ".join(parts)
+
+
+def select_device(setting: str) -> torch.device:
+    """CUDA for training when asked or available ('auto'); CPU otherwise."""
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("spec.compression.device = 'cuda': no CUDA device is visible here; use auto or cpu")
+    if setting in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _npz_keys(path: Path, field_name: str) -> set[str]:
+    try:
+        with np.load(str(path), allow_pickle=False) as npz:
+            return set(npz.files) - {LABELS}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidInput(
+            f"{field_name} = {str(path)!r}: not a readable .npz ({type(exc).__name__}); write it with numpy.savez"
+        ) from None
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Workbench:
+    """The loaded source, data and settings; builds and measures variants into one folder.
+
+    The search uses the same workbench, so a trial is built and measured exactly like a
+    variant the user listed.
+    """
+
+    def __init__(self, model: CompressedModel, base_dir: Path, out: Path, progress: Progress | None) -> None:
+        spec = model.spec
+        self.model = model
+        self.base_dir = base_dir
+        self.out = out
+        self.work = out / ".work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.seed = spec.compression.seed
+        self.device = select_device(spec.compression.device)
+        files = data_files(model, base_dir)
+        self.source: LoadedSource = load_source(
+            spec.source, base_dir, _npz_keys(files["evaluation"], "spec.data.evaluation")
+        )
+        names = self.source.input_names
+        declared = onnx_input_specs(self.source.onnx_path) if self.source.onnx_path else None
+        self.evaluation = load_npz(files["evaluation"], "spec.data.evaluation", names, declared)
+        self.specs: list[InputSpec] = declared or specs_from_data(self.evaluation)
+        self.train: DataSet | None = None
+        self.calibration: DataSet | None = None
+        if "train" in files:
+            self.train = load_npz(files["train"], "spec.data.train", names, self.specs)
+        if "calibration" in files:
+            self.calibration = load_npz(files["calibration"], "spec.data.calibration", names, self.specs)
+        self.baseline_path = out / f"{BASELINE}.onnx"
+        self.baseline_outputs: np.ndarray | None = None
+
+    # -- building -------------------------------------------------------------------------
+
+    def build_baseline(self) -> Built:
+        t0 = time.perf_counter()
+        if self.source.module is not None:
+            export_onnx(copy.deepcopy(self.source.module), self.evaluation, self.source.input_names, self.baseline_path)
+            recipe = f"export({self.model.spec.source.format} → onnx, fp32)"
+        else:
+            assert self.source.onnx_path is not None
+            copy_onnx(self.source.onnx_path, self.baseline_path)
+            recipe = "source (onnx)"
+        return Built(BASELINE, self.baseline_path, self.baseline_path, recipe, time.perf_counter() - t0,
+                     list(self.source.notes))
+
+    def context(self, name: str) -> RecipeContext:
+        src = self.model.spec.source
+        return RecipeContext(
+            variant=name,
+            input_names=self.source.input_names,
+            input_specs=self.specs,
+            evaluation=self.evaluation,
+            work_dir=self.work,
+            base_dir=self.base_dir,
+            device=self.device,
+            seed=self.seed,
+            train=self.train,
+            calibration=self.calibration,
+            factory=self.source.factory,
+            factory_ref=src.factory,
+            progress=self.progress,
+        )
+
+    def build(self, name: str, steps: Sequence[Step], where: str, keep: bool = True) -> Built:
+        """Apply `steps` to a fresh copy of the source; the result is `<name>.onnx` in the output.
+
+        `keep=False` (search trials) writes it under the work folder instead.
+        """
+        t0 = time.perf_counter()
+        _seed(self.seed)
+        ctx = self.context(name)
+        if self.source.module is not None:
+            state = ModelState(module=copy.deepcopy(self.source.module))
+        else:
+            state = ModelState(onnx_path=self.baseline_path, float_onnx=self.baseline_path)
+        for j, step in enumerate(steps):
+            try:
+                state = REGISTRY[step.recipe](state, step.params, ctx)
+            except InvalidInput as exc:
+                raise InvalidInput(
+                    [f"{where}.steps[{j}].{p}" if p.startswith(step.recipe) else f"{where}: {p}" for p in exc.problems]
+                ) from None
+            except Exception as exc:
+                raise RuntimeError(f"{where}.steps[{j}] ({step.recipe}) failed: {type(exc).__name__}: {exc}") from exc
+        state = ctx.onnx(state)
+        assert state.onnx_path is not None and state.float_onnx is not None
+        final = (self.out if keep else self.work) / f"{name}.onnx"
+        copy_onnx(state.onnx_path, final)
+        quantized = state.float_onnx != state.onnx_path
+        if quantized:
+            ctx.notes.append("params and MACs counted on the float graph before quantization")
+        float_path = state.float_onnx if quantized else final
+        return Built(name, final, float_path, describe(steps), time.perf_counter() - t0, ctx.notes)
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def measure(self, built: Built) -> Measured:
+        """Counts and quality; the first call must be the baseline (fidelity compares with it)."""
+        outputs = measure.predict(built.path, self.evaluation, threads=self.model.spec.compression.measure.threads)
+        if self.baseline_outputs is None:
+            self.baseline_outputs = outputs
+        quality = measure.quality(outputs, self.evaluation.labels, self.baseline_outputs)
+        counts = measure.count(built.float_path, self.specs)
+        if quality.cosine is not None:
+            built.notes.append(f"fidelity: top-1 agreement with the baseline; mean cosine {quality.cosine:.4f}")
+        return Measured(built, counts, quality)
+
+    def speed(self, items: Sequence[Built], runs: int | None = None) -> dict[str, measure.Speed]:
+        cfg = self.model.spec.compression.measure
+        runs = runs or cfg.latency_runs
+        blocks = 10
+        with progress_task(self.progress, "measuring latency (interleaved)", blocks) as advance:
+            return measure.measure_speed(
+                {b.name: b.path for b in items}, self.evaluation, runs, cfg.throughput_batch,
+                threads=cfg.threads, blocks=blocks, on_block=advance,
+            )
+
+
+def make_record(m: Measured, speed: measure.Speed, base: Measured | None, base_speed: measure.Speed | None,
+                out: Path, passed: bool | None = None) -> VariantRecord:
+    size = size_bytes(m.built.path)
+    base_size = size_bytes(base.built.path) if base else size
+    base_acc = base.quality.accuracy if base else m.quality.accuracy
+    base_p50 = base_speed.latency_ms_p50 if base_speed else speed.latency_ms_p50
+    return VariantRecord(
+        name=m.built.name,
+        recipe=m.built.recipe,
+        path=str(m.built.path.relative_to(out)),
+        sha256=sha256(m.built.path),
+        size_bytes=size,
+        compression_ratio=round(base_size / size, 3),
+        params=m.counts.params,
+        macs=m.counts.macs,
+        metric=m.quality.metric,  # type: ignore[arg-type]
+        accuracy=m.quality.accuracy,
+        accuracy_ci=m.quality.ci,
+        accuracy_drop=round(base_acc - m.quality.accuracy, 3),
+        latency_ms_p50=speed.latency_ms_p50,
+        latency_ms_p99=speed.latency_ms_p99,
+        throughput_rps=speed.throughput_rps,
+        speedup=round(base_p50 / speed.latency_ms_p50, 3),
+        compress_seconds=round(m.built.seconds, 3),
+        notes=m.built.notes,
+        passed=passed,
+    )
+
+
+def environment(device: torch.device, threads: int) -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "trainingDevice": str(device),
+        "measureThreads": str(threads or "all"),
+        "measureProvider": "CPUExecutionProvider",
+    }
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").exists())):
+        raise InvalidInput(
+            f"--out = '{out_dir}': exists and is not a slimserve output (no report.json); "
+            "choose a new or empty folder (a previous output is replaced)"
+        )
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Swap the finished folder into place; a previous output is removed only after the swap."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_compression(model: CompressedModel, base_dir: Path, out_dir: Path,
+                    progress: Progress | None = None) -> CompressionReport:
+    """Build, measure and write every variant of `model`; see the module docstring."""
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    check_files(model, base_dir)
+    _check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary folder
+    try:
+        report = _run(model, base_dir, tmp, progress)
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _run(model: CompressedModel, base_dir: Path, out: Path, progress: Progress | None) -> CompressionReport:
+    from slimserve.compression.search import run_search
+
+    spec = model.spec.compression
+    bench = Workbench(model, base_dir, out, progress)
+    variants = spec.variants
+    with progress_task(progress, "building variants", len(variants) + 1) as advance:
+        baseline = bench.measure(bench.build_baseline())
+        advance()
+        built = []
+        for i, variant in enumerate(variants):
+            built.append(bench.build(variant.name, variant.steps, f"spec.compression.variants[{i}]"))
+            advance()
+    measured = [bench.measure(b) for b in built]
+    search_report = None
+    chosen: Measured | None = None
+    if spec.search is not None:
+        search_report, chosen = run_search(bench, baseline, spec.search)
+    everything = [baseline, *measured, *([chosen] if chosen else [])]
+    speeds = bench.speed([m.built for m in everything])
+    base_speed = speeds[BASELINE]
+    records = [make_record(m, speeds[m.built.name], baseline, base_speed, out) for m in measured]
+    if chosen is not None:
+        records.append(make_record(chosen, speeds[chosen.built.name], baseline, base_speed, out, passed=True))
+    report = CompressionReport(
+        model=model.metadata.name,
+        device=str(bench.device),
+        baseline=make_record(baseline, base_speed, None, None, out),
+        variants=records,
+        search=search_report,
+        environment=environment(bench.device, spec.measure.threads),
+    )
+    write_reports(report, out)
+    return report

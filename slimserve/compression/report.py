@@ -1,0 +1,72 @@
+"""report.json (the contract other stages read) and report.md (for people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from slimserve.api.report import CompressionReport, VariantRecord
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _row(r: VariantRecord) -> str:
+    lo, hi = r.accuracy_ci
+    return (
+        f"| {r.name} | {r.recipe} | {_size(r.size_bytes)} | {r.compression_ratio:.2f}x | {r.params:,} | {r.macs:,} | "
+        f"{r.accuracy:.2f} [{lo:.1f}, {hi:.1f}] | {r.accuracy_drop:+.2f} | {r.latency_ms_p50:.3f} | "
+        f"{r.latency_ms_p99:.3f} | {r.throughput_rps:,.0f} | {r.speedup:.2f}x |"
+    )
+
+
+def render_markdown(report: CompressionReport) -> str:
+    b = report.baseline
+    lines = [
+        f"# Compression report: {report.model}",
+        "",
+        f"Metric: **{b.metric}** on the evaluation set (percent, 95% Wilson interval). "
+        "Latency: in-process onnxruntime at batch 1, variants measured interleaved; "
+        "throughput: samples/s at the measurement batch size. Training device: "
+        f"{report.device}.",
+        "",
+        "| variant | recipe | size | ratio | params | MACs | "
+        f"{b.metric} [95% CI] | drop (pts) | p50 ms | p99 ms | samples/s | speedup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        _row(b),
+        *(_row(r) for r in report.variants),
+        "",
+    ]
+    notes = [(r.name, n) for r in [b, *report.variants] for n in r.notes]
+    if notes:
+        lines += ["## Notes", "", *(f"- **{name}**: {note}" for name, note in notes), ""]
+    if report.search is not None:
+        s = report.search
+        lines += [
+            "## Search",
+            "",
+            f"Objective: {s.objective}; allowed drop: {s.max_accuracy_drop} points; "
+            f"chosen: {s.chosen or 'none — no trial met the constraint'}; Pareto front: {', '.join(s.pareto) or '-'}.",
+            "",
+            "| trial | recipe | drop (pts) | size | p50 ms | samples/s | passed | why |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {t.name} | {t.recipe} | {t.accuracy_drop:+.2f} | {_size(t.size_bytes)} | {t.latency_ms_p50:.3f} | "
+                f"{t.throughput_rps:,.0f} | {'yes' if t.passed else 'no'} | {t.reason} |"
+                for t in s.trials
+            ),
+            "",
+        ]
+    env = ", ".join(f"{k}={v}" for k, v in report.environment.items())
+    lines += [f"Environment: {env}", ""]
+    return "\n".join(lines)
+
+
+def write_reports(report: CompressionReport, out: Path) -> None:
+    (out / "report.json").write_text(json.dumps(report.to_json_dict(), indent=2) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
