@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -17,21 +18,31 @@ def _table(report: object) -> Table:
 
     assert isinstance(report, CompressionReport)
     metric = report.baseline.metric
-    table = Table(title=f"{report.model}: variants vs baseline ({metric}, 95% CI)", header_style="bold")
+    table = Table(
+        title=f"{report.model}: variants vs baseline ({metric} %, 95% CI)", header_style="bold",
+        box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+    )
     for col, justify in [
-        ("variant", "left"), ("recipe", "left"), ("size KiB", "right"), ("ratio", "right"), ("MACs", "right"),
-        (metric, "right"), ("drop", "right"), ("p50 ms", "right"), ("p99 ms", "right"), ("samples/s", "right"),
-        ("speedup", "right"),
+        ("variant", "left"), ("size", "right"), ("ratio", "right"), ("MMACs", "right"),
+        (metric, "right"), ("drop", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
+        ("samples/s", "right"), ("speedup", "right"),
     ]:
-        table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in [report.baseline, *report.variants]:
         lo, hi = r.accuracy_ci
         table.add_row(
-            r.name, r.recipe, f"{r.size_bytes / 1024:,.1f}", f"{r.compression_ratio:.2f}x", f"{r.macs:,}",
-            f"{r.accuracy:.2f} [{lo:.1f}-{hi:.1f}]", f"{r.accuracy_drop:+.2f}", f"{r.latency_ms_p50:.3f}",
+            r.name, f"{r.size_bytes / 1024:,.0f}K", f"{r.compression_ratio:.2f}x", f"{r.macs / 1e6:,.2f}",
+            f"{r.accuracy:.2f} [{lo:.1f},{hi:.1f}]", f"{r.accuracy_drop:+.2f}", f"{r.latency_ms_p50:.3f}",
             f"{r.latency_ms_p99:.3f}", f"{r.throughput_rps:,.0f}", f"{r.speedup:.2f}x",
         )
     return table
+
+
+def _recipes(report: object) -> str:
+    from slimserve.api.report import CompressionReport
+
+    assert isinstance(report, CompressionReport)
+    return "\n".join(f"  [bold]{r.name}[/]: {r.recipe}" for r in report.variants)
 
 
 @app.command()
@@ -43,14 +54,16 @@ def compress(
 ) -> None:
     """Compress a model into the variants its spec lists, and measure each against the baseline.
 
-    Every variant ends as an ONNX file with its size, parameters, MACs, accuracy (95% CI) or
-    fidelity, accuracy drop, onnxruntime latency p50/p99 at batch 1 and throughput. Exit codes:
-    0 done, 2 invalid input (the message names the field and the fix), 1 internal failure.
+    Every variant ends as an ONNX file with a measured record: size, parameters, MACs, accuracy with a 95% CI (or fidelity to the baseline without labels), accuracy drop, onnxruntime latency p50/p99 at batch 1 and throughput.
+
+    Exit codes: 0 done, 2 invalid input (the message names the field and the fix), 1 internal failure.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     model = load_compressed_model(file)
     console = Console()
+    if not console.is_terminal:  # logs and pipes: keep the table on one line per variant
+        console = Console(width=140)
     from slimserve.compression import run_compression  # heavy: torch, onnxruntime
 
     with Progress(
@@ -59,6 +72,7 @@ def compress(
     ) as progress:
         report = run_compression(model, file.parent, out, progress=progress)
     console.print(_table(report))
+    console.print(_recipes(report), highlight=False)
     if report.search is not None:
         chosen = report.search.chosen
         console.print(

@@ -10,6 +10,7 @@ fp16 kernels, so expect its speedup on GPUs only.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,13 +90,14 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
     if params.mode == "fp16":
         from onnxconverter_common import float16
 
-        full = onnx.load(str(src))
-        converted = float16.convert_float_to_float16(
-            full,
-            keep_io_types=True,
-            op_block_list=list(params.exclude_op_types) or None,
-            node_block_list=list(params.exclude_nodes) or None,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one warning per weight clipped to fp16's range
+            converted = float16.convert_float_to_float16(
+                onnx.load(str(src)),
+                keep_io_types=True,
+                op_block_list=list(params.exclude_op_types) or None,
+                node_block_list=list(params.exclude_nodes) or None,
+            )
         onnx.save(converted, str(out))
         ctx.notes.append("quantize: fp16 weights and activations, fp32 inputs/outputs; onnxruntime's CPU "
                          "provider has few fp16 kernels, so the speedup is for GPUs")
