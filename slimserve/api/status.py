@@ -85,5 +85,6 @@ class CompressedModelStatus(StatusModel):
     throughput_rps: float | None = None
     canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")
     canary_step: int | None = None
+    failed_steps: int | None = Field(default=None, description="Canary steps that failed the gate this generation.")
     decision: Literal["Promoted", "RolledBack", "Inconclusive"] | None = None
     report_config_map: str | None = None

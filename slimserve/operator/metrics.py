@@ -1,0 +1,79 @@
+"""Operator metrics (prometheus-client): units in the names, bounded labels.
+
+Per-model gauges carry `namespace` and `model` only (one series per CompressedModel), so the
+Grafana dashboard can draw the canary weight and the gate thresholds next to Triton's metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from slimserve.api import CompressedModel
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+RECONCILES: Final = Counter(
+    "slimserve_operator_reconciles_total", "Reconcile passes by result.", ["result"], registry=REGISTRY
+)
+RECONCILE_SECONDS: Final = Histogram(
+    "slimserve_operator_reconcile_duration_seconds", "Time of one reconcile pass.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+)
+PHASE_TRANSITIONS: Final = Counter(
+    "slimserve_operator_phase_transitions_total", "CompressedModel phase changes.", ["from_phase", "to_phase"],
+    registry=REGISTRY,
+)
+GATE_DECISIONS: Final = Counter(
+    "slimserve_operator_gate_decisions_total", "Evaluator step decisions read from reports.", ["decision"],
+    registry=REGISTRY,
+)
+CHILDREN_APPLIED: Final = Counter(
+    "slimserve_operator_children_applied_total", "Child objects applied, by kind and outcome.", ["kind", "outcome"],
+    registry=REGISTRY,
+)
+PHASE_SECONDS: Final = Histogram(
+    "slimserve_operator_phase_duration_seconds", "Time spent in a phase before leaving it.", ["phase"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200), registry=REGISTRY,
+)
+CANARY_WEIGHT: Final = Gauge(
+    "slimserve_canary_weight_percent", "Percent of traffic on the canary.", ["namespace", "model"], registry=REGISTRY
+)
+GATE_THRESHOLD: Final = Gauge(
+    "slimserve_gate_threshold", "Gate thresholds from the spec (for dashboard lines).", ["namespace", "model", "gate"],
+    registry=REGISTRY,
+)
+
+
+def observe_model(model: CompressedModel, namespace: str, canary_weight: int | None) -> None:
+    """Publish the per-model gauges: canary weight and the gate thresholds in the spec."""
+    name = model.metadata.name
+    CANARY_WEIGHT.labels(namespace, name).set(canary_weight or 0)
+    gates = model.spec.gates
+    for gate, value in (
+        ("max_p99_ms", gates.max_p99_ms),
+        ("max_error_rate", gates.max_error_rate),
+        ("min_throughput_rps", gates.min_throughput_rps),
+        ("max_accuracy_drop_points", gates.max_accuracy_drop),
+        ("p99_tolerance_ratio", gates.p99_tolerance),
+        ("min_throughput_ratio", gates.min_throughput_ratio),
+    ):
+        if value is not None:
+            GATE_THRESHOLD.labels(namespace, name, gate).set(value)
+
+
+def forget_model(namespace: str, name: str) -> None:
+    """Drop a deleted model's series so they stop being scraped."""
+    for gauge in (CANARY_WEIGHT,):
+        try:
+            gauge.remove(namespace, name)
+        except KeyError:
+            pass
+    for labels in list(GATE_THRESHOLD._metrics):  # noqa: SLF001 - prometheus-client has no prefix removal
+        if labels[:2] == (namespace, name):
+            GATE_THRESHOLD.remove(*labels)
+
+
+def serve(port: int) -> None:
+    start_http_server(port, registry=REGISTRY)

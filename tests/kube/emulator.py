@@ -1,0 +1,215 @@
+"""The test plays the cluster: kmock's KubernetesEmulator plus kopf's real reactor in-process.
+
+The emulator stores and streams objects but runs no controllers, so these helpers do what
+kube-controller-manager and the kubelet would: finish Jobs (with the compression summary in a
+Pod's termination message), make Deployments ready, and write evaluator reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import kopf
+import yaml
+
+import slimserve.operator  # noqa: F401  (registers the handlers)
+from slimserve.operator.settings import OperatorSettings
+
+NS = "models"
+CR = "slimserve.dev/v1alpha1/compressedmodels"
+CR_URL = f"/apis/slimserve.dev/v1alpha1/namespaces/{NS}/compressedmodels"
+MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+@kopf.on.login()
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+def example_model(name: str = "digits", **spec_overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"uri": "s3://models/digits.onnx"},
+        "data": {"calibration": "s3://data/cal.npz", "evaluation": "s3://data/test.npz"},
+        "compression": {"variants": [
+            {"name": "int8", "steps": [{"quantize": {"mode": "static"}}]},
+            {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]},
+        ]},
+        "rollout": {"steps": [10, 50, 100], "stepDuration": "5s"},
+        "gates": {"maxAccuracyDrop": 1.0},
+    }
+    spec.update(spec_overrides)
+    return {
+        "apiVersion": "slimserve.dev/v1alpha1",
+        "kind": "CompressedModel",
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1,
+                     "resourceVersion": "1"},
+        "spec": spec,
+    }
+
+
+SUMMARY = {
+    "variants": [
+        {"name": "int8", "compressionRatio": 3.9, "accuracyDrop": 0.2, "speedup": 2.8, "throughputRps": 900.0},
+        {"name": "fp16", "compressionRatio": 2.0, "accuracyDrop": 0.0, "speedup": 1.1, "throughputRps": 400.0},
+    ],
+    "chosen": None,
+}
+
+
+def report(decision: str, weight: int, reason: str = "all checks passed") -> dict[str, Any]:
+    verdict = {"Promoted": "Pass", "RolledBack": "Fail"}.get(decision, "Inconclusive")
+    return {
+        "baseline": "baseline", "candidate": "int8", "decision": decision, "reason": reason,
+        "steps": [{"weight": weight, "verdict": verdict, "checks": [
+            {"name": "p99_latency", "verdict": verdict, "value": 4.2, "threshold": 5.0, "baseline": 4.5},
+            {"name": "throughput_ratio", "verdict": "Pass", "value": 1.3, "threshold": 0.9},
+        ]}],
+    }
+
+
+class Cluster:
+    """The emulator plus what the controllers would do."""
+
+    def __init__(self, emulator: kmock.KubernetesEmulator) -> None:
+        self.k = emulator
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.k.objects[resource, NS, name]
+        except KeyError:
+            return None
+        if obj.deleted:
+            return None
+        return json.loads(json.dumps(dict(obj.raw)))
+
+    def names(self, resource: str) -> list[str]:
+        wanted = kmock.resource(resource)
+        return sorted(n for (r, ns, n), o in self.k.objects.items() if r == wanted and not o.deleted)
+
+    def versions(self, resource: str, name: str) -> int:
+        return len(self.k.objects[resource, NS, name].history)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.get(CR, name) or {}).get("status") or {}
+
+    def condition(self, name: str, type: str) -> dict[str, Any]:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type), {})
+
+    async def wait(self, what: Callable[[], Any], timeout: float = 10.0, message: str = "") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = what()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {message or what}; status: {self.status_dump()}")
+
+    def status_dump(self) -> str:
+        return json.dumps({n: self.status(n) for n in self.names(CR)}, indent=1)[:3000]
+
+    async def wait_phase(self, name: str, phase: str, timeout: float = 10.0) -> dict[str, Any]:
+        return await self.wait(lambda: self.status(name).get("phase") == phase and self.status(name),
+                               timeout, f"{name} in phase {phase}")
+
+    # -- writing (through HTTP, so watchers see it) ----------------------------------------------
+    async def request(self, method: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+        async with self.k.request(method, url, json=body, headers=headers) as resp:
+            assert resp.status < 300, await resp.text()
+            return await resp.json()
+
+    async def create_model(self, body: dict[str, Any]) -> None:
+        await self.request("POST", CR_URL, body)
+
+    async def change_spec(self, name: str, spec_patch: dict[str, Any], generation: int) -> None:
+        await self.request("PATCH", f"{CR_URL}/{name}",
+                           {"metadata": {"generation": generation}, "spec": spec_patch}, MERGE)
+
+    async def finish_job(self, name: str, ok: bool = True, summary: dict[str, Any] | None = None,
+                         reason: str = "BackoffLimitExceeded", message: str = "") -> None:
+        if summary is not None:
+            await self.request("POST", f"/api/v1/namespaces/{NS}/pods", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{name}-x7k2p", "namespace": NS,
+                             "labels": {"job-name": name, "batch.kubernetes.io/job-name": name}},
+                "status": {"phase": "Succeeded", "containerStatuses": [{"name": "worker", "state": {
+                    "terminated": {"exitCode": 0, "message": json.dumps(summary)}}}]},
+            })
+        cond = {"type": "Complete", "status": "True", "reason": "Completed"} if ok else \
+            {"type": "Failed", "status": "True", "reason": reason, "message": message}
+        status = {"conditions": [cond], "succeeded" if ok else "failed": 1}
+        await self.request("PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}", {"status": status}, MERGE)
+
+    async def make_ready(self, deployment: str) -> None:
+        await self.request("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/{deployment}",
+                           {"status": {"readyReplicas": 1, "availableReplicas": 1}}, MERGE)
+
+    async def write_report(self, config_map: str, body: dict[str, Any]) -> None:
+        await self.request("PATCH", f"/api/v1/namespaces/{NS}/configmaps/{config_map}",
+                           {"data": {"report.json": json.dumps(body)}}, MERGE)
+
+
+@contextlib.asynccontextmanager
+async def emulated_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
+        emulator.resources.load_bundled()
+        emulator.resources[CR] = {
+            "kind": "CompressedModel", "singular": "compressedmodel", "namespaced": True,
+            "verbs": ["list", "watch", "get", "create", "patch", "update", "delete"], "subresources": ["status"],
+        }
+        emulator.resources["gateway.networking.k8s.io/v1/httproutes"] = {"kind": "HTTPRoute", "namespaced": True}
+        emulator.resources["keda.sh/v1alpha1/scaledobjects"] = {"kind": "ScaledObject", "namespaced": True}
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": str(emulator.url).rstrip("/")}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": NS}}],
+            "users": [{"name": "kmock", "user": {"token": "test"}}],
+        }))
+        with _env("KUBECONFIG", str(kubeconfig)):
+            yield Cluster(emulator)
+
+
+@contextlib.contextmanager
+def _env(key: str, value: str) -> Any:
+    import os
+
+    old = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+@contextlib.asynccontextmanager
+async def running_operator(interval: float = 0.1, **settings: Any) -> AsyncIterator[kopf.Memo]:
+    """kopf's real reactor as a task in this loop; stopped (not killed) on exit."""
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.scanning.disabled = True
+    kopf_settings.posting.enabled = False
+    memo = kopf.Memo(operator_settings=OperatorSettings(
+        metrics_port=0, reconcile_interval_seconds=interval, **settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(kopf.operator(
+        settings=kopf_settings, namespaces=[NS], standalone=True, stop_flag=stop, memo=memo))
+    try:
+        yield memo
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, timeout=10)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        logging.getLogger("kopf").handlers.clear()
