@@ -70,7 +70,7 @@ def _excluded_nodes(model: onnx.ModelProto, params: Quantize) -> list[str]:
     return sorted(set(params.exclude_nodes) | set(by_type))
 
 
-def _preprocess(src: Path, dst: Path) -> Path:
+def preprocess(src: Path, dst: Path) -> Path:
     """Shape inference so every tensor gets a range; node names stay (excludeNodes refers to them)."""
     try:
         quant_pre_process(str(src), str(dst), skip_optimization=True)
@@ -78,6 +78,38 @@ def _preprocess(src: Path, dst: Path) -> Path:
     except Exception as exc:  # noqa: BLE001 - preprocessing is an optimization, not a requirement
         log.warning("quantization pre-processing skipped: %s", exc)
         return src
+
+
+def static_int8(
+    src: Path,
+    out: Path,
+    params: Quantize,
+    calibration: DataSet,
+    nodes_to_exclude: list[str] | None = None,
+    nodes_to_quantize: list[str] | None = None,
+    cache: Path | None = None,
+) -> None:
+    """onnxruntime static quantization with the spec's settings.
+
+    `cache` keeps the calibrated ranges in a file, so the search's per-layer sensitivity runs
+    (one node quantized at a time) calibrate once.
+    """
+    extra: dict[str, object] = {}
+    if _value(params.calibration) == "percentile":
+        extra["CalibPercentile"] = params.percentile
+    reader = None if cache is not None and cache.is_file() else _Reader(calibration)
+    quantize_static(
+        str(src), str(out), reader,
+        quant_format=_FORMATS[_value(params.format)],
+        per_channel=params.per_channel,
+        activation_type=_TYPES[_value(params.activation_type)],
+        weight_type=_TYPES[_value(params.weight_type)],
+        nodes_to_exclude=nodes_to_exclude or [],
+        nodes_to_quantize=nodes_to_quantize,
+        calibrate_method=_CALIBRATION[_value(params.calibration)],
+        extra_options=extra,
+        calibration_cache_path=cache,
+    )
 
 
 def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState:
@@ -102,7 +134,7 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
         ctx.notes.append("quantize: fp16 weights and activations, fp32 inputs/outputs; onnxruntime's CPU "
                          "provider has few fp16 kernels, so the speedup is for GPUs")
     elif params.mode == "dynamic":
-        pre = _preprocess(src, ctx.work_dir / f"{ctx.variant}.pre.onnx")
+        pre = preprocess(src, ctx.work_dir / f"{ctx.variant}.pre.onnx")
         quantize_dynamic(
             str(pre), str(out),
             per_channel=params.per_channel,
@@ -116,20 +148,8 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
         if ctx.calibration is None:
             raise InvalidInput("quantize.mode = 'static': spec.data.calibration is missing; add a .npz or use dynamic")
         calib = ctx.calibration.head(params.calibration_samples)
-        pre = _preprocess(src, ctx.work_dir / f"{ctx.variant}.pre.onnx")
-        extra: dict[str, object] = {}
-        if params.calibration == "percentile":
-            extra["CalibPercentile"] = params.percentile
-        quantize_static(
-            str(pre), str(out), _Reader(calib),
-            quant_format=_FORMATS[_value(params.format)],
-            per_channel=params.per_channel,
-            activation_type=_TYPES[_value(params.activation_type)],
-            weight_type=_TYPES[_value(params.weight_type)],
-            nodes_to_exclude=exclude,
-            calibrate_method=_CALIBRATION[_value(params.calibration)],
-            extra_options=extra,
-        )
+        pre = preprocess(src, ctx.work_dir / f"{ctx.variant}.pre.onnx")
+        static_int8(pre, out, params, calib, nodes_to_exclude=exclude)
         per_channel = " per-channel" if params.per_channel else ""
         ctx.notes.append(
             f"quantize: static int8 calibrated on {len(calib)} samples ({_value(params.calibration)}), "
