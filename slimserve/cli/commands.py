@@ -2,3 +2,4 @@
 
 from slimserve.cli import validate  # noqa: F401
 from slimserve.cli import compress  # noqa: F401
+from slimserve.cli import run  # noqa: F401

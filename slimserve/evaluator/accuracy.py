@@ -116,25 +116,28 @@ def predict(url: str, model: str, arrays: dict[str, np.ndarray], batch_size: int
     return np.concatenate(results)
 
 
-def served_accuracy(
-    url: str, baseline: str, candidate: str, data: Path, candidate_url: str | None = None, batch_size: int = 64
-) -> AccuracyEvidence:
-    """Score baseline and candidate on the same samples, through the servers, pairwise."""
-    arrays, labels = load_npz(data)
-    base_pred = predict(url, baseline, arrays, batch_size).argmax(axis=-1)
-    cand_pred = predict(candidate_url or url, candidate, arrays, batch_size).argmax(axis=-1)
-    if labels is not None:
-        base_ok = base_pred == labels
-        metric = "accuracy"
-    else:
-        base_ok = base_pred == base_pred
-        metric = "fidelity"
-    cand_ok = cand_pred == (labels if labels is not None else base_pred)
+def evidence(baseline: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> AccuracyEvidence:
+    """Pairwise agreement of two models' outputs (argmax over the last axis) on the same samples."""
+    base_pred = baseline.argmax(axis=-1)
+    cand_pred = candidate.argmax(axis=-1)
+    reference = labels if labels is not None else base_pred
+    base_ok = base_pred == reference
+    cand_ok = cand_pred == reference
     return AccuracyEvidence(
-        metric=metric,  # type: ignore[arg-type]
+        metric="accuracy" if labels is not None else "fidelity",
         n=int(len(base_ok)),
         baseline_correct=int(base_ok.sum()),
         candidate_correct=int(cand_ok.sum()),
         baseline_only=int((base_ok & ~cand_ok).sum()),
         candidate_only=int((cand_ok & ~base_ok).sum()),
     )
+
+
+def served_accuracy(
+    url: str, baseline: str, candidate: str, data: Path, candidate_url: str | None = None, batch_size: int = 64
+) -> AccuracyEvidence:
+    """Score baseline and candidate on the same samples, through the servers, pairwise."""
+    arrays, labels = load_npz(data)
+    base = predict(url, baseline, arrays, batch_size)
+    cand = predict(candidate_url or url, candidate, arrays, batch_size)
+    return evidence(base, cand, labels)

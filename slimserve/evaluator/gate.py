@@ -204,6 +204,12 @@ def judge_step(
     return StepResult(weight=weight, verdict=step_verdict(checks), checks=checks)
 
 
+def judge_step_accuracy(gates: Gates, accuracy: AccuracyEvidence | None) -> StepResult:
+    """The pre-traffic step (weight 0): served accuracy alone, judged before any user request is sent."""
+    checks = [check_accuracy(gates, accuracy)]
+    return StepResult(weight=0, verdict=step_verdict(checks), checks=checks)
+
+
 def step_verdict(checks: Sequence[CheckResult]) -> Verdict:
     verdicts = {c.verdict for c in checks}
     if "Fail" in verdicts:

@@ -63,6 +63,7 @@ class Signature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     op_types: frozenset[str] = field(default_factory=frozenset)
+    external_files: tuple[str, ...] = ()  # external-data files the graph names, relative to it
 
 
 def read_signature(path: Path) -> Signature:
@@ -97,7 +98,16 @@ def read_signature(path: Path) -> Signature:
     outputs = tuple(spec(v, "output") for v in graph.output)
     if not inputs or not outputs:
         raise InvalidInput(f"{path}: the graph has no inputs or no outputs; re-export the model")
-    return Signature(inputs, outputs, frozenset(n.op_type for n in graph.node))
+    external = sorted(
+        {
+            entry.value
+            for tensor in graph.initializer
+            if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data
+            if entry.key == "location"
+        }
+    )
+    return Signature(inputs, outputs, frozenset(n.op_type for n in graph.node), tuple(external))
 
 
 def _dims(tensor: TensorSpec, batching: bool, model: str) -> list[int]:
@@ -240,9 +250,11 @@ def build_repository(
         version_dir = model_dir / VERSION
         version_dir.mkdir(parents=True)
         shutil.copyfile(source, version_dir / MODEL_FILE)
-        external = source.with_name(source.name + ".data")
-        if external.is_file():  # ONNX names its external data file; keep that name next to model.onnx
-            shutil.copyfile(external, version_dir / external.name)
+        for name in signature.external_files:  # the graph names its weight files: keep the names
+            external = source.parent / name
+            if not external.is_file():
+                raise InvalidInput(f"variant '{record.name}': external data {external} is missing; re-run compression")
+            shutil.copyfile(external, version_dir / name)
         if backend == "python":
             shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
         config = build_config(

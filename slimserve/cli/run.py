@@ -1,0 +1,44 @@
+"""`slimserve run FILE.yaml --out DIR`: the whole pipeline on this machine, ending in a decision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slimserve.api import load_compressed_model
+from slimserve.cli.main import app, err_console, handle_errors
+from slimserve.errors import EXIT_INTERNAL, InvalidInput, SlimserveError
+
+
+@app.command()
+@handle_errors
+def run(
+    file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: compression/, repository/, logs/, report.json, "
+                             "report.md, PNG plots and state.json (the local registry; kept across runs)."),
+) -> None:
+    """Compress, serve behind a real Triton, canary the best variant under Locust load, and gate it.
+
+    Prometheus scrapes Triton every second; the gate compares the candidate with the stable model
+    measured in the same run. Exit codes: 0 promoted, 3 rolled back, 4 inconclusive,
+    2 invalid input, 1 internal failure (a component missing or dying). Every process started is
+    stopped on success, failure and Ctrl-C.
+    """
+    from rich.console import Console
+
+    from slimserve.local.runtime import run_local
+    from slimserve.triton.process import install_signal_handlers, stop_all
+
+    install_signal_handlers()
+    model = load_compressed_model(file)
+    try:
+        result = run_local(model, file.resolve().parent, out, Console())
+    except InvalidInput:
+        raise
+    except SlimserveError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}\nnothing was promoted", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERNAL) from None
+    finally:
+        stop_all()
+    raise typer.Exit(result.exit_code)

@@ -1,0 +1,1 @@
+"""The embedded runtime: the whole pipeline on one machine with the real Triton, Prometheus and Locust."""

@@ -1,0 +1,117 @@
+"""The local registry `DIR/state.json`: which variant is stable, and the history of decisions.
+
+Promotion copies the candidate's ONNX file into `DIR/registry/`, so the stable model survives the
+next run's compression (which replaces its output folder). A rollback or an inconclusive run only
+appends to the history; the stable variant stays what it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Final
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from slimserve.errors import InvalidInput
+
+STATE_FILE: Final = "state.json"
+REGISTRY_DIR: Final = "registry"
+BASELINE: Final = "baseline"  # the stable model before any promotion
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, alias_generator=to_camel, extra="forbid")
+
+
+class StableModel(_Model):
+    variant: str
+    sha256: str
+    path: str  # relative to DIR
+    recipe: str = ""
+    promoted_at: str
+
+
+class HistoryEntry(_Model):
+    at: str
+    candidate: str | None
+    decision: str
+    reason: str
+    stable_before: str
+    stable_after: str
+
+
+class State(_Model):
+    model: str
+    stable: StableModel | None = None
+    history: list[HistoryEntry] = []
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def load_state(out_dir: Path, model: str) -> State:
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        return State(model=model)
+    try:
+        state = State.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise InvalidInput(f"{path}: not a slimserve state file ({exc}); move it away to start afresh") from None
+    if state.model != model:
+        raise InvalidInput(
+            f"{path} belongs to model '{state.model}', not '{model}'; use another --out folder for this model"
+        )
+    if state.stable is not None and not (out_dir / state.stable.path).is_file():
+        raise InvalidInput(f"{path}: stable model file {state.stable.path} is missing; restore it or remove state.json")
+    return state
+
+
+def save_state(out_dir: Path, state: State) -> None:
+    """Write atomically: a crash mid-write never leaves a half state file."""
+    path = out_dir / STATE_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(state.model_dump(mode="json", by_alias=True), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def record(
+    out_dir: Path,
+    state: State,
+    candidate: str | None,
+    decision: str,
+    reason: str,
+    promoted_file: Path | None = None,
+    sha256: str = "",
+    recipe: str = "",
+) -> State:
+    """Append the decision; on promotion, copy the candidate's ONNX into the registry as stable."""
+    before = state.stable.variant if state.stable else BASELINE
+    stable = state.stable
+    if decision == "Promoted" and promoted_file is not None and candidate is not None:
+        registry = out_dir / REGISTRY_DIR
+        registry.mkdir(parents=True, exist_ok=True)
+        target = registry / f"{candidate}-{sha256[:12]}.onnx"
+        shutil.copyfile(promoted_file, target)
+        data = promoted_file.with_name(promoted_file.name + ".data")
+        if data.is_file():
+            shutil.copyfile(data, registry / data.name)
+        stable = StableModel(
+            variant=candidate, sha256=sha256, path=str(target.relative_to(out_dir)), recipe=recipe, promoted_at=_now()
+        )
+    entry = HistoryEntry(
+        at=_now(),
+        candidate=candidate,
+        decision=decision,
+        reason=reason,
+        stable_before=before,
+        stable_after=stable.variant if stable else BASELINE,
+    )
+    new = state.model_copy(update={"stable": stable, "history": [*state.history, entry]})
+    save_state(out_dir, new)
+    return new
