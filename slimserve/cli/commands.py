@@ -3,3 +3,5 @@
 from slimserve.cli import validate  # noqa: F401
 from slimserve.cli import compress  # noqa: F401
 from slimserve.cli import run  # noqa: F401
+from slimserve.cli import package  # noqa: F401
+from slimserve.cli import evaluate  # noqa: F401

@@ -88,7 +88,8 @@ def choose_candidate(model: CompressedModel, report: CompressionReport, stable_s
     eligible = [v for v in report.variants if v.accuracy_drop <= budget and v.sha256 != stable_sha]
     if not eligible:
         return None
-    objective = model.spec.compression.search.objective if model.spec.compression.search else "size"
+    search = model.spec.compression.search
+    objective = getattr(search.objective, "value", search.objective) if search else "size"
     keys: dict[str, Callable[[VariantRecord], float]] = {
         "size": lambda v: v.size_bytes,
         "latency": lambda v: v.latency_ms_p50,

@@ -1,0 +1,55 @@
+"""`slimserve package FILE.yaml --report DIR/report.json --repository REPO`: a Triton model repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slimserve.api import load_compressed_model
+from slimserve.cli.main import app, handle_errors
+from slimserve.errors import InvalidInput
+
+
+@app.command()
+@handle_errors
+def package(
+    file: Path = typer.Argument(..., help="The CompressedModel YAML file (its spec.serving shapes the configs)."),
+    report: Path = typer.Option(..., "--report", help="report.json written by `slimserve compress`."),
+    repository: Path = typer.Option(..., "--repository", help="Folder to write the Triton model repository into."),
+    backend: str = typer.Option(
+        None, "--backend", help="onnxruntime (Triton images, the cluster) or python (the local pytriton Triton). "
+        "Default: spec.serving.backend, where auto means onnxruntime.",
+    ),  # fmt: skip
+    variants: str = typer.Option(
+        "", "--variants", help="Comma-separated variants to package (the baseline is always included). Default: all."
+    ),
+) -> None:
+    """Build a Triton model repository: one model per variant with a config.pbtxt from its ONNX graph.
+
+    The operator's packaging Job runs this. Exit codes: 0 done, 2 invalid input, 1 internal failure.
+    """
+    from rich.console import Console
+
+    from slimserve.api.report import CompressionReport
+    from slimserve.triton.repository import BACKENDS, build_repository
+
+    model = load_compressed_model(file)
+    default = model.spec.serving.backend
+    chosen = backend or str(getattr(default, "value", default))
+    if chosen == "auto":
+        chosen = "onnxruntime"
+    if chosen not in BACKENDS:
+        raise InvalidInput(f"--backend = {chosen!r}: use one of {', '.join(BACKENDS)}")
+    if not report.is_file():
+        raise InvalidInput(f"--report = '{report}': file not found; run `slimserve compress` first")
+    try:
+        parsed = CompressionReport.model_validate_json(report.read_text())
+    except ValueError as exc:
+        raise InvalidInput(f"--report = '{report}': not a slimserve compression report ({exc})") from None
+    names = [n.strip() for n in variants.split(",") if n.strip()]
+    built = build_repository(
+        parsed, report.parent, repository, chosen, names or None, model.spec.serving,  # type: ignore[arg-type]
+        tensorrt=model.spec.serving.instance_kind == "gpu",
+    )  # fmt: skip
+    Console().print(f"[green]packaged[/] {', '.join(built)} into {repository} (backend {chosen})")
