@@ -33,7 +33,10 @@ def run(
     install_signal_handlers()
     model = load_compressed_model(file)
     try:
-        result = run_local(model, file.resolve().parent, out, Console())
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: one line per table row
+            console = Console(width=140)
+        result = run_local(model, file.resolve().parent, out, console)
     except InvalidInput:
         raise
     except SlimserveError as exc:

@@ -112,6 +112,16 @@ def _clean(value: object) -> float | None:
     return None
 
 
+def check_samples(gates: Gates, requests: float | None, weight: int) -> CheckResult:
+    """Enough candidate requests to judge on; too few is Inconclusive (not a failure of the candidate)."""
+    detail = f"candidate requests in the window at {weight}% traffic"
+    enough = not _bad(requests) and requests >= gates.min_samples  # type: ignore[operator]
+    return CheckResult(
+        name="samples", verdict="Pass" if enough else "Inconclusive", value=_clean(requests),
+        threshold=float(gates.min_samples), detail=detail if enough else detail + "; fewer than minSamples",
+    )  # fmt: skip
+
+
 def check_accuracy(gates: Gates, evidence: AccuracyEvidence | None) -> CheckResult:
     """Pass if the CI's upper bound is within budget, Fail if the drop is over it, else Inconclusive."""
     name = "accuracyDrop"
@@ -160,12 +170,7 @@ def judge_step(
     checks: list[CheckResult] = []
     if accuracy is not None:
         checks.append(check_accuracy(gates, accuracy))
-    checks.append(
-        check_at_least(
-            "samples", candidate.requests, float(gates.min_samples),
-            detail=f"candidate requests in the window at {weight}% traffic",
-        )  # fmt: skip
-    )
+    checks.append(check_samples(gates, candidate.requests, weight))
     checks.append(check_at_most("errorRate", candidate.error_rate, gates.max_error_rate))
     enough_baseline = not _bad(baseline.requests) and baseline.requests >= gates.min_samples  # type: ignore[operator]
     latency_base = baseline if enough_baseline else reference

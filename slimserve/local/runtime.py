@@ -59,9 +59,11 @@ class Stages:
         self.console = console
 
     @contextlib.contextmanager
-    def stage(self, title: str) -> Iterator[None]:
+    def stage(self, title: str, spinner: bool = True) -> Iterator[None]:
+        """`spinner=False` for a stage that shows its own rich progress (one live display at a time)."""
         started = time.monotonic()
-        with self.console.status(f"[bold]{title}[/] ..."):
+        status = self.console.status(f"[bold]{title}[/] ...") if spinner else contextlib.nullcontext()
+        with status:
             try:
                 yield
             except BaseException:
@@ -142,10 +144,16 @@ def run_local(
     stable_sha = state.stable.sha256 if state.stable else None
 
     compression_dir = out_dir / "compression"
-    with stages.stage("compress"):
+    with stages.stage("compress", spinner=False):
         if compress is None:
             from slimserve.compression import run_compression as compress
-        report = compress(model, base_dir, compression_dir)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        ) as progress:  # fmt: skip
+            report = compress(model, base_dir, compression_dir, progress=progress)
     candidate = choose_candidate(model, report, stable_sha)
     if candidate is None:
         reason = (

@@ -59,6 +59,14 @@ def train_mlp(x: np.ndarray, y: np.ndarray, epochs: int = 150) -> MLP:
 
 
 def export(model: nn.Module, path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings():  # the legacy exporter is deprecated, but fast and dependency-free
+        warnings.simplefilter("ignore")
+        _export(model, path)
+
+
+def _export(model: nn.Module, path: Path) -> None:
     torch.onnx.export(
         model,
         (torch.zeros(1, 1, 8, 8),),

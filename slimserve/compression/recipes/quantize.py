@@ -67,7 +67,10 @@ def _excluded_nodes(model: onnx.ModelProto, params: Quantize) -> list[str]:
             f"quantize.excludeNodes = {missing}: no such node in the graph; node names include {shown}"
         )
     by_type = [n.name for n in model.graph.node if n.op_type in set(params.exclude_op_types)]
-    return sorted(set(params.exclude_nodes) | set(by_type))
+    chosen = set(params.exclude_nodes) | set(by_type)
+    # onnxruntime rewrites Gemm as MatMul + Add before quantizing, under derived names.
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"} & chosen
+    return sorted(chosen | {f"{g}_MatMul" for g in gemms})
 
 
 def preprocess(src: Path, dst: Path) -> Path:
@@ -156,6 +159,7 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
             f"{_value(params.format)}, activations {_value(params.activation_type)}, "
             f"weights {_value(params.weight_type)}{per_channel}"
         )
-    if exclude:
-        ctx.notes.append(f"quantize: kept in float: {', '.join(exclude)}")
+    kept = sorted(set(params.exclude_nodes) | {n for n in exclude if not n.endswith("_MatMul")})
+    if kept:
+        ctx.notes.append(f"quantize: kept in float: {', '.join(kept)}")
     return replace(state, module=None, onnx_path=out, float_onnx=state.float_onnx or src)

@@ -1,0 +1,251 @@
+"""The real serving stack on loopback: Triton (pytriton wheel), Prometheus (Debian), Locust.
+
+Short windows (3 s steps) keep the whole file to a few minutes on two cores. Each test checks that
+nothing it started outlives it (`no_orphans`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from slimserve.api import load_compressed_model
+from slimserve.api.report import CompressionReport
+from slimserve.errors import InvalidInput
+from slimserve.triton.process import ServingError, free_port, live_processes
+from tests.serving.conftest import write_spec
+
+pytestmark = pytest.mark.serving
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def fake_compress(compression_output: Path, mutate: object = None):  # noqa: ANN201
+    """A stand-in for run_compression that copies prepared variants (optionally altered)."""
+
+    def compress(model: object, base_dir: Path, out_dir: Path, progress: object = None) -> CompressionReport:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(compression_output, out_dir)
+        if mutate is not None:
+            mutate(out_dir)  # type: ignore[operator]
+        return CompressionReport.model_validate_json((out_dir / "report.json").read_text())
+
+    return compress
+
+
+def run(spec: Path, out: Path, compression_output: Path, mutate: object = None):  # noqa: ANN201
+    from rich.console import Console
+
+    from slimserve.local.runtime import run_local
+
+    return run_local(
+        load_compressed_model(spec), spec.parent, out, Console(width=140), compress=fake_compress(compression_output, mutate)
+    )
+
+
+def test_promotion_then_second_run_starts_from_it_and_a_slow_candidate_rolls_back(
+    compression_output: Path, no_orphans: Path
+) -> None:
+    out = no_orphans / "run"
+    spec = write_spec(no_orphans / "spec", compression_output)
+    first = run(spec, out, compression_output)
+    assert first.decision == "Promoted", first.reason
+    report = json.loads((out / "report.json").read_text())
+    assert report["decision"] == "Promoted" and report["candidate"] == "int8"
+    assert [s["weight"] for s in report["steps"]] == [0, 30, 100]
+    checks = {c["name"]: c for s in report["steps"] for c in s["checks"]}
+    assert {"accuracyDrop", "samples", "errorRate", "p99VsBaseline", "throughputVsBaseline"} <= set(checks)
+    assert all(c["threshold"] is not None for c in checks.values())
+    served = {v["name"]: v["served"] for v in report["variants"] if v["served"]}
+    assert served["int8"]["throughputRps"] > 0 and served["int8"]["p99Ms"] > 0
+    assert served["int8"]["accuracy"] == pytest.approx(served["baseline"]["accuracy"], abs=1.0)
+    assert served["int8"]["samples"] >= 50
+    for name in ("report.md", "throughput_vs_p99.png", "accuracy_vs_size.png"):
+        assert (out / name).stat().st_size > 0
+    state = json.loads((out / "state.json").read_text())
+    assert state["stable"]["variant"] == "int8"
+    assert (out / state["stable"]["path"]).is_file()
+
+    # Second run: the promoted int8 is now what the candidate is compared against (served as 'stable').
+    slow_spec = write_spec(
+        no_orphans / "spec2", compression_output,
+        rollout={"candidate": "slow", "steps": [30, 100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
+    )  # fmt: skip
+    second = run(slow_spec, out, compression_output)
+    assert second.decision == "RolledBack", second.reason
+    report = json.loads((out / "report.json").read_text())
+    assert report["baseline"] == "stable"
+    failed = {c["name"] for s in report["steps"] for c in s["checks"] if c["verdict"] == "Fail"}
+    assert failed & {"p99VsBaseline", "throughputVsBaseline"}
+    state = json.loads((out / "state.json").read_text())
+    assert state["stable"]["variant"] == "int8"  # a rollback leaves the stable model untouched
+    assert [h["decision"] for h in state["history"]] == ["Promoted", "RolledBack"]
+    assert (out / "repository" / "stable" / "config.pbtxt").is_file()
+    assert not live_processes()
+
+
+def test_less_accurate_candidate_is_rolled_back_before_any_traffic(compression_output: Path, no_orphans: Path) -> None:
+    spec = write_spec(
+        no_orphans / "spec", compression_output,
+        rollout={"candidate": "noisy", "steps": [50, 100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
+    )  # fmt: skip
+    result = run(spec, no_orphans / "run", compression_output)
+    assert result.decision == "RolledBack" and result.exit_code == 3
+    report = json.loads((no_orphans / "run" / "report.json").read_text())
+    assert [s["weight"] for s in report["steps"]] == [0]
+    check = report["steps"][0]["checks"][0]
+    assert check["name"] == "accuracyDrop" and check["verdict"] == "Fail" and check["value"] > 10
+    assert report["load"] == []
+    assert not (no_orphans / "run" / "state.json").read_text().count('"variant"')  # nothing became stable
+
+
+def test_input_shape_mismatch_is_invalid_input_and_stops_everything(compression_output: Path, no_orphans: Path) -> None:
+    spec = write_spec(no_orphans / "spec", compression_output)
+    with np.load(spec.parent / "data" / "test.npz") as data:
+        np.savez(spec.parent / "data" / "test.npz", x=data["x"].reshape(len(data["x"]), 64), y=data["y"])
+    with pytest.raises(InvalidInput, match=r"per-sample shape \[64\] but model 'baseline' input 'x' expects \[1, 8, 8\]"):
+        run(spec, no_orphans / "run", compression_output)
+    assert not live_processes()
+
+
+def test_model_that_fails_to_load_names_the_model_and_triton_reason(compression_output: Path, no_orphans: Path) -> None:
+    def break_slow(out_dir: Path) -> None:  # a well-formed graph onnxruntime cannot load
+        model = onnx.load(str(out_dir / "slow.onnx"))
+        model.graph.node[0].op_type = "NoSuchOp"
+        onnx.save(model, str(out_dir / "slow.onnx"))
+
+    spec = write_spec(
+        no_orphans / "spec", compression_output,
+        rollout={"candidate": "slow", "steps": [100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
+    )  # fmt: skip
+    with pytest.raises(InvalidInput, match=r"model 'slow' failed to load in Triton: .*NoSuchOp"):
+        run(spec, no_orphans / "run", compression_output, mutate=break_slow)
+    assert not live_processes()
+
+
+def test_corrupted_onnx_is_invalid_input_before_anything_starts(compression_output: Path, no_orphans: Path) -> None:
+    def corrupt(out_dir: Path) -> None:
+        (out_dir / "int8.onnx").write_bytes(b"not an onnx file at all" * 20)
+
+    spec = write_spec(no_orphans / "spec", compression_output)
+    with pytest.raises(InvalidInput, match="int8.onnx: not a readable ONNX model"):
+        run(spec, no_orphans / "run", compression_output, mutate=corrupt)
+
+
+def test_triton_dying_mid_run_is_an_error_and_nothing_is_promoted(
+    compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import slimserve.local.runtime as runtime
+
+    real = runtime.measure_window
+
+    def kill_triton_then_measure(prom, baseline, candidate, weight, *args, **kwargs):  # noqa: ANN001, ANN202
+        if weight > 0:
+            triton = next(p for p in live_processes() if p.name == "triton")
+            os.killpg(triton.pid, signal.SIGKILL)
+        return real(prom, baseline, candidate, weight, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "measure_window", kill_triton_then_measure)
+    spec = write_spec(no_orphans / "spec", compression_output)
+    with pytest.raises(ServingError, match="Triton is no longer running|Locust"):
+        run(spec, no_orphans / "run", compression_output)
+    assert not (no_orphans / "run" / "state.json").exists()
+    assert not live_processes()
+
+
+def test_ports_taken_are_invalid_input(tmp_path: Path) -> None:
+    import socket
+
+    from slimserve.evaluator.prometheus import PrometheusServer
+    from slimserve.triton.server import TritonServer
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(InvalidInput, match=f"Triton http port = {port}: already in use"):
+            TritonServer(tmp_path, tmp_path, http_port=port)
+        with pytest.raises(InvalidInput, match=f"Prometheus port = {port}: already in use"):
+            PrometheusServer(["127.0.0.1:1"], tmp_path, port=port)
+
+
+def test_prometheus_missing_stops_triton(compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLIMSERVE_PROMETHEUS", str(no_orphans / "no-prometheus"))
+    spec = write_spec(no_orphans / "spec", compression_output)
+    with pytest.raises(ServingError, match="Prometheus is missing"):
+        run(spec, no_orphans / "run", compression_output)
+    assert not live_processes()
+
+
+def test_locust_failing_is_a_clear_error(compression_output: Path, tmp_path: Path) -> None:
+    from slimserve.evaluator.load import Target, run_locust
+
+    broken = tmp_path / "locustfile.py"
+    broken.write_text("raise RuntimeError('broken locustfile')\n")
+    with pytest.raises(ServingError, match="Locust exited with code"):
+        run_locust(
+            [Target(f"http://127.0.0.1:{free_port()}", "m", 100)], compression_output / "data" / "test.npz",
+            users=1, spawn_rate=1, duration_s=1, work_dir=tmp_path, locustfile=broken,
+        )  # fmt: skip
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "slimserve.cli.main", *args], cwd=REPO_ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_cli_run_with_real_compression_then_triton_missing(compression_output: Path, no_orphans: Path) -> None:
+    spec = write_spec(
+        no_orphans / "spec", compression_output,
+        compression={
+            "variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}],
+            "measure": {"latencyRuns": 10, "throughputBatch": 8, "threads": 1},
+        },
+        rollout={"candidate": "auto", "steps": [50, 100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
+    )  # fmt: skip
+    out = no_orphans / "out"
+    proc = _cli(["run", str(spec), "--out", str(out)])
+    text, _ = proc.communicate(timeout=240)
+    assert proc.returncode in (0, 3, 4), text
+    report = json.loads((out / "report.json").read_text())
+    expected = {"Promoted": 0, "RolledBack": 3, "Inconclusive": 4}[report["decision"]]
+    assert proc.returncode == expected and report["candidate"] == "int8"
+    assert report["decision"] in text and "accuracyDrop" in text
+    missing = _cli(["run", str(spec), "--out", str(out)], env={"SLIMSERVE_TRITONSERVER": str(no_orphans / "nope")})
+    text, _ = missing.communicate(timeout=240)
+    assert missing.returncode == 1, text
+    assert "Triton is missing" in text and "nothing was promoted" in text
+
+
+def test_ctrl_c_stops_every_process(compression_output: Path, no_orphans: Path) -> None:
+    spec = write_spec(
+        no_orphans / "spec", compression_output,
+        compression={"variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}],
+                     "measure": {"latencyRuns": 10, "throughputBatch": 8, "threads": 1}},
+        rollout={"candidate": "int8", "steps": [50, 100], "stepDuration": "30s", "users": 4, "spawnRate": 4},
+    )  # fmt: skip
+    proc = _cli(["run", str(spec), "--out", str(no_orphans / "out")])
+    deadline = time.monotonic() + 180
+    seen = ""
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:  # wait until Locust is running a window
+        line = proc.stdout.readline()
+        seen += line
+        if "served accuracy" in line or not line:
+            break
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    text, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, seen + text
+    assert "interrupted" in text
