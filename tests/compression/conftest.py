@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,9 @@ def write_spec(folder: Path, spec: dict[str, object], name: str = "m") -> Path:
     return path
 
 
-def digits_spec(variants: list[dict[str, object]], **compression: object) -> dict[str, object]:
-    """A spec on the bundled example's files (absolute paths), fast measurement settings."""
+def digits_spec(folder: Path, variants: list[dict[str, object]], **compression: object) -> dict[str, object]:
+    """A spec for a YAML in `folder` on the bundled example's files, fast measurement settings."""
+    shutil.copy(DIGITS / "model.py", folder / "model.py")  # the factory sits next to the YAML
     return {
         "source": {"uri": str(DIGITS / "digits_cnn.pt"), "format": "factory", "factory": "model:build"},
         "data": {

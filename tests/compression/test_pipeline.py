@@ -1,0 +1,166 @@
+"""run_compression end to end: the bundled example, report.json's shape, atomic output, multi-input models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from slimserve.api import CompressionReport, load_compressed_model
+from slimserve.compression import run_compression
+from slimserve.compression.export import export_onnx
+from slimserve.compression.loading import DataSet
+from slimserve.errors import InvalidInput
+from tests.compression.conftest import DIGITS, TokenModel, digits_spec, token_data, write_spec
+
+RECORD_KEYS = {
+    "name": str, "recipe": str, "path": str, "sha256": str, "sizeBytes": int, "compressionRatio": float,
+    "params": int, "macs": int, "metric": str, "accuracy": float, "accuracyCi": list, "accuracyDrop": float,
+    "latencyMsP50": float, "latencyMsP99": float, "throughputRps": float, "speedup": float,
+    "compressSeconds": float, "notes": list, "passed": (bool, type(None)), "served": (dict, type(None)),
+}
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompressionReport, Path]:
+    """The bundled example exactly as `make demo` runs it."""
+    out = tmp_path_factory.mktemp("digits") / "out"
+    spec = DIGITS / "compressedmodel.yaml"
+    return run_compression(load_compressed_model(spec), spec.parent, out), out
+
+
+@pytest.mark.slow
+def test_report_json_shape_is_stable(example: tuple[CompressionReport, Path]) -> None:
+    _, out = example
+    data: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert set(data) == {"model", "device", "baseline", "variants", "search", "environment"}
+    for record in [data["baseline"], *data["variants"]]:
+        assert set(record) == set(RECORD_KEYS)
+        for key, kind in RECORD_KEYS.items():
+            value = record[key]
+            if kind is float:
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), key
+            else:
+                assert isinstance(value, kind), key
+        assert len(record["accuracyCi"]) == 2 and record["metric"] == "accuracy"
+    assert [v["name"] for v in data["variants"]] == [
+        "int8-static", "fp16", "pruned-50", "low-rank", "distilled", "pruned-int8",
+    ]
+    assert data["baseline"]["name"] == "baseline" and data["baseline"]["path"] == "baseline.onnx"
+    assert CompressionReport.model_validate(data).model == "digits-cnn"
+
+
+@pytest.mark.slow
+def test_example_variants_keep_their_promises(example: tuple[CompressionReport, Path]) -> None:
+    report, out = example
+    v = {r.name: r for r in report.variants}
+    base = report.baseline
+    assert base.accuracy > 97.5
+    assert 3.5 <= v["int8-static"].compression_ratio < 4.2 and v["int8-static"].accuracy_drop <= 1.0
+    assert 1.8 < v["fp16"].compression_ratio < 2.1
+    assert base.macs / v["pruned-50"].macs >= 3.0 and v["pruned-50"].accuracy_drop <= 1.0
+    assert v["low-rank"].params < base.params
+    assert v["distilled"].params < base.params / 3
+    assert v["pruned-int8"].compression_ratio >= 8.0 and v["pruned-int8"].accuracy_drop <= 1.0
+    for r in [base, *report.variants]:
+        lo, hi = r.accuracy_ci
+        assert lo <= r.accuracy <= hi
+        assert r.accuracy_drop == pytest.approx(base.accuracy - r.accuracy, abs=1e-3)
+        path = out / r.path
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == r.sha256
+        assert path.stat().st_size == r.size_bytes
+        assert r.latency_ms_p50 <= r.latency_ms_p99
+    assert any("float graph before quantization" in n for n in v["int8-static"].notes)
+    assert (out / "report.md").read_text().count("| pruned-int8 |") == 1
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == [] and not (out / ".work").exists()
+
+
+def test_a_failing_variant_leaves_no_output_and_keeps_the_previous_one(tmp_path: Path) -> None:
+    variants = [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}]
+    spec = write_spec(tmp_path, digits_spec(tmp_path, variants))
+    out = tmp_path / "out"
+    run_compression(load_compressed_model(spec), tmp_path, out)
+    before = (out / "report.json").read_bytes()
+    bad = [*variants, {"name": "bad", "steps": [{"quantize": {"mode": "fp16", "excludeNodes": ["nope"]}}]}]
+    spec = write_spec(tmp_path, digits_spec(tmp_path, bad))
+    with pytest.raises(InvalidInput, match=r"spec.compression.variants\[1\].steps\[0\].quantize.excludeNodes"):
+        run_compression(load_compressed_model(spec), tmp_path, out)
+    assert (out / "report.json").read_bytes() == before
+    assert not (out / "bad.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+
+
+def test_out_dir_that_is_not_an_output_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    spec = write_spec(tmp_path, digits_spec(tmp_path, [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}]))
+    with pytest.raises(InvalidInput, match="not a slimserve output"):
+        run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_recipe_crash_names_the_variant_and_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from slimserve.compression.recipes import REGISTRY
+
+    def broken(*_: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setitem(REGISTRY, "lowRank", broken)
+    spec = write_spec(tmp_path, digits_spec(tmp_path, [{"name": "lr", "steps": [{"lowRank": {"rank": 4}}]}]))
+    with pytest.raises(RuntimeError, match=r"variants\[0\].steps\[0\] \(lowRank\) failed: ZeroDivisionError: boom"):
+        run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _token_files(folder: Path) -> None:
+    torch.manual_seed(0)
+    model = TokenModel().eval()
+    torch.save(model.state_dict(), folder / "tokens.pt")
+    (folder / "tokenmodel.py").write_text(
+        "from tests.compression.conftest import TokenModel\n\ndef build():\n    return TokenModel()\n"
+    )
+    np.savez(folder / "eval.npz", **token_data(64, seed=1))
+    np.savez(folder / "train.npz", **token_data(64, seed=2))
+    export_onnx(model, DataSet(folder, token_data(4), None), ["input_ids", "attention_mask"], folder / "tokens.onnx")
+
+
+def test_two_int64_inputs_from_onnx_with_dynamic_int8(tmp_path: Path) -> None:
+    _token_files(tmp_path)
+    spec = write_spec(tmp_path, {
+        "source": {"uri": "tokens.onnx", "format": "onnx"},
+        "data": {"evaluation": "eval.npz"},
+        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4},
+                        "variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}]},
+    })
+    report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
+    assert report.baseline.metric == "fidelity" and report.baseline.accuracy == 100.0
+    (int8,) = report.variants
+    assert int8.accuracy >= 90.0 and int8.compression_ratio > 1.5
+    graph = onnx.load(str(tmp_path / "out" / int8.path)).graph
+    assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
+        ("input_ids", onnx.TensorProto.INT64), ("attention_mask", onnx.TensorProto.INT64),
+    ]
+    assert any("mean cosine" in n for n in int8.notes)
+
+
+def test_two_int64_inputs_from_a_factory_with_low_rank_and_fine_tune(tmp_path: Path) -> None:
+    _token_files(tmp_path)
+    spec = write_spec(tmp_path, {
+        "source": {"uri": "tokens.pt", "format": "factory", "factory": "tokenmodel:build"},
+        "data": {"train": "train.npz", "evaluation": "eval.npz"},
+        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4},
+                        "variants": [{"name": "lr", "steps": [{"lowRank": {"rank": 8}}, {"fineTune": {"epochs": 1}}]}]},
+    })
+    report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
+    (lr,) = report.variants
+    assert lr.params < report.baseline.params
+    assert any("soft targets" in n for n in lr.notes)  # no labels: fine-tune distils from the model before it
+    names = [i.name for i in onnx.load(str(tmp_path / "out" / "baseline.onnx")).graph.input]
+    assert names == ["input_ids", "attention_mask"]
