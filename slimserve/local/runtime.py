@@ -156,9 +156,11 @@ def run_local(
             report = compress(model, base_dir, compression_dir, progress=progress)
     candidate = choose_candidate(model, report, stable_sha)
     if candidate is None:
+        within = [v.name for v in report.variants if v.accuracy_drop <= spec.gates.max_accuracy_drop]
         reason = (
-            f"no variant is within maxAccuracyDrop {spec.gates.max_accuracy_drop} offline "
-            "(or the best one is already stable); nothing to roll out"
+            f"every variant within maxAccuracyDrop ({', '.join(within)}) is already stable; nothing new to roll out"
+            if within
+            else f"no variant is within maxAccuracyDrop {spec.gates.max_accuracy_drop} offline; nothing to roll out"
         )
         return _finish(console, out_dir, model, report, state, None, [], "Inconclusive", reason, {}, [], None)
     console.print(f"candidate: [bold]{candidate.name}[/] ({candidate.recipe})")
@@ -194,7 +196,7 @@ def run_local(
 
         with stages.stage("served accuracy"):
             arrays, labels = load_npz(evaluation)
-            outputs = {name: predict(triton.url, name, arrays) for name in {BASELINE, candidate.name, stable_name}}
+            outputs = {name: predict(triton.url, name, arrays) for name in dict.fromkeys([BASELINE, stable_name, candidate.name])}
             acc = evidence(outputs[BASELINE], outputs[candidate.name], labels)
             served_acc = {
                 name: 100.0 * evidence(outputs[BASELINE], out, labels).candidate_correct / max(acc.n, 1)

@@ -25,7 +25,7 @@ from slimserve.triton.process import ManagedProcess, ServingError, free_port, po
 
 ENV_BINARY: Final = "SLIMSERVE_TRITONSERVER"
 INSTALL_HINT: Final = "install the serving extra (pip install 'nvidia-pytriton==0.7.0') or set SLIMSERVE_TRITONSERVER"
-_LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (.+?)(?:\"|$)", re.MULTILINE)
+_LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ def parse_load_failures(log_text: str) -> dict[str, str]:
     """Model name → Triton's reason, from its log ("failed to load 'm' version 1: ...")."""
     failures: dict[str, str] = {}
     for name, reason in _LOAD_FAILURE.findall(log_text):
-        failures.setdefault(name, reason.strip())
+        # Triton logs the message JSON-escaped on one line; drop the Python traceback after "At:".
+        text = reason.replace('\\"', '"').split("\\n\\nAt:")[0].replace("\\n", " ")
+        failures.setdefault(name, text.strip())
     return failures
 
 

@@ -200,7 +200,7 @@ def test_locust_failing_is_a_clear_error(compression_output: Path, tmp_path: Pat
 
 def _cli(args: list[str], env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "slimserve.cli.main", *args], cwd=REPO_ROOT, text=True,
+        [str(Path(sys.executable).parent / "slimserve"), *args], cwd=REPO_ROOT, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, **kwargs,  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -222,7 +222,11 @@ def test_cli_run_with_real_compression_then_triton_missing(compression_output: P
     expected = {"Promoted": 0, "RolledBack": 3, "Inconclusive": 4}[report["decision"]]
     assert proc.returncode == expected and report["candidate"] == "int8"
     assert report["decision"] in text and "accuracyDrop" in text
-    missing = _cli(["run", str(spec), "--out", str(out)], env={"SLIMSERVE_TRITONSERVER": str(no_orphans / "nope")})
+    again = _cli(["run", str(spec), "--out", str(out)])
+    text, _ = again.communicate(timeout=240)
+    if report["decision"] == "Promoted":  # the second run starts from the promoted int8: nothing new to roll out
+        assert again.returncode == 4 and "already stable" in text, text
+    missing = _cli(["run", str(spec), "--out", str(no_orphans / "out2")], env={"SLIMSERVE_TRITONSERVER": str(no_orphans / "nope")})
     text, _ = missing.communicate(timeout=240)
     assert missing.returncode == 1, text
     assert "Triton is missing" in text and "nothing was promoted" in text
