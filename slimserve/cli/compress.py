@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Final
 
 import typer
 from rich import box
@@ -45,19 +46,23 @@ def _recipes(report: object) -> str:
     return "\n".join(f"  [bold]{r.name}[/]: {r.recipe}" for r in report.variants)
 
 
-@app.command()
+HELP: Final = (
+    "Compress a model into the variants its spec lists, and measure each against the baseline.\n\n"
+    "Every variant ends as an ONNX file with a measured record: size, parameters, MACs, accuracy "
+    "with a 95% CI (or fidelity to the baseline without labels), accuracy drop, onnxruntime latency "
+    "p50/p99 at batch 1 and throughput.\n\n"
+    "Exit codes: 0 done, 2 invalid input (the message names the field and the fix), 1 internal failure."
+)
+
+
+@app.command(help=HELP)
 @handle_errors
 def compress(
-    file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: report.json, report.md and one .onnx per variant. "
-                             "Replaced atomically when the run completes."),
+    file: Annotated[Path, typer.Argument(help="A CompressedModel YAML file (the same one you would kubectl apply).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: report.json, report.md and one .onnx per "
+                                      "variant; replaced atomically when the run completes.")],
 ) -> None:
-    """Compress a model into the variants its spec lists, and measure each against the baseline.
-
-    Every variant ends as an ONNX file with a measured record: size, parameters, MACs, accuracy with a 95% CI (or fidelity to the baseline without labels), accuracy drop, onnxruntime latency p50/p99 at batch 1 and throughput.
-
-    Exit codes: 0 done, 2 invalid input (the message names the field and the fix), 1 internal failure.
-    """
+    """Compress a model into measured variants (help text: HELP)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     model = load_compressed_model(file)

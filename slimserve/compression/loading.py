@@ -63,7 +63,8 @@ class DataSet:
         return len(next(iter(self.inputs.values())))
 
     def head(self, n: int) -> DataSet:
-        return DataSet(self.path, {k: v[:n] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[:n])
+        labels = None if self.labels is None else self.labels[:n]
+        return DataSet(self.path, {k: v[:n] for k, v in self.inputs.items()}, labels)
 
     def batches(self, size: int) -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, len(self), size):
@@ -108,13 +109,17 @@ def import_factory(ref: str, base_dir: Path, field_name: str) -> Callable[..., n
             f"put {module_name.replace('.', '/')}.py next to the YAML file"
         ) from None
     except Exception as exc:  # noqa: BLE001 - user code failed at import time
-        raise InvalidInput(f"{field_name} = {ref!r}: importing '{module_name}' failed: {type(exc).__name__}: {exc}") from None
+        raise InvalidInput(
+            f"{field_name} = {ref!r}: importing '{module_name}' failed: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         with contextlib.suppress(ValueError):
             sys.path.remove(str(base_dir.resolve()))
     func = getattr(module, func_name, None)
     if not callable(func):
-        raise InvalidInput(f"{field_name} = {ref!r}: module '{module_name}' has no function '{func_name}'; fix the name")
+        raise InvalidInput(
+            f"{field_name} = {ref!r}: module '{module_name}' has no function '{func_name}'; fix the name"
+        )
     return func  # type: ignore[no-any-return]
 
 
@@ -124,7 +129,9 @@ def call_factory(factory: Callable[..., nn.Module], field_name: str, ref: str, *
     except Exception as exc:  # noqa: BLE001 - user code
         raise InvalidInput(f"{field_name} = {ref!r}: calling it failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(module, nn.Module):
-        raise InvalidInput(f"{field_name} = {ref!r}: returned {type(module).__name__}, not a torch.nn.Module; return the model")
+        raise InvalidInput(
+            f"{field_name} = {ref!r}: returned {type(module).__name__}, not a torch.nn.Module; return the model"
+        )
     return module
 
 
@@ -182,20 +189,25 @@ def load_source(source: Source, base_dir: Path, available_inputs: set[str]) -> L
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - corrupted or foreign file
-            raise InvalidInput(f"{where}: not a TorchScript file ({type(exc).__name__}); save it with torch.jit.save") from None
+            raise InvalidInput(
+                f"{where}: not a TorchScript file ({type(exc).__name__}); save it with torch.jit.save"
+            ) from None
         module.eval()
         return LoadedSource(forward_input_names(module, available_inputs), module=module)
     if fmt == "torch-export":
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # noqa: BLE001
-            raise InvalidInput(f"{where}: not a torch.export archive ({type(exc).__name__}); save it with torch.export.save") from None
+            raise InvalidInput(
+                f"{where}: not a torch.export archive ({type(exc).__name__}); save it with torch.export.save"
+            ) from None
         from torch.export.graph_signature import InputKind
 
         user = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
         names = [SINGLE_INPUT] if len(user) == 1 else user
         module = program.module()
-        return LoadedSource(names, module=module, notes=["source is a torch.export program: its shapes may be specialized"])
+        note = "source is a torch.export program: its shapes may be specialized"
+        return LoadedSource(names, module=module, notes=[note])
     raise InvalidInput(f"spec.source.format = {fmt!r}: unknown format; use onnx, torchscript, torch-export or factory")
 
 
@@ -293,7 +305,7 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
                 f"save it with .astype(np.{spec.dtype.name})"
             )
         got = tuple(arr.shape[1:])
-        if len(got) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, got)):
+        if len(got) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, got, strict=False)):
             want = ["N", *("?" if d is None else d for d in spec.shape)]
             problems.append(
                 f"{where}: '{spec.name}' has shape {list(arr.shape)} but the model expects {want}; reshape it"

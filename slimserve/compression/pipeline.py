@@ -9,7 +9,6 @@ leaves a partial variant looking finished.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import platform
@@ -19,7 +18,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +44,7 @@ from slimserve.compression.loading import (
     specs_from_data,
 )
 from slimserve.compression.recipes import REGISTRY, ModelState, RecipeContext
-from slimserve.compression.recipes.base import progress_task
+from slimserve.compression.recipes.base import clone, progress_task
 from slimserve.compression.report import write_reports
 from slimserve.errors import InvalidInput
 
@@ -152,7 +151,7 @@ class Workbench:
     def build_baseline(self) -> Built:
         t0 = time.perf_counter()
         if self.source.module is not None:
-            export_onnx(copy.deepcopy(self.source.module), self.evaluation, self.source.input_names, self.baseline_path)
+            export_onnx(clone(self.source.module), self.evaluation, self.source.input_names, self.baseline_path)
             recipe = f"export({self.model.spec.source.format} → onnx, fp32)"
         else:
             assert self.source.onnx_path is not None
@@ -188,7 +187,7 @@ class Workbench:
         _seed(self.seed)
         ctx = self.context(name)
         if self.source.module is not None:
-            state = ModelState(module=copy.deepcopy(self.source.module))
+            state = ModelState(module=clone(self.source.module))
         else:
             state = ModelState(onnx_path=self.baseline_path, float_onnx=self.baseline_path)
         for j, step in enumerate(steps):
@@ -212,7 +211,7 @@ class Workbench:
 
     # -- measuring ------------------------------------------------------------------------
 
-    def measure(self, built: Built) -> Measured:
+    def measure_quality(self, built: Built) -> Measured:
         """Counts and quality; the first call must be the baseline (fidelity compares with it)."""
         outputs = measure.predict(built.path, self.evaluation, threads=self.model.spec.compression.measure.threads)
         if self.baseline_outputs is None:
@@ -279,7 +278,8 @@ def environment(device: torch.device, threads: int) -> dict[str, str]:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").exists())):
+    foreign = out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.json").exists()
+    if out_dir.exists() and (not out_dir.is_dir() or foreign):
         raise InvalidInput(
             f"--out = '{out_dir}': exists and is not a slimserve output (no report.json); "
             "choose a new or empty folder (a previous output is replaced)"
@@ -325,13 +325,13 @@ def _run(model: CompressedModel, base_dir: Path, out: Path, progress: Progress |
     bench = Workbench(model, base_dir, out, progress)
     variants = spec.variants
     with progress_task(progress, "building variants", len(variants) + 1) as advance:
-        baseline = bench.measure(bench.build_baseline())
+        baseline = bench.measure_quality(bench.build_baseline())
         advance()
         built = []
         for i, variant in enumerate(variants):
             built.append(bench.build(variant.name, variant.steps, f"spec.compression.variants[{i}]"))
             advance()
-    measured = [bench.measure(b) for b in built]
+    measured = [bench.measure_quality(b) for b in built]
     search_report = None
     chosen: Measured | None = None
     if spec.search is not None:

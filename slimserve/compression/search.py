@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from slimserve.api.report import SearchReport, SearchTrial
-from slimserve.api.spec import FineTune, LowRank, Prune, Quantize, Search, Step
+from slimserve.api.spec import FineTune, LowRank, Prune, Quantize, QuantizeMode, Search, Step
 from slimserve.compression import measure
 from slimserve.compression.export import copy_onnx, size_bytes
 from slimserve.compression.recipes.base import progress_task
@@ -85,7 +85,7 @@ def families(bench: Workbench, objective: str) -> list[Family]:
     has_train = bench.train is not None
     static = bench.calibration is not None
     tune = [Step(fine_tune=FineTune(epochs=FINE_TUNE_EPOCHS))] if has_train else []
-    quant = Quantize(mode="static") if static else Quantize(mode="dynamic")
+    quant = Quantize(mode=QuantizeMode.static) if static else Quantize(mode=QuantizeMode.dynamic)
     sensitive: list[str] = []
 
     def quantized(i: int) -> list[Step] | None:
@@ -115,7 +115,7 @@ def families(bench: Workbench, objective: str) -> list[Family]:
     if torch_source:
         out.append(Family("pruned", len(PRUNE_RATIOS), lambda i: pruned(i, False), "lower the pruning ratio"))
         out.append(Family("low-rank", len(ENERGIES), low_rank, "keep more energy (a higher rank)"))
-    out.append(Family("fp16", 1, lambda i: [Step(quantize=Quantize(mode="fp16"))], "none left"))
+    out.append(Family("fp16", 1, lambda i: [Step(quantize=Quantize(mode=QuantizeMode.fp16))], "none left"))
     if objective != "size":  # fp16 runs no faster on CPU; try the speed recipes first
         out.sort(key=lambda f: f.name == "fp16")
     return out
@@ -171,7 +171,7 @@ def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[Se
             while name in taken:
                 name += "-x"
             built = bench.build(name, steps, f"spec.compression.search (trial {name})", keep=False)
-            m = bench.measure(built)
+            m = bench.measure_quality(built)
             drop = round(baseline.quality.accuracy - m.quality.accuracy, 3)
             passed = drop <= limit
             last_passed[fam.name] = passed
@@ -179,7 +179,8 @@ def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[Se
                 reason = f"drop {drop:.2f} ≤ {limit} points"
             else:
                 more = rung + 1 < fam.rungs
-                reason = f"drop {drop:.2f} > {limit} points; " + (f"fall back: {fam.fallback}" if more else "no fallback left")
+                then = f"fall back: {fam.fallback}" if more else "no fallback left"
+                reason = f"drop {drop:.2f} > {limit} points; {then}"
             results.append((m, fam.name, reason))
             advance()
     speeds = bench.speed([baseline.built, *(m.built for m, _, _ in results)],

@@ -106,6 +106,6 @@ def test_bundled_digits_sets_match_the_contract() -> None:
     for name in ("train", "calibration", "test"):
         data = load_npz(DIGITS / "data" / f"{name}.npz", name, ["x"], [spec])
         assert data.labels is not None and data.labels.dtype == np.int64
-        assert 0.0 <= data.inputs["x"].min() and data.inputs["x"].max() <= 1.0
+        assert data.inputs["x"].min() >= 0.0 and data.inputs["x"].max() <= 1.0
         sizes[name] = len(data)
     assert sizes["test"] == 540 and sizes["calibration"] == 256

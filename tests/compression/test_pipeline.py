@@ -164,3 +164,27 @@ def test_two_int64_inputs_from_a_factory_with_low_rank_and_fine_tune(tmp_path: P
     assert any("soft targets" in n for n in lr.notes)  # no labels: fine-tune distils from the model before it
     names = [i.name for i in onnx.load(str(tmp_path / "out" / "baseline.onnx")).graph.input]
     assert names == ["input_ids", "attention_mask"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "torch-export"])
+def test_torchscript_and_torch_export_sources(tmp_path: Path, trained_digits: torch.nn.Module, fmt: str) -> None:
+    example = torch.zeros(2, 1, 8, 8)
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.trace(trained_digits, example), tmp_path / "m.pt")
+        uri = "m.pt"
+    else:
+        program = torch.export.export(trained_digits, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.export.save(program, tmp_path / "m.pt2")
+        uri = "m.pt2"
+    body = digits_spec(tmp_path, [
+        {"name": "int8", "steps": [{"quantize": {"calibrationSamples": 64}}]},
+        {"name": "tuned", "steps": [{"fineTune": {"epochs": 1, "lr": 1e-4}}]},
+    ])
+    body["source"] = {"uri": uri, "format": fmt}
+    report = run_compression(load_compressed_model(write_spec(tmp_path, body)), tmp_path, tmp_path / "out")
+    assert report.baseline.accuracy > 97.5
+    int8, tuned = report.variants
+    assert int8.compression_ratio > 3.5 and int8.accuracy_drop <= 1.0 and tuned.accuracy_drop <= 1.0
+    body["compression"]["variants"] = [{"name": "p", "steps": [{"prune": {"ratio": 0.5}}]}]  # type: ignore[index]
+    with pytest.raises(InvalidInput, match=r"variants\[0\].steps\[0\].prune: .*give a factory source"):
+        run_compression(load_compressed_model(write_spec(tmp_path, body)), tmp_path, tmp_path / "out2")

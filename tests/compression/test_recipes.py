@@ -192,7 +192,8 @@ def test_distill_half_width_student_learns(trained_digits, make_ctx, digits_data
 def test_distill_without_labels_uses_soft_targets_only(trained_digits, make_ctx, digits_data) -> None:
     unlabeled = type(digits_data["train"])(digits_data["train"].path, digits_data["train"].inputs, None).head(128)
     ctx = make_ctx(train=unlabeled)
-    out = REGISTRY["distill"](ModelState(module=trained_digits), Distill(student={"widthMultiplier": 0.25}, epochs=1), ctx)
+    params = Distill(student={"widthMultiplier": 0.25}, epochs=1)
+    out = REGISTRY["distill"](ModelState(module=trained_digits), params, ctx)
     assert out.module is not None
     assert any("soft targets only" in n for n in ctx.notes)
 

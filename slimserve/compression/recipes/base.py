@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,7 +72,7 @@ class RecipeContext:
         module = state.require_module("export")
         self._exports += 1
         path = self.work_dir / f"{self.variant}.step{self._exports}.onnx"
-        export_onnx(copy.deepcopy(module), self.evaluation, self.input_names, path)
+        export_onnx(clone(module), self.evaluation, self.input_names, path)
         return replace(state, onnx_path=path, float_onnx=path)
 
     def require_train(self, recipe: str) -> DataSet:
@@ -98,6 +99,28 @@ def progress_task(progress: Progress | None, description: str, total: int) -> It
 
 class Recipe(Protocol):
     def __call__(self, state: ModelState, params: Any, ctx: RecipeContext) -> ModelState: ...
+
+
+def clone(module: nn.Module) -> nn.Module:
+    """An independent copy; deepcopy of a ScriptModule gives non-leaf parameters (untrainable)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer, map_location="cpu")
+    return copy.deepcopy(module)
+
+
+def layers_of(module: nn.Module, recipe: str, kinds: tuple[type[nn.Module], ...]) -> list[tuple[str, nn.Module]]:
+    """The named layers a structural recipe can change; none means the structure is not visible."""
+    found = [(n, m) for n, m in module.named_modules() if n and isinstance(m, kinds)]
+    if not found:
+        raise InvalidInput(
+            f"{recipe}: the model has no {' or '.join(k.__name__ for k in kinds)} modules to change "
+            "(TorchScript and torch.export programs do not keep them); give a factory source "
+            "(source.format: factory, 'module:function' + state dict)"
+        )
+    return found
 
 
 def first_output(out: Any) -> torch.Tensor:

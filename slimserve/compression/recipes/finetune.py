@@ -6,14 +6,13 @@ model before this step, so it distils from that copy's soft targets instead (not
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from slimserve.api.spec import FineTune
-from slimserve.compression.recipes.base import ModelState, RecipeContext
+from slimserve.compression.recipes.base import ModelState, RecipeContext, clone
 from slimserve.compression.recipes.training import fit, kd_loss, soft_targets
 
 
@@ -26,7 +25,7 @@ def apply(state: ModelState, params: FineTune, ctx: RecipeContext) -> ModelState
         def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return nn.functional.cross_entropy(logits, labels[idx.to(ctx.device)])
     else:
-        targets = soft_targets(copy.deepcopy(module), data, ctx)
+        targets = soft_targets(clone(module), data, ctx)
         ctx.notes.append("fineTune: the train set has no labels; trained on the previous model's soft targets")
 
         def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

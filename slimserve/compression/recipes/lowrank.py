@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from slimserve.api.spec import LowRank
-from slimserve.compression.recipes.base import ModelState, RecipeContext, named_module
+from slimserve.compression.recipes.base import ModelState, RecipeContext, layers_of, named_module
 
 
 def _rank(s: torch.Tensor, params: LowRank) -> int:
@@ -39,12 +39,14 @@ def _factorize(layer: nn.Module, params: LowRank) -> tuple[nn.Module, int] | Non
     first_w = (torch.diag(s[:r]) @ vh[:r]).contiguous()  # r × in
     second_w = u[:, :r].contiguous()  # out × r
     bias = layer.bias is not None
+    first: nn.Module
+    second: nn.Module
     if isinstance(layer, nn.Linear):
         first, second = nn.Linear(in_f, r, bias=False), nn.Linear(r, out_f, bias=bias)
         first.weight.data.copy_(first_w)
         second.weight.data.copy_(second_w)
     else:
-        first = nn.Conv2d(in_f, r, 1, stride=layer.stride, padding=layer.padding, bias=False)
+        first = nn.Conv2d(in_f, r, 1, stride=layer.stride, padding=layer.padding, bias=False)  # type: ignore[arg-type]
         second = nn.Conv2d(r, out_f, 1, bias=bias)
         first.weight.data.copy_(first_w[:, :, None, None])
         second.weight.data.copy_(second_w[:, :, None, None])
@@ -55,6 +57,7 @@ def _factorize(layer: nn.Module, params: LowRank) -> tuple[nn.Module, int] | Non
 
 def apply(state: ModelState, params: LowRank, ctx: RecipeContext) -> ModelState:
     module = state.require_module("lowRank")
+    layers_of(module, "lowRank", (nn.Linear, nn.Conv2d))
     wanted = set(params.layers)
     for name in wanted:
         named_module(module, name, "lowRank.layers")

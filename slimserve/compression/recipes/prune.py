@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from slimserve.api.spec import Prune
-from slimserve.compression.recipes.base import ModelState, RecipeContext, final_layer, named_module
+from slimserve.compression.recipes.base import ModelState, RecipeContext, final_layer, layers_of, named_module
 from slimserve.errors import InvalidInput
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -70,10 +70,10 @@ def _unstructured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored:
 
 def apply(state: ModelState, params: Prune, ctx: RecipeContext) -> ModelState:
     module = state.require_module("prune")
+    layers_of(module, "prune", _LAYERS)
     if isinstance(module, torch.jit.ScriptModule):
-        raise InvalidInput(
-            "prune: a TorchScript module cannot be restructured; give a factory source (module:function + state dict)"
-        )
+        raise InvalidInput("prune: a TorchScript module cannot be restructured; give a factory source "
+                           "(source.format: factory, 'module:function' + state dict)")
     example = tuple(ctx.evaluation.torch_inputs(slice(0, 2), ctx.input_names))
     classifier = final_layer(module, example)
     ignored = [named_module(module, n, "prune.keepLayers") for n in params.keep_layers]

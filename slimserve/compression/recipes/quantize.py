@@ -47,7 +47,8 @@ class _Reader(CalibrationDataReader):  # type: ignore[misc]
     """Feeds the calibration set in small batches (arrays are already named after the graph inputs)."""
 
     def __init__(self, data: DataSet) -> None:
-        self._batches = iter([{k: np.ascontiguousarray(v) for k, v in b.items()} for b in data.batches(CALIBRATION_BATCH)])
+        batches = data.batches(CALIBRATION_BATCH)
+        self._batches = iter([{k: np.ascontiguousarray(v) for k, v in b.items()} for b in batches])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
