@@ -49,6 +49,7 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+    batch: int | None = None  # fixed batch size of an ONNX source; None when dynamic
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,8 @@ def onnx_input_specs(path: Path) -> list[InputSpec]:
             continue
         t = inp.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        out.append(InputSpec(inp.name, _ONNX_DTYPES.get(t.elem_type, np.dtype(np.float32)), tuple(dims[1:])))
+        dtype = _ONNX_DTYPES.get(t.elem_type, np.dtype(np.float32))
+        out.append(InputSpec(inp.name, dtype, tuple(dims[1:]), dims[0] if dims else None))
     return out
 
 

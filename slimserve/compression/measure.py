@@ -133,10 +133,31 @@ def feed(sess: ort.InferenceSession, batch: dict[str, np.ndarray]) -> dict[str, 
     return {n: batch[n] for n in names}
 
 
+def fixed_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch size a graph was exported with when dim 0 is not dynamic."""
+    for inp in sess.get_inputs():
+        dim = inp.shape[0] if inp.shape else None
+        if isinstance(dim, int) and dim > 0:
+            return dim
+    return None
+
+
+def take(data: DataSet, start: int, n: int) -> dict[str, np.ndarray]:
+    """`n` samples from `start`, wrapping around: fills fixed-batch graphs and throughput batches."""
+    idx = (start + np.arange(n)) % len(data)
+    return {k: np.ascontiguousarray(v[idx]) for k, v in data.inputs.items()}
+
+
 def predict(path: Path, data: DataSet, batch_size: int = 64, threads: int = 0) -> np.ndarray:
     """The first output over the whole data set, as float32."""
     sess = session(path, threads)
-    outs = [sess.run([sess.get_outputs()[0].name], feed(sess, b))[0] for b in data.batches(batch_size)]
+    size = fixed_batch(sess) or batch_size
+    name = sess.get_outputs()[0].name
+    outs = []
+    for start in range(0, len(data), size):
+        n = min(size, len(data) - start)
+        batch = take(data, start, size if fixed_batch(sess) else n)
+        outs.append(sess.run([name], feed(sess, batch))[0][:n])
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -159,11 +180,6 @@ def quality(outputs: np.ndarray, labels: np.ndarray | None, baseline: np.ndarray
     return Quality(metric, round(100 * correct / total, 3), wilson_interval(correct, total), pred, cosine)
 
 
-def _repeat(data: DataSet, n: int) -> dict[str, np.ndarray]:
-    idx = np.arange(n) % len(data)
-    return {k: np.ascontiguousarray(v[idx]) for k, v in data.inputs.items()}
-
-
 def measure_speed(
     paths: dict[str, Path],
     data: DataSet,
@@ -175,12 +191,15 @@ def measure_speed(
 ) -> dict[str, Speed]:
     """p50/p99 latency at batch 1 and samples/s at `throughput_batch`, variants interleaved.
 
+    A graph with a fixed batch dimension runs at that batch for both.
+
     Each of `blocks` rounds runs every variant in turn (order rotated), `runs / blocks` batch-1
     calls then a few calls at the throughput batch; warm-up calls are discarded.
     """
     sessions = {name: session(p, threads) for name, p in paths.items()}
-    one, big = _repeat(data, 1), _repeat(data, throughput_batch)
-    feeds = {n: (feed(s, one), feed(s, big)) for n, s in sessions.items()}
+    fixed = {n: fixed_batch(s) for n, s in sessions.items()}  # a fixed-batch graph runs at its batch
+    sizes = {n: (fixed[n] or 1, fixed[n] or throughput_batch) for n in sessions}
+    feeds = {n: (feed(s, take(data, 0, sizes[n][0])), feed(s, take(data, 0, sizes[n][1]))) for n, s in sessions.items()}
     out_names = {n: [s.get_outputs()[0].name] for n, s in sessions.items()}
     for name, sess in sessions.items():  # warm-up: allocations, kernel choice
         for _ in range(3):
@@ -209,7 +228,7 @@ def measure_speed(
         n: Speed(
             latency_ms_p50=round(float(np.percentile(lat[n], 50)) * 1000, 4),
             latency_ms_p99=round(float(np.percentile(lat[n], 99)) * 1000, 4),
-            throughput_rps=round(throughput_batch / float(np.median(tput[n])), 2),
+            throughput_rps=round(sizes[n][1] / float(np.median(tput[n])), 2),
         )
         for n in names
     }

@@ -143,6 +143,12 @@ class Workbench:
             self.train = load_npz(files["train"], "spec.data.train", names, self.specs)
         if "calibration" in files:
             self.calibration = load_npz(files["calibration"], "spec.data.calibration", names, self.specs)
+        fixed = {s.batch for s in self.specs if s.batch}
+        if fixed:
+            self.source.notes.append(
+                f"the source graph has a fixed batch of {fixed.pop()}: every measurement runs at that batch; "
+                "export with a dynamic dim 0 to measure batch 1 and throughput separately"
+            )
         self.baseline_path = out / f"{BASELINE}.onnx"
         self.baseline_outputs: np.ndarray | None = None
 

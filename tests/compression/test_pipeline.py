@@ -188,3 +188,14 @@ def test_torchscript_and_torch_export_sources(tmp_path: Path, trained_digits: to
     body["compression"]["variants"] = [{"name": "p", "steps": [{"prune": {"ratio": 0.5}}]}]  # type: ignore[index]
     with pytest.raises(InvalidInput, match=r"variants\[0\].steps\[0\].prune: .*give a factory source"):
         run_compression(load_compressed_model(write_spec(tmp_path, body)), tmp_path, tmp_path / "out2")
+
+
+def test_onnx_source_with_a_fixed_batch_is_measured_at_that_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(tmp_path / "fixed.onnx"), input_names=["x"], dynamo=False)
+    body = digits_spec(tmp_path, [{"name": "int8", "steps": [{"quantize": {"calibrationSamples": 50}}]}])
+    body["source"] = {"uri": "fixed.onnx", "format": "onnx"}
+    report = run_compression(load_compressed_model(write_spec(tmp_path, body)), tmp_path, tmp_path / "out")
+    assert any("fixed batch of 1" in n for n in report.baseline.notes)
+    assert report.variants[0].accuracy_ci[0] <= report.variants[0].accuracy

@@ -27,7 +27,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from slimserve.api.spec import Quantize
-from slimserve.compression.loading import DataSet
+from slimserve.compression.loading import DataSet, onnx_input_specs
+from slimserve.compression.measure import take
 from slimserve.compression.recipes.base import ModelState, RecipeContext
 from slimserve.errors import InvalidInput
 
@@ -46,9 +47,10 @@ _FORMATS = {"QOperator": QuantFormat.QOperator, "QDQ": QuantFormat.QDQ}
 class _Reader(CalibrationDataReader):  # type: ignore[misc]
     """Feeds the calibration set in small batches (arrays are already named after the graph inputs)."""
 
-    def __init__(self, data: DataSet) -> None:
-        batches = data.batches(CALIBRATION_BATCH)
-        self._batches = iter([{k: np.ascontiguousarray(v) for k, v in b.items()} for b in batches])
+    def __init__(self, data: DataSet, fixed_batch: int | None = None) -> None:
+        size = fixed_batch or CALIBRATION_BATCH
+        starts = range(0, len(data), size) if not fixed_batch else range(0, max(1, len(data) // size * size), size)
+        self._batches = iter([take(data, s, min(size, len(data) - s) if not fixed_batch else size) for s in starts])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -101,7 +103,8 @@ def static_int8(
     extra: dict[str, object] = {}
     if _value(params.calibration) == "percentile":
         extra["CalibPercentile"] = params.percentile
-    reader = None if cache is not None and cache.is_file() else _Reader(calibration)
+    fixed = next((s.batch for s in onnx_input_specs(src) if s.batch), None)
+    reader = None if cache is not None and cache.is_file() else _Reader(calibration, fixed)
     quantize_static(
         str(src), str(out), reader,
         quant_format=_FORMATS[_value(params.format)],
