@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -195,21 +196,31 @@ def _env(key: str, value: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def running_operator(interval: float = 0.1, **settings: Any) -> AsyncIterator[kopf.Memo]:
-    """kopf's real reactor as a task in this loop; stopped (not killed) on exit."""
+    """kopf's real reactor in its own thread and event loop, like a separate process.
+
+    On stop, kopf cancels every task of its loop that it did not start with; in its own loop
+    that cannot reach the emulator's server tasks, so an operator can stop and start again
+    (the restart scenario) against the same emulator.
+    """
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.scanning.disabled = True
     kopf_settings.posting.enabled = False
     memo = kopf.Memo(operator_settings=OperatorSettings(
         metrics_port=0, reconcile_interval_seconds=interval, **settings))
-    stop = asyncio.Event()
-    task = asyncio.create_task(kopf.operator(
-        settings=kopf_settings, namespaces=[NS], standalone=True, stop_flag=stop, memo=memo))
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.run(kopf.operator(
+            settings=kopf_settings, namespaces=[NS], standalone=True, stop_flag=stop, ready_flag=ready,
+            memo=memo))
+
+    thread = threading.Thread(target=run, name="kopf-operator", daemon=True)
+    thread.start()
+    await asyncio.get_running_loop().run_in_executor(None, ready.wait, 10)
     try:
         yield memo
     finally:
         stop.set()
-        try:
-            await asyncio.wait_for(task, timeout=10)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            task.cancel()
-        logging.getLogger("kopf").handlers.clear()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, 15)
+        assert not thread.is_alive(), "the operator did not stop"

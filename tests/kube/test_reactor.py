@@ -61,3 +61,118 @@ def test_happy_path_promotes_the_candidate(tmp_path: Path) -> None:
             assert cluster.get(DEPLOY, "digits-int8")["metadata"]["labels"]["slimserve.dev/role"] == "stable"
 
     asyncio.run(scenario())
+
+
+def test_failing_gate_rolls_back_and_leaves_stable_untouched(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.create_model(example_model())
+            await _to_evaluating(cluster)
+            stable_versions = cluster.versions(DEPLOY, "digits-baseline")
+            stable_spec = cluster.get(DEPLOY, "digits-baseline")["spec"]
+            await cluster.write_report("digits-report-g1-s0", report("RolledBack", 10, "p99 4.9 ms > 4.5 ms x 1.1"))
+            status = await cluster.wait_phase("digits", "RolledBack")
+            assert status["decision"] == "RolledBack" and status["canaryWeight"] == 0
+            assert "p99 4.9 ms" in status["message"]
+            assert weights(cluster) == {"digits-baseline": 100}
+            assert cluster.condition("digits", "Promoted")["reason"] == "GateFailed"
+            assert cluster.condition("digits", "Ready")["status"] == "True"  # stable keeps serving
+            assert cluster.versions(DEPLOY, "digits-baseline") == stable_versions
+            assert cluster.get(DEPLOY, "digits-baseline")["spec"] == stable_spec
+            assert cluster.get(DEPLOY, "digits-int8")["spec"]["replicas"] == 0
+            assert cluster.get("autoscaling/v2/horizontalpodautoscalers", "digits-int8") is None
+            assert cluster.get("autoscaling/v2/horizontalpodautoscalers", "digits-baseline") is not None
+
+    asyncio.run(scenario())
+
+
+def test_failure_budget_retries_the_step_before_rolling_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        model = example_model()
+        model["spec"]["rollout"]["failureBudget"] = 1
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.create_model(model)
+            await _to_evaluating(cluster)
+            await cluster.write_report("digits-report-g1-s0", report("Inconclusive", 10, "42 requests < 100"))
+            await cluster.wait(lambda: cluster.get(JOB, "digits-eval-g1-s0-a1"), message="retry of step 0")
+            assert cluster.status("digits")["failedSteps"] == 1
+            await cluster.write_report("digits-report-g1-s0-a1", report("RolledBack", 10, "error rate 5%"))
+            status = await cluster.wait_phase("digits", "RolledBack")
+            assert "error rate 5%" in status["message"]
+
+    asyncio.run(scenario())
+
+
+def test_failed_compression_job_fails_with_its_reason(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.create_model(example_model())
+            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g1"), message="compression Job")
+            await cluster.finish_job("digits-compress-g1", ok=False, reason="BackoffLimitExceeded",
+                                     message="Job has reached the specified backoff limit")
+            status = await cluster.wait_phase("digits", "Failed")
+            assert "BackoffLimitExceeded" in status["message"]
+            compressed = cluster.condition("digits", "Compressed")
+            assert compressed["status"] == "False" and compressed["reason"] == "JobFailed"
+            assert cluster.condition("digits", "Ready")["reason"] == "CompressionFailed"
+            assert cluster.get(JOB, "digits-package-g1") is None
+
+    asyncio.run(scenario())
+
+
+def test_operator_restart_mid_rollout_resumes_without_duplicates(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster:
+            async with running_operator():
+                await cluster.create_model(example_model())
+                await _to_evaluating(cluster)
+                await cluster.write_report("digits-report-g1-s0", report("Promoted", 10))
+                await cluster.wait_phase("digits", "Progressing")
+            before = {r: cluster.names(r) for r in (JOB, DEPLOY, CM, "v1/services", ROUTE)}
+            stable_versions = cluster.versions(DEPLOY, "digits-baseline")
+            # While the operator is down, the step-2 evaluator finishes.
+            await cluster.write_report("digits-report-g1-s1", report("Promoted", 50))
+            async with running_operator():
+                await cluster.wait(lambda: cluster.get(JOB, "digits-eval-g1-s2"), message="step 3 after restart")
+                after = {r: cluster.names(r) for r in (JOB, DEPLOY, CM, "v1/services", ROUTE)}
+                assert after[JOB] == sorted(before[JOB] + ["digits-eval-g1-s2"])
+                assert after[DEPLOY] == before[DEPLOY] == ["digits-baseline", "digits-int8"]
+                assert after["v1/services"] == before["v1/services"]
+                assert cluster.versions(DEPLOY, "digits-baseline") == stable_versions
+                await cluster.write_report("digits-report-g1-s2", report("Promoted", 100))
+                await cluster.wait_phase("digits", "Promoted")
+
+    asyncio.run(scenario())
+
+
+def test_spec_change_restarts_the_pipeline(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.create_model(example_model())
+            await _to_evaluating(cluster)
+            await cluster.change_spec("digits", {"rollout": {"steps": [25, 100]}}, generation=2)
+            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="generation 2 compression")
+            status = await cluster.wait_phase("digits", "Compressing")
+            assert status["observedGeneration"] == 2 and status.get("candidateVariant") is None
+            assert all(c["observedGeneration"] == 2 for c in status["conditions"])
+            assert weights(cluster) == {"digits-baseline": 100}  # traffic back on stable meanwhile
+            assert cluster.get(DEPLOY, "digits-baseline") is not None
+
+    asyncio.run(scenario())
+
+
+def test_invalid_spec_fails_with_an_actionable_condition(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            bad = example_model()
+            bad["spec"]["rollout"]["steps"] = [50, 10]
+            await cluster.create_model(bad)
+            status = await cluster.wait_phase("digits", "Failed")
+            ready = cluster.condition("digits", "Ready")
+            assert ready["reason"] == "InvalidSpec" and "rollout.steps" in ready["message"]
+            assert "must increase and end at 100" in status["message"]
+            assert cluster.get(JOB, "digits-compress-g1") is None
+            await cluster.change_spec("digits", {"rollout": {"steps": [10, 100]}}, generation=2)
+            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="fixed spec compresses")
+
+    asyncio.run(scenario())
