@@ -40,12 +40,12 @@ NON_ROOT_UID: Final = 1000
 # Printed by the compression Job into its termination message: the operator reads the compact
 # summary of report.json from the Pod status, without mounting the model volume itself.
 SUMMARY_SCRIPT: Final = (
-    "import json,sys;r=json.load(open(sys.argv[1]));"
-    "k=('name','compressionRatio','accuracyDrop','speedup','throughputRps','latencyMsP99');"
-    "f=lambda x:round(x,4) if isinstance(x,float) else x;"
-    "s={'variants':[{a:f(v.get(a)) for a in k} for v in r['variants']],"
-    "'chosen':(r.get('search') or {}).get('chosen')};"
-    "print(json.dumps(s,separators=(',',':')))"
+    'import json,sys;r=json.load(open(sys.argv[1]));'
+    'k=("name","compressionRatio","accuracyDrop","speedup","throughputRps","latencyMsP99");'
+    'f=lambda x:round(x,4) if isinstance(x,float) else x;'
+    's={"variants":[{a:f(v.get(a)) for a in k} for v in r["variants"]],'
+    '"chosen":(r.get("search") or {}).get("chosen")};'
+    'print(json.dumps(s,separators=(",",":")))'
 )
 
 
@@ -152,7 +152,9 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
 
 
 def _metadata(owner: Owner, name: str, lbls: dict[str, str]) -> dict[str, Any]:
-    return {"name": name, "namespace": owner.namespace, "labels": lbls, "ownerReferences": [owner_reference(owner)]}
+    return {
+        "name": name, "namespace": owner.namespace, "labels": dict(lbls), "ownerReferences": [owner_reference(owner)]
+    }
 
 
 def stamp(manifest: Manifest) -> Manifest:
@@ -199,9 +201,9 @@ def _volumes(model: CompressedModel, owner: Owner, with_spec: bool) -> list[dict
     return out
 
 
-def _mounts(with_spec: bool, models_read_only: bool = False) -> list[dict[str, Any]]:
+def _mounts(with_spec: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [
-        {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": models_read_only},
+        {"name": "models", "mountPath": MODELS_MOUNT},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     if with_spec:
@@ -282,7 +284,7 @@ def _job(
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod["tolerations"] = tolerations
-    spec: dict[str, Any] = {"backoffLimit": backoff_limit, "template": {"metadata": {"labels": lbls}, "spec": pod}}
+    spec: dict[str, Any] = {"backoffLimit": backoff_limit, "template": {"metadata": {"labels": dict(lbls)}, "spec": pod}}
     if pod_failure_policy:
         spec["podFailurePolicy"] = pod_failure_policy
     return stamp({"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(owner, name, lbls), "spec": spec})
@@ -396,12 +398,13 @@ def build_triton_deployment(
         },
         "resources": _resources(serving.cpu, serving.memory, gpus),
         "securityContext": _container_security_context(),
-        "volumeMounts": [] if repo.startswith("s3://") else _mounts(with_spec=False, models_read_only=True)[:1],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
-    container["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"})
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    if not repo.startswith("s3://"):
-        volumes.insert(0, {"name": "models", "persistentVolumeClaim": {"claimName": model_pvc_name(model, owner), "readOnly": True}})
+    if not repo.startswith("s3://"):  # Triton reads s3:// itself; a path needs the PVC, read-only
+        container["volumeMounts"].insert(0, {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
+        claim = {"claimName": model_pvc_name(model, owner), "readOnly": True}
+        volumes.insert(0, {"name": "models", "persistentVolumeClaim": claim})
     meta = _metadata(owner, name, {**pod_labels, LABEL_ROLE: role})
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -602,7 +605,10 @@ def build_evaluator_job(
             ]
     )
     container = _worker_container(settings, script, _resources("1", "1Gi", 0))
-    container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "spec", "mountPath": "/spec", "readOnly": True}]
+    container["volumeMounts"] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "spec", "mountPath": "/spec", "readOnly": True},
+    ]
     volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "spec", "configMap": {"name": spec_config_map_name(owner)}}]
     job = _job(
         owner,

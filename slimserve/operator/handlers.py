@@ -38,7 +38,9 @@ TEMPORARY_DELAY_SECONDS = 5.0
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
+) -> None:
     """Own finalizer and annotation prefix, watch timeouts, the API client and the metrics port."""
     ops: OperatorSettings = memo.get("operator_settings") or OperatorSettings()
     memo["operator_settings"] = ops
@@ -207,6 +209,6 @@ async def observe_children(
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)
-def forget(name: str, namespace: str, **_: Any) -> None:
+def forget(name: str, namespace: str | None, **_: Any) -> None:
     """Children go through owner references; only the metric series are ours to drop."""
-    metrics.forget_model(namespace, name)
+    metrics.forget_model(namespace or "", name)

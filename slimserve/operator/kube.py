@@ -76,7 +76,10 @@ class KubeApi:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         found = await kopf_api.get(f"{url(api_version, kind, namespace)}?labelSelector={selector}", **self._kw(logger))
         items = found.get("items") or []
-        return [i for i in items if all((i.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())]
+        return [
+            item for item in items
+            if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
 
     async def apply(self, manifest: Manifest, logger: Any = None) -> Outcome:
         """Create, or patch when the stored spec-hash differs; a 409 is not an error."""

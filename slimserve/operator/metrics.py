@@ -6,6 +6,7 @@ Grafana dashboard can draw the canary weight and the gate thresholds next to Tri
 
 from __future__ import annotations
 
+import contextlib
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -65,11 +66,8 @@ def observe_model(model: CompressedModel, namespace: str, canary_weight: int | N
 
 def forget_model(namespace: str, name: str) -> None:
     """Drop a deleted model's series so they stop being scraped."""
-    for gauge in (CANARY_WEIGHT,):
-        try:
-            gauge.remove(namespace, name)
-        except KeyError:
-            pass
+    with contextlib.suppress(KeyError):
+        CANARY_WEIGHT.remove(namespace, name)
     for labels in list(GATE_THRESHOLD._metrics):  # noqa: SLF001 - prometheus-client has no prefix removal
         if labels[:2] == (namespace, name):
             GATE_THRESHOLD.remove(*labels)

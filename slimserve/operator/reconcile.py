@@ -111,7 +111,7 @@ def choose_candidate(model: CompressedModel, summary: dict[str, Any]) -> tuple[d
     if wanted != "auto":
         if wanted not in variants:
             return None, f"rollout.candidate '{wanted}' is not in the compression report ({sorted(variants)})"
-        return variants[wanted], f"named by rollout.candidate"
+        return variants[wanted], "named by rollout.candidate"
     chosen = summary.get("chosen")
     if chosen in variants:
         return variants[chosen], "chosen by the search"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube.emulator import CR, SUMMARY, emulated_cluster, example_model, report, running_operator
+from tests.kube.emulator import SUMMARY, emulated_cluster, example_model, report, running_operator
 
 pytestmark = pytest.mark.kube
 
