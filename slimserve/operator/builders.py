@@ -284,7 +284,8 @@ def _job(
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod["tolerations"] = tolerations
-    spec: dict[str, Any] = {"backoffLimit": backoff_limit, "template": {"metadata": {"labels": dict(lbls)}, "spec": pod}}
+    template = {"metadata": {"labels": dict(lbls)}, "spec": pod}
+    spec: dict[str, Any] = {"backoffLimit": backoff_limit, "template": template}
     if pod_failure_policy:
         spec["podFailurePolicy"] = pod_failure_policy
     return stamp({"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(owner, name, lbls), "spec": spec})

@@ -119,7 +119,10 @@ def choose_candidate(model: CompressedModel, summary: dict[str, Any]) -> tuple[d
     eligible = [v for v in variants.values() if v.get("accuracyDrop") is not None and v["accuracyDrop"] <= limit]
     if not eligible:
         drops = ", ".join(f"{n}: {v.get('accuracyDrop')}" for n, v in sorted(variants.items()))
-        return None, f"no variant drops at most {limit} points of accuracy ({drops}); relax gates.maxAccuracyDrop or add recipes"
+        return None, (
+            f"no variant drops at most {limit} points of accuracy ({drops}); "
+            "relax gates.maxAccuracyDrop or add recipes"
+        )
     search = model.spec.compression.search
     key = OBJECTIVE_KEYS[search.objective if search else "size"]
     best = max(eligible, key=lambda v: (v.get(key) or 0.0, -(v.get("accuracyDrop") or 0.0)))
@@ -298,7 +301,8 @@ def plan(
         if stable not in ready or candidate not in ready:
             out.apply += _deploy_children(model, owner, stable, candidate, settings)
         elif ready[stable] and ready[candidate]:
-            st.condition("Deployed", "True", "DeploymentsReady", f"Triton serves {stable} (stable) and {candidate} (canary)")
+            st.condition("Deployed", "True", "DeploymentsReady",
+                         f"Triton serves {stable} (stable) and {candidate} (canary)")
             out.apply += _start_step(model, owner, st, 0, stable, candidate, settings)
         return out
 
@@ -313,8 +317,9 @@ def plan(
     if report is None:
         if job is None or not job.finished:
             return out
+        job_name = b.evaluator_job_name(owner, step, failures)
         report = {"decision": "Inconclusive", "steps": [],
-                  "reason": f"evaluator Job {b.evaluator_job_name(owner, step, failures)} ended ({job.reason}) without a report"}
+                  "reason": f"evaluator Job {job_name} ended ({job.reason}) without a report"}
     decision = str(report.get("decision") or "Inconclusive")
     reason = str(report.get("reason") or "")
     out.gate_decision = decision

@@ -9,7 +9,10 @@ import pytest
 
 from tests.kube.emulator import SUMMARY, emulated_cluster, example_model, report, running_operator
 
-pytestmark = pytest.mark.kube
+pytestmark = [
+    pytest.mark.kube,
+    pytest.mark.filterwarnings("ignore:read_binary is deprecated:DeprecationWarning"),  # inside kmock 0.8
+]
 
 JOB = "batch/v1/jobs"
 DEPLOY = "apps/v1/deployments"

@@ -28,7 +28,8 @@ def kinds(manifests: list[dict[str, Any]]) -> list[str]:
 def test_a_new_object_starts_compressing_with_its_children() -> None:
     out = plan(_model(), OWNER, None, Observed(), SETTINGS, NOW)
     assert out.status["phase"] == "Compressing" and out.status["observedGeneration"] == 1
-    assert kinds(out.apply) == ["ConfigMap/digits-spec", "PersistentVolumeClaim/digits-models", "Job/digits-compress-g1"]
+    assert kinds(out.apply) == [
+        "ConfigMap/digits-spec", "PersistentVolumeClaim/digits-models", "Job/digits-compress-g1"]
     CompressedModelStatus.model_validate(out.status)  # every field is declared in the CRD
 
 
