@@ -315,7 +315,8 @@ def _finish(
         points.append((stable_name, 0, w.throughput_rps or 0.0, w.p99_ms or 0.0))
     for m in measurements:
         for name, w in m.windows.items():
-            points.append((name, m.weight, w.throughput_rps or 0.0, w.p99_ms or 0.0))
+            if w.requests and w.p99_ms is not None and w.throughput_rps:  # a model with no traffic has no point
+                points.append((name, m.weight, w.throughput_rps, w.p99_ms))
     if points:
         plot_throughput_vs_p99(out_dir / "throughput_vs_p99.png", points)
     plot_accuracy_vs_size(out_dir / "accuracy_vs_size.png", report)

@@ -253,3 +253,38 @@ def test_ctrl_c_stops_every_process(compression_output: Path, no_orphans: Path) 
     text, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, seen + text
     assert "interrupted" in text
+
+
+def test_cli_evaluate_judges_one_step_against_running_servers(compression_output: Path, no_orphans: Path) -> None:
+    """What the operator's evaluator Job runs: one canary step, an EvaluationReport, the exit code."""
+    from slimserve.api.report import EvaluationReport
+    from slimserve.evaluator.prometheus import PrometheusServer
+    from slimserve.triton.repository import build_repository
+    from slimserve.triton.server import TritonServer
+
+    report = CompressionReport.model_validate_json((compression_output / "report.json").read_text())
+    repo = no_orphans / "repo"
+    build_repository(report, compression_output, repo, "python", ["int8", "noisy"])
+    spec = write_spec(no_orphans / "spec", compression_output)
+    with TritonServer(repo, no_orphans / "triton") as triton, PrometheusServer(
+        [triton.metrics_target], no_orphans / "prom"
+    ) as prom:
+        prom.wait_for_targets()
+        results = {}
+        for candidate in ("int8", "noisy"):
+            out = no_orphans / f"{candidate}.json"
+            proc = _cli([
+                "evaluate", str(spec), "--baseline-url", triton.url, "--candidate-url", triton.url,
+                "--baseline-model", "baseline", "--candidate-model", candidate, "--weight", "50",
+                "--prometheus-url", prom.url, "--out", str(out),
+            ])  # fmt: skip
+            text, _ = proc.communicate(timeout=120)
+            results[candidate] = (proc.returncode, EvaluationReport.model_validate_json(out.read_text()), text)
+    code, noisy, text = results["noisy"]
+    assert code == 3 and noisy.decision == "RolledBack", text
+    assert {c.name: c.verdict for c in noisy.steps[0].checks}["accuracyDrop"] == "Fail"
+    code, int8, text = results["int8"]
+    assert code == {"Promoted": 0, "RolledBack": 3, "Inconclusive": 4}[int8.decision], text
+    assert int8.steps[0].weight == 50
+    assert {c.name for c in int8.steps[0].checks} >= {"accuracyDrop", "samples", "p99VsBaseline", "throughputVsBaseline"}
+    assert {c.name: c.verdict for c in int8.steps[0].checks}["accuracyDrop"] == "Pass"
