@@ -46,6 +46,7 @@ from slimserve.compression.loading import (
 from slimserve.compression.recipes import REGISTRY, ModelState, RecipeContext
 from slimserve.compression.recipes.base import clone, progress_task
 from slimserve.compression.report import write_reports
+from slimserve.compression.search import run_search
 from slimserve.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -171,7 +172,6 @@ class Workbench:
         return RecipeContext(
             variant=name,
             input_names=self.source.input_names,
-            input_specs=self.specs,
             evaluation=self.evaluation,
             work_dir=self.work,
             base_dir=self.base_dir,
@@ -325,8 +325,6 @@ def run_compression(model: CompressedModel, base_dir: Path, out_dir: Path,
 
 
 def _run(model: CompressedModel, base_dir: Path, out: Path, progress: Progress | None) -> CompressionReport:
-    from slimserve.compression.search import run_search
-
     spec = model.spec.compression
     bench = Workbench(model, base_dir, out, progress)
     variants = spec.variants

@@ -57,7 +57,6 @@ def make_ctx(tmp_path: Path, digits_data: dict[str, DataSet]):  # type: ignore[n
         args: dict[str, object] = dict(
             variant="v",
             input_names=["x"],
-            input_specs=[],
             evaluation=digits_data["evaluation"],
             work_dir=tmp_path,
             base_dir=tmp_path,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from slimserve.compression.export import export_onnx
-from slimserve.compression.loading import DataSet, InputSpec
+from slimserve.compression.loading import DataSet
 from slimserve.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ class RecipeContext:
 
     variant: str
     input_names: list[str]
-    input_specs: list[InputSpec]
     evaluation: DataSet
     work_dir: Path
     base_dir: Path
