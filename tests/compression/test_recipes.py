@@ -238,3 +238,20 @@ def test_export_has_a_dynamic_batch_dimension(trained_digits, digits_data, tmp_p
     for batch in (1, 7):
         out = measure.session(path).run(None, {"x": digits_data["evaluation"].inputs["x"][:batch]})[0]
         assert out.shape == (batch, 10)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected_op"),
+    [
+        ({"calibration": "entropy"}, "QLinearConv"),
+        ({"calibration": "percentile", "percentile": 99.99}, "QLinearConv"),
+        ({"format": "QDQ", "activation_type": "int8"}, "DequantizeLinear"),
+    ],
+)
+def test_static_calibration_methods_and_formats(trained_digits, make_ctx, digits_data, options, expected_op) -> None:
+    ctx = make_ctx(calibration=digits_data["calibration"].head(64))
+    base = ctx.onnx(ModelState(module=trained_digits))
+    out = REGISTRY["quantize"](base, Quantize(**options), ctx)
+    assert expected_op in {n.op_type for n in onnx.load(str(out.onnx_path)).graph.node}
+    drop = _accuracy(base.onnx_path, digits_data["evaluation"]) - _accuracy(out.onnx_path, digits_data["evaluation"])
+    assert drop <= 1.0
