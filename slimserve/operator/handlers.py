@@ -154,7 +154,7 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
         except APIError as exc:
             metrics.RECONCILES.labels("retry").inc()
             raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=TEMPORARY_DELAY_SECONDS) from exc
-        metrics.observe_model(model, owner.namespace, result.status.get("canaryWeight"))
+        metrics.observe_model(model, owner.namespace, result.status)
         metrics.RECONCILES.labels("ok").inc()
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         return str(result.status.get("phase"))

@@ -7,7 +7,8 @@ Grafana dashboard can draw the canary weight and the gate thresholds next to Tri
 from __future__ import annotations
 
 import contextlib
-from typing import Final
+import time
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -41,16 +42,35 @@ PHASE_SECONDS: Final = Histogram(
 CANARY_WEIGHT: Final = Gauge(
     "slimserve_canary_weight_percent", "Percent of traffic on the canary.", ["namespace", "model"], registry=REGISTRY
 )
+VARIANT_ROLE: Final = Gauge(
+    "slimserve_variant_role", "1 for the variant serving as stable or canary (joins Triton's model label).",
+    ["namespace", "model", "variant", "role"], registry=REGISTRY,
+)
+PHASE_ENTERED: Final = Gauge(
+    "slimserve_phase_entered_timestamp_seconds", "When the model entered its current phase (stuck-phase alerts).",
+    ["namespace", "model", "phase"], registry=REGISTRY,
+)
 GATE_THRESHOLD: Final = Gauge(
     "slimserve_gate_threshold", "Gate thresholds from the spec (for dashboard lines).", ["namespace", "model", "gate"],
     registry=REGISTRY,
 )
 
 
-def observe_model(model: CompressedModel, namespace: str, canary_weight: int | None) -> None:
-    """Publish the per-model gauges: canary weight and the gate thresholds in the spec."""
+def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]) -> None:
+    """Publish the per-model gauges: canary weight, variant roles, phase and the gate thresholds."""
     name = model.metadata.name
-    CANARY_WEIGHT.labels(namespace, name).set(canary_weight or 0)
+    CANARY_WEIGHT.labels(namespace, name).set(status.get("canaryWeight") or 0)
+    roles = {"stable": status.get("stableVariant"), "canary": status.get("candidateVariant")}
+    if status.get("phase") in ("Promoted", "RolledBack", "Failed"):
+        roles["canary"] = None
+    _forget(VARIANT_ROLE, namespace, name)
+    for role, variant in roles.items():
+        if variant and not (role == "canary" and variant == roles["stable"]):
+            VARIANT_ROLE.labels(namespace, name, variant, role).set(1)
+    phase = str(status.get("phase") or "Pending")
+    if (namespace, name, phase) not in PHASE_ENTERED._metrics:  # noqa: SLF001
+        _forget(PHASE_ENTERED, namespace, name)
+        PHASE_ENTERED.labels(namespace, name, phase).set(time.time())
     gates = model.spec.gates
     for gate, value in (
         ("max_p99_ms", gates.max_p99_ms),
@@ -68,9 +88,14 @@ def forget_model(namespace: str, name: str) -> None:
     """Drop a deleted model's series so they stop being scraped."""
     with contextlib.suppress(KeyError):
         CANARY_WEIGHT.remove(namespace, name)
-    for labels in list(GATE_THRESHOLD._metrics):  # noqa: SLF001 - prometheus-client has no prefix removal
+    for gauge in (GATE_THRESHOLD, VARIANT_ROLE, PHASE_ENTERED):
+        _forget(gauge, namespace, name)
+
+
+def _forget(gauge: Gauge, namespace: str, name: str) -> None:
+    for labels in list(gauge._metrics):  # noqa: SLF001 - prometheus-client has no prefix removal
         if labels[:2] == (namespace, name):
-            GATE_THRESHOLD.remove(*labels)
+            gauge.remove(*labels)
 
 
 def serve(port: int) -> None:

@@ -76,7 +76,8 @@ SCALEDOBJECT = _object("keda.sh/v1alpha1", "ScaledObject", {
 _ENDPOINT = {"type": "object", "additionalProperties": False, "properties": {
     "port": {"type": "string"}, "path": {"type": "string"},
     "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
-    "scrapeTimeout": {"type": "string"}, "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"}}}
+    "scrapeTimeout": {"type": "string"}, "relabelings": {"type": "array"}, "metricRelabelings": {"type": "array"},
+    "honorLabels": {"type": "boolean"}}}
 _SELECTOR = {"type": "object", "properties": {"matchLabels": _LABELS, "matchExpressions": {"type": "array"}},
              "additionalProperties": False}
 SERVICEMONITOR = _object("monitoring.coreos.com/v1", "ServiceMonitor", {
