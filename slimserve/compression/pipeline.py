@@ -30,7 +30,7 @@ import torch
 from slimserve.api.paths import check_files, data_files
 from slimserve.api.report import CompressionReport, VariantRecord
 from slimserve.api.resource import CompressedModel
-from slimserve.api.spec import Step
+from slimserve.api.spec import Measure, Step
 from slimserve.compression import measure
 from slimserve.compression.export import copy_onnx, export_onnx, sha256, size_bytes
 from slimserve.compression.loading import (
@@ -268,7 +268,8 @@ def make_record(m: Measured, speed: measure.Speed, base: Measured | None, base_s
     )
 
 
-def environment(device: torch.device, threads: int) -> dict[str, str]:
+def environment(device: torch.device, cfg: Measure) -> dict[str, str]:
+    """Where and how the numbers were measured: they mean little without it."""
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -278,8 +279,10 @@ def environment(device: torch.device, threads: int) -> dict[str, str]:
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
         "trainingDevice": str(device),
-        "measureThreads": str(threads or "all"),
         "measureProvider": "CPUExecutionProvider",
+        "measureThreads": str(cfg.threads or "all"),
+        "latencyRuns": str(cfg.latency_runs),
+        "throughputBatch": str(cfg.throughput_batch),
     }
 
 
@@ -352,7 +355,7 @@ def _run(model: CompressedModel, base_dir: Path, out: Path, progress: Progress |
         baseline=make_record(baseline, base_speed, None, None, out),
         variants=records,
         search=search_report,
-        environment=environment(bench.device, spec.measure.threads),
+        environment=environment(bench.device, spec.measure),
     )
     write_reports(report, out)
     return report

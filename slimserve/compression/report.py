@@ -32,8 +32,8 @@ def render_markdown(report: CompressionReport) -> str:
         "",
         f"Metric: **{b.metric}** on the evaluation set (percent, 95% Wilson interval). "
         "Latency: in-process onnxruntime at batch 1, variants measured interleaved; "
-        "throughput: samples/s at the measurement batch size. Training device: "
-        f"{report.device}.",
+        f"throughput: samples/s at batch {report.environment.get('throughputBatch', '?')}. "
+        f"Training device: {report.device}.",
         "",
         "| variant | recipe | size | ratio | params | MACs | "
         f"{b.metric} [95% CI] | drop (pts) | p50 ms | p99 ms | samples/s | speedup |",
