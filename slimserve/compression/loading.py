@@ -148,10 +148,8 @@ def forward_input_names(module: nn.Module, available: set[str]) -> list[str]:
         ]
         names = [p.name for p in params]
         required = [p.name for p in params if p.default is inspect.Parameter.empty]
-    if len(required) <= 1 and SINGLE_INPUT in available and not (set(names) & available):
-        return [SINGLE_INPUT]
     chosen = [n for n in names if n in available]
-    if not chosen and len(names) >= 1:
+    if not chosen:  # e.g. nn.Sequential's forward(input) fed by the `x` array
         return [SINGLE_INPUT]
     missing = [n for n in required if n not in available]
     if missing:
