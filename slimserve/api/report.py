@@ -43,7 +43,7 @@ class VariantRecord(ReportModel):
     macs: int
     metric: Literal["accuracy", "fidelity"]
     accuracy: float
-    accuracy_ci: tuple[float, float]
+    accuracy_ci: tuple[float, float] = Field(alias="accuracyCI", description="95% Wilson interval, percent.")
     accuracy_drop: float = Field(description="Baseline accuracy minus this, in points (negative = better).")
     latency_ms_p50: float
     latency_ms_p99: float

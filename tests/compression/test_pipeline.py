@@ -21,7 +21,7 @@ from tests.compression.conftest import DIGITS, TokenModel, digits_spec, token_da
 
 RECORD_KEYS = {
     "name": str, "recipe": str, "path": str, "sha256": str, "sizeBytes": int, "compressionRatio": float,
-    "params": int, "macs": int, "metric": str, "accuracy": float, "accuracyCi": list, "accuracyDrop": float,
+    "params": int, "macs": int, "metric": str, "accuracy": float, "accuracyCI": list, "accuracyDrop": float,
     "latencyMsP50": float, "latencyMsP99": float, "throughputRps": float, "speedup": float,
     "compressSeconds": float, "notes": list, "passed": (bool, type(None)), "served": (dict, type(None)),
 }
@@ -48,7 +48,7 @@ def test_report_json_shape_is_stable(example: tuple[CompressionReport, Path]) ->
                 assert isinstance(value, (int, float)) and not isinstance(value, bool), key
             else:
                 assert isinstance(value, kind), key
-        assert len(record["accuracyCi"]) == 2 and record["metric"] == "accuracy"
+        assert len(record["accuracyCI"]) == 2 and record["metric"] == "accuracy"
     assert [v["name"] for v in data["variants"]] == [
         "int8-static", "fp16", "pruned-50", "low-rank", "distilled", "pruned-int8",
     ]
