@@ -125,7 +125,7 @@ def test_bundled_and_shipped_examples_are_accepted_by_both() -> None:
 
 def test_crd_file_is_generated_from_the_models() -> None:
     on_disk = (ROOT / "manifests" / "crds" / "compressedmodels.yaml").read_text()
-    assert on_disk == render_crd(), "manifests/crds is stale: run `make crd`"
+    assert on_disk == render_crd(), "manifests/crds is stale: run `make manifests`"
 
 
 def test_defaults_are_the_fast_x86_quantization_settings() -> None:
