@@ -177,12 +177,16 @@ def run(json_path: Path) -> dict[str, Any]:
         )  # fmt: skip
         repo = folder / "repo"
         batching = Serving(
-            max_batch_size=BATCH, dynamic_batching=DynamicBatching(preferred_batch_sizes=[BATCH], max_queue_delay_microseconds=2000)
+            max_batch_size=BATCH,
+            dynamic_batching=DynamicBatching(preferred_batch_sizes=[BATCH], max_queue_delay_microseconds=2000),
         )
         build_repository(report, folder, repo, "python", serving=batching, intra_op_threads=THREADS)
         offline_b1 = {"fp32": in_process_throughput(fp32, 1, 4.0), "int8": in_process_throughput(int8, 1, 4.0)}
         work = folder / "work"
-        with TritonServer(repo, work / "triton") as triton, PrometheusServer([triton.metrics_target], work / "prom") as ps:
+        with (
+            TritonServer(repo, work / "triton") as triton,
+            PrometheusServer([triton.metrics_target], work / "prom") as ps,
+        ):
             ps.wait_for_targets()
             prom = PromClient(ps.url)
             sweep: dict[str, list[dict[str, Any]]] = {"baseline": [], "int8": []}
@@ -195,8 +199,11 @@ def run(json_path: Path) -> dict[str, Any]:
                 before = in_process_throughput(path, BATCH, 5.0)
                 batched[model] = _window(prom, triton.url, model, images, BATCH, work / "load", "batched")
                 after = in_process_throughput(path, BATCH, 5.0)
-                offline[name] = {"before": before, "after": after,
-                                 "samplesPerS": (before["samplesPerS"] + after["samplesPerS"]) / 2}
+                offline[name] = {
+                    "before": before,
+                    "after": after,
+                    "samplesPerS": (before["samplesPerS"] + after["samplesPerS"]) / 2,
+                }
             generator = _window(prom, triton.url, "mlp", mlp_data, 16, work / "load", "generator")
     budget = 1.5 * float(sweep["baseline"][0]["clientP99Ms"])
     best = {m: _best_within(points, budget) for m, points in sweep.items()}
@@ -208,8 +215,12 @@ def run(json_path: Path) -> dict[str, Any]:
     windows = [*sweep["baseline"], *sweep["int8"], *batched.values(), generator]
     result: dict[str, Any] = {
         "environment": {
-            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": THREADS, "windowS": WINDOW_S, "secondsTotal": round(time.time() - started, 1),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": THREADS,
+            "windowS": WINDOW_S,
+            "secondsTotal": round(time.time() - started, 1),
         },  # fmt: skip
         "int8VsFp32AtP99Budget": {
             "budgetMs": budget,
@@ -231,7 +242,18 @@ def run(json_path: Path) -> dict[str, Any]:
         },
         "generator": {
             "windows": [
-                {k: w[k] for k in ("model", "users", "clientRps", "serverRps", "generatorCpu", "generatorCapacityRps", "generatorBound")}
+                {
+                    k: w[k]
+                    for k in (
+                        "model",
+                        "users",
+                        "clientRps",
+                        "serverRps",
+                        "generatorCpu",
+                        "generatorCapacityRps",
+                        "generatorBound",
+                    )
+                }
                 for w in windows
             ],
             "boundWindows": [f"{w['model']}@{w['users']}u" for w in windows if w["generatorBound"]],
@@ -252,7 +274,10 @@ def main() -> None:
     a, b, g = result["int8VsFp32AtP99Budget"], result["tritonVsInProcess"], result["generator"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"int8 vs fp32 served throughput at p99 <= {a['budgetMs']:.1f} ms: {fmt(a['ratio'])}x (goal {a['goal']})")
-    print(f"Triton / in-process onnxruntime at batch {b['batch']}: fp32 {fmt(b['ratio']['fp32'])}, int8 {fmt(b['ratio']['int8'])} (goal {b['goal']})")
+    print(
+        f"Triton / in-process onnxruntime at batch {b['batch']}: fp32 {fmt(b['ratio']['fp32'])}, "
+        f"int8 {fmt(b['ratio']['int8'])} (goal {b['goal']})"
+    )
     print(f"generator-bound windows: {', '.join(g['boundWindows']) or 'none'}")
     print(f"wrote {args.json}")
 

@@ -70,7 +70,12 @@ def build_bodies(path: str, max_samples: int) -> list[tuple[bytes, int]]:
                 raise SystemExit(f"{path}: array '{name}' has dtype {sample.dtype}, not a KServe v2 type")
             blob = sample.tobytes()
             inputs.append(
-                {"name": name, "shape": list(sample.shape), "datatype": datatype, "parameters": {"binary_data_size": len(blob)}}
+                {
+                    "name": name,
+                    "shape": list(sample.shape),
+                    "datatype": datatype,
+                    "parameters": {"binary_data_size": len(blob)},
+                }
             )
             blobs.append(blob)
         header = json.dumps({"inputs": inputs}).encode()

@@ -18,7 +18,9 @@ def package(
     report: Path = typer.Option(..., "--report", help="report.json written by `slimserve compress`."),
     repository: Path = typer.Option(..., "--repository", help="Folder to write the Triton model repository into."),
     backend: str = typer.Option(
-        None, "--backend", help="onnxruntime (Triton images, the cluster) or python (the local pytriton Triton). "
+        None,
+        "--backend",
+        help="onnxruntime (Triton images, the cluster) or python (the local pytriton Triton). "
         "Default: spec.serving.backend, where auto means onnxruntime.",
     ),  # fmt: skip
     variants: str = typer.Option(

@@ -15,8 +15,13 @@ from slimserve.errors import EXIT_INTERNAL, InvalidInput, SlimserveError
 @handle_errors
 def run(
     file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: compression/, repository/, logs/, report.json, "
-                             "report.md, PNG plots and state.json (the local registry; kept across runs)."),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Run folder: compression/, repository/, logs/, report.json, "
+        "report.md, PNG plots and state.json (the local registry; kept across runs).",
+    ),
 ) -> None:
     """Compress, serve behind a real Triton, canary the best variant under Locust load, and gate it.
 

@@ -64,7 +64,7 @@ def check_inputs(model: str, metadata: dict[str, Any], batching: bool, arrays: d
         if batching:
             want = want[1:]
         have = list(array.shape[1:])
-        if len(want) != len(have) or any(w not in (-1, h) for w, h in zip(want, have)):
+        if len(want) != len(have) or any(w not in (-1, h) for w, h in zip(want, have, strict=True)):
             problems.append(
                 f"spec.data.evaluation: array '{name}' has per-sample shape {have} but model '{model}' input "
                 f"'{name}' expects {want}; reshape the data (or re-export the model) so they agree"

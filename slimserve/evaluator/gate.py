@@ -182,7 +182,10 @@ def judge_step(
         threshold = None if _bad(base_p99) else base_p99 * (1 + gates.p99_tolerance)  # type: ignore[operator]
         checks.append(
             check_at_most(
-                "p99VsBaseline", candidate.p99_ms, threshold, baseline=base_p99,
+                "p99VsBaseline",
+                candidate.p99_ms,
+                threshold,
+                baseline=base_p99,
                 detail=f"ms, server side; {base_name} x (1 + {gates.p99_tolerance})",
             )  # fmt: skip
         )
@@ -191,7 +194,9 @@ def judge_step(
     if gates.min_throughput_rps is not None:
         checks.append(
             check_at_least(
-                "throughputMin", scaled, gates.min_throughput_rps,
+                "throughputMin",
+                scaled,
+                gates.min_throughput_rps,
                 detail=f"req/s at full traffic (measured rate / {share:.2f})",
             )  # fmt: skip
         )
@@ -202,7 +207,10 @@ def judge_step(
         threshold = None if _bad(ref_rps) else ref_rps * gates.min_throughput_ratio  # type: ignore[operator]
         checks.append(
             check_at_least(
-                "throughputVsBaseline", scaled, threshold, baseline=ref_rps,
+                "throughputVsBaseline",
+                scaled,
+                threshold,
+                baseline=ref_rps,
                 detail=f"req/s at full traffic; baseline alone x {gates.min_throughput_ratio}",
             )  # fmt: skip
         )

@@ -51,7 +51,9 @@ def scrape_config(targets: list[str], job: str = "triton") -> str:
 class PrometheusServer:
     """A throw-away Prometheus on 127.0.0.1 with its TSDB in `work_dir`."""
 
-    def __init__(self, targets: list[str], work_dir: Path, port: int | None = None, startup_timeout: float = 30) -> None:
+    def __init__(
+        self, targets: list[str], work_dir: Path, port: int | None = None, startup_timeout: float = 30
+    ) -> None:
         if port is not None and port_in_use(port):
             raise InvalidInput(f"Prometheus port = {port}: already in use on 127.0.0.1; pick another")
         self.targets = targets

@@ -46,7 +46,10 @@ def write_markdown(path: Path, doc: dict[str, Any], steps: list[StepResult]) -> 
             f"{s.get('samples', 0)} |"
         )
     lines += ["", "## Load windows (Locust, client side)", ""]
-    lines += ["| window | model | requests | failures | req/s | p50 ms | p99 ms | generator CPU |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| window | model | requests | failures | req/s | p50 ms | p99 ms | generator CPU |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for window in doc.get("load", []):
         for name, m in window["perModel"].items():
             lines.append(
@@ -85,9 +88,7 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     """Names not dominated in (size, accuracy drop): nothing is both smaller and more accurate."""
     front = []
     for name, size, drop in points:
-        dominated = any(
-            (s <= size and d <= drop) and (s < size or d < drop) for n, s, d in points if n != name
-        )
+        dominated = any((s <= size and d <= drop) and (s < size or d < drop) for n, s, d in points if n != name)
         if not dominated:
             front.append(name)
     return front

@@ -33,7 +33,11 @@ from slimserve.local import registry
 
 log = logging.getLogger(__name__)
 
-EXIT_CODES: Final[dict[str, int]] = {"Promoted": EXIT_OK, "RolledBack": EXIT_ROLLED_BACK, "Inconclusive": EXIT_INCONCLUSIVE}
+EXIT_CODES: Final[dict[str, int]] = {
+    "Promoted": EXIT_OK,
+    "RolledBack": EXIT_ROLLED_BACK,
+    "Inconclusive": EXIT_INCONCLUSIVE,
+}
 BASELINE: Final = "baseline"
 STABLE: Final = "stable"
 
@@ -82,7 +86,9 @@ def choose_candidate(model: CompressedModel, report: CompressionReport, stable_s
     by_name = {v.name: v for v in report.variants}
     if wanted != "auto":
         if wanted not in by_name:
-            raise InvalidInput(f"spec.rollout.candidate = {wanted!r}: not in the compression report; use one of {sorted(by_name)}")
+            raise InvalidInput(
+                f"spec.rollout.candidate = {wanted!r}: not in the compression report; use one of {sorted(by_name)}"
+            )
         return by_name[wanted]
     if report.search and report.search.chosen in by_name and by_name[report.search.chosen].sha256 != stable_sha:
         return by_name[report.search.chosen]
@@ -146,7 +152,9 @@ def run_local(
     compression_dir = out_dir / "compression"
     with stages.stage("compress", spinner=False):
         if compress is None:
-            from slimserve.compression import run_compression as compress
+            from slimserve.compression import run_compression
+
+            compress = run_compression
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         with Progress(
@@ -171,7 +179,11 @@ def run_local(
     if state.stable is not None:
         stable_name = STABLE if STABLE not in {v.name for v in report.variants} else "stable-current"
         stable_path = Path("..") / state.stable.path  # relative to compression_dir
-        served_records.append(report.baseline.model_copy(update={"name": stable_name, "path": str(stable_path), "sha256": state.stable.sha256}))
+        served_records.append(
+            report.baseline.model_copy(
+                update={"name": stable_name, "path": str(stable_path), "sha256": state.stable.sha256}
+            )
+        )
     packaged = report.model_copy(update={"variants": served_records[1:]})
     repo_dir = out_dir / "repository"
     with stages.stage("package (Triton model repository, python backend)"):
@@ -196,14 +208,19 @@ def run_local(
 
         with stages.stage("served accuracy"):
             arrays, labels = load_npz(evaluation)
-            outputs = {name: predict(triton.url, name, arrays) for name in dict.fromkeys([BASELINE, stable_name, candidate.name])}
+            outputs = {
+                name: predict(triton.url, name, arrays)
+                for name in dict.fromkeys([BASELINE, stable_name, candidate.name])
+            }
             acc = evidence(outputs[BASELINE], outputs[candidate.name], labels)
             served_acc = {
                 name: 100.0 * evidence(outputs[BASELINE], out, labels).candidate_correct / max(acc.n, 1)
                 for name, out in outputs.items()
             }
         steps = [gate.judge_step_accuracy(spec.gates, acc)]
-        decision, reason = gate.decide(steps, planned=len(spec.rollout.steps) + 1, failure_budget=spec.rollout.failure_budget)
+        decision, reason = gate.decide(
+            steps, planned=len(spec.rollout.steps) + 1, failure_budget=spec.rollout.failure_budget
+        )
         measurements: list[Measurement] = []
         reference: Measurement | None = None
         stable_target = Target(triton.url, stable_name, 100)
@@ -222,7 +239,9 @@ def run_local(
                 triton.check_alive()
                 prom_server.check_alive()
             measurements.append(m)
-            steps.append(gate.judge_step(spec.gates, weight, m.windows[stable_name], m.windows[candidate.name], ref_window))
+            steps.append(
+                gate.judge_step(spec.gates, weight, m.windows[stable_name], m.windows[candidate.name], ref_window)
+            )
             decision, reason = gate.decide(steps, len(spec.rollout.steps) + 1, spec.rollout.failure_budget)
             _print_step(console, steps[-1])
         assert decision is not None
@@ -235,7 +254,9 @@ def run_local(
     if stable_name != BASELINE:
         served[BASELINE] = _served(None, served_acc.get(BASELINE))
     extra = {"served": served, "reference": reference, "measurements": measurements, "stableName": stable_name}
-    return _finish(console, out_dir, model, report, state, candidate, steps, decision, reason, extra, measurements, compression_dir)
+    return _finish(
+        console, out_dir, model, report, state, candidate, steps, decision, reason, extra, measurements, compression_dir
+    )
 
 
 def _print_step(console: Console, step: StepResult) -> None:
@@ -325,4 +346,6 @@ def _finish(
     colour = {"Promoted": "green", "RolledBack": "red", "Inconclusive": "yellow"}[decision]
     stable_now = new_state.stable.variant if new_state.stable else BASELINE
     console.print(f"[bold {colour}]{decision}[/]: {reason}\nstable: {stable_now}; report: {path}")
-    return RunResult(decision=decision, reason=reason, candidate=candidate.name if candidate else None, report_path=path)
+    return RunResult(
+        decision=decision, reason=reason, candidate=candidate.name if candidate else None, report_path=path
+    )

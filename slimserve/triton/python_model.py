@@ -34,7 +34,8 @@ class TritonPythonModel:
     def _respond(self, outputs, sizes):
         responses, start = [], 0
         for size in sizes:
-            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(o[start : start + size])) for n, o in zip(self.outputs, outputs)]
+            pairs = zip(self.outputs, outputs, strict=True)
+            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(o[start : start + size])) for n, o in pairs]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size
         return responses
@@ -45,8 +46,9 @@ class TritonPythonModel:
             outputs = self.session.run(self.outputs, feed)
         except Exception as exc:  # onnxruntime's errors name the input and the shape it expected
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"onnxruntime: {exc}"))
+        pairs = zip(self.outputs, outputs, strict=True)
         return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.outputs, outputs)]
+            output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in pairs]
         )
 
     def execute(self, requests):

@@ -45,7 +45,15 @@ ONNX_TO_TRITON: Final[dict[int, str]] = {
 }
 # Ops TensorRT's ONNX parser cannot take (QOperator int8 graphs): such variants skip the accelerator.
 NOT_TENSORRT_OPS: Final = frozenset(
-    {"QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"}
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+    }
 )
 
 
@@ -151,9 +159,7 @@ def build_config(
     batching = serving.max_batch_size > 0
     out = [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {serving.max_batch_size}"]
     out.append("input [\n" + ",\n".join(_tensor_block(t, _dims(t, batching, name)) for t in signature.inputs) + "\n]")
-    out.append(
-        "output [\n" + ",\n".join(_tensor_block(t, _dims(t, batching, name)) for t in signature.outputs) + "\n]"
-    )
+    out.append("output [\n" + ",\n".join(_tensor_block(t, _dims(t, batching, name)) for t in signature.outputs) + "\n]")
     if batching:
         batch = serving.dynamic_batching
         sizes = sorted({s for s in batch.preferred_batch_sizes if s <= serving.max_batch_size})
@@ -170,12 +176,13 @@ def build_config(
     if backend == "onnxruntime":
         params["inter_op_thread_count"] = "1"
     out.append(
-        "\n".join(
-            f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(params.items())
-        )
+        "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(params.items()))
     )
-    if backend == "onnxruntime" and tensorrt and serving.instance_kind == "gpu" and not (
-        signature.op_types & NOT_TENSORRT_OPS
+    if (
+        backend == "onnxruntime"
+        and tensorrt
+        and serving.instance_kind == "gpu"
+        and not (signature.op_types & NOT_TENSORRT_OPS)
     ):
         out.append(
             "optimization { execution_accelerators {\n"

@@ -43,7 +43,12 @@ def write_spec(folder: Path, compression_output: Path, **overrides: object) -> P
         "gates": {"maxAccuracyDrop": 1.0, "p99Tolerance": 1.0, "minThroughputRatio": 0.5, "minSamples": 50},
     }
     spec.update(overrides)
-    doc = {"apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "metadata": {"name": "digits-mlp"}, "spec": spec}
+    doc = {
+        "apiVersion": "slimserve.dev/v1alpha1",
+        "kind": "CompressedModel",
+        "metadata": {"name": "digits-mlp"},
+        "spec": spec,
+    }
     path = folder / "model.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

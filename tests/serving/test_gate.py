@@ -51,7 +51,11 @@ def test_each_regression_fails_its_check(field: str, value: float, check: str) -
 
 @pytest.mark.parametrize("bad", [math.nan, None, math.inf])
 def test_nan_or_empty_measurement_is_inconclusive_never_pass(bad: float | None) -> None:
-    for field, check in [("p99_ms", "p99VsBaseline"), ("error_rate", "errorRate"), ("throughput_rps", "throughputVsBaseline")]:
+    for field, check in [
+        ("p99_ms", "p99VsBaseline"),
+        ("error_rate", "errorRate"),
+        ("throughput_rps", "throughputVsBaseline"),
+    ]:
         cand = Window(**{**vars(GOOD_CAND), field: bad})
         step = judge_step(GATES, 25, GOOD_BASE, cand, REFERENCE)
         assert verdicts(step)[check] == "Inconclusive", field
@@ -80,7 +84,9 @@ def test_at_100_percent_latency_is_compared_with_the_reference_window() -> None:
 
 
 def test_absolute_budgets() -> None:
-    gates = Gates(max_p99_ms=5.0, min_throughput_rps=200.0, p99_tolerance=None, min_throughput_ratio=None, min_samples=1)
+    gates = Gates(
+        max_p99_ms=5.0, min_throughput_rps=200.0, p99_tolerance=None, min_throughput_ratio=None, min_samples=1
+    )
     step = judge_step(gates, 50, GOOD_BASE, GOOD_CAND, REFERENCE)
     assert verdicts(step) == {"samples": "Pass", "errorRate": "Pass", "p99Budget": "Fail", "throughputMin": "Fail"}
 
@@ -117,7 +123,9 @@ def test_fidelity_without_labels() -> None:
 def _step(weight: int, verdict: str, name: str = "p99VsBaseline"):  # noqa: ANN202
     from slimserve.api.report import CheckResult, StepResult
 
-    return StepResult(weight=weight, verdict=verdict, checks=[CheckResult(name=name, verdict=verdict, value=1, threshold=1)])
+    return StepResult(
+        weight=weight, verdict=verdict, checks=[CheckResult(name=name, verdict=verdict, value=1, threshold=1)]
+    )
 
 
 def test_steps_are_judged_one_by_one_with_a_failure_budget() -> None:

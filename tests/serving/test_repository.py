@@ -47,7 +47,9 @@ def test_preferred_sizes_above_max_batch_are_dropped() -> None:
 
 
 def test_dynamic_inner_dims_become_minus_one_and_warmup_uses_one() -> None:
-    sig = Signature((TensorSpec("tokens", "TYPE_INT64", (None, None)),), (TensorSpec("y", "TYPE_FP32", (None, None, 4)),))
+    sig = Signature(
+        (TensorSpec("tokens", "TYPE_INT64", (None, None)),), (TensorSpec("y", "TYPE_FP32", (None, None, 4)),)
+    )
     text = build_config("m", sig, Serving(), "onnxruntime")
     assert "data_type: TYPE_INT64\n    dims: [ -1 ]" in text
     assert "dims: [ -1, 4 ]" in text

@@ -48,7 +48,11 @@ def run(spec: Path, out: Path, compression_output: Path, mutate: object = None):
     from slimserve.local.runtime import run_local
 
     return run_local(
-        load_compressed_model(spec), spec.parent, out, Console(width=140), compress=fake_compress(compression_output, mutate)
+        load_compressed_model(spec),
+        spec.parent,
+        out,
+        Console(width=140),
+        compress=fake_compress(compression_output, mutate),
     )
 
 
@@ -112,7 +116,9 @@ def test_input_shape_mismatch_is_invalid_input_and_stops_everything(compression_
     spec = write_spec(no_orphans / "spec", compression_output)
     with np.load(spec.parent / "data" / "test.npz") as data:
         np.savez(spec.parent / "data" / "test.npz", x=data["x"].reshape(len(data["x"]), 64), y=data["y"])
-    with pytest.raises(InvalidInput, match=r"per-sample shape \[64\] but model 'baseline' input 'x' expects \[1, 8, 8\]"):
+    with pytest.raises(
+        InvalidInput, match=r"per-sample shape \[64\] but model 'baseline' input 'x' expects \[1, 8, 8\]"
+    ):
         run(spec, no_orphans / "run", compression_output)
     assert not live_processes()
 
@@ -178,7 +184,9 @@ def test_ports_taken_are_invalid_input(tmp_path: Path) -> None:
             PrometheusServer(["127.0.0.1:1"], tmp_path, port=port)
 
 
-def test_prometheus_missing_stops_triton(compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prometheus_missing_stops_triton(
+    compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SLIMSERVE_PROMETHEUS", str(no_orphans / "no-prometheus"))
     spec = write_spec(no_orphans / "spec", compression_output)
     with pytest.raises(ServingError, match="Prometheus is missing"):
@@ -226,7 +234,9 @@ def test_cli_run_with_real_compression_then_triton_missing(compression_output: P
     text, _ = again.communicate(timeout=240)
     if report["decision"] == "Promoted":  # the second run starts from the promoted int8: nothing new to roll out
         assert again.returncode == 4 and "already stable" in text, text
-    missing = _cli(["run", str(spec), "--out", str(no_orphans / "out2")], env={"SLIMSERVE_TRITONSERVER": str(no_orphans / "nope")})
+    missing = _cli(
+        ["run", str(spec), "--out", str(no_orphans / "out2")], env={"SLIMSERVE_TRITONSERVER": str(no_orphans / "nope")}
+    )
     text, _ = missing.communicate(timeout=240)
     assert missing.returncode == 1, text
     assert "Triton is missing" in text and "nothing was promoted" in text
@@ -266,9 +276,10 @@ def test_cli_evaluate_judges_one_step_against_running_servers(compression_output
     repo = no_orphans / "repo"
     build_repository(report, compression_output, repo, "python", ["int8", "noisy"])
     spec = write_spec(no_orphans / "spec", compression_output)
-    with TritonServer(repo, no_orphans / "triton") as triton, PrometheusServer(
-        [triton.metrics_target], no_orphans / "prom"
-    ) as prom:
+    with (
+        TritonServer(repo, no_orphans / "triton") as triton,
+        PrometheusServer([triton.metrics_target], no_orphans / "prom") as prom,
+    ):
         prom.wait_for_targets()
         results = {}
         for candidate in ("int8", "noisy"):
@@ -286,5 +297,10 @@ def test_cli_evaluate_judges_one_step_against_running_servers(compression_output
     code, int8, text = results["int8"]
     assert code == {"Promoted": 0, "RolledBack": 3, "Inconclusive": 4}[int8.decision], text
     assert int8.steps[0].weight == 50
-    assert {c.name for c in int8.steps[0].checks} >= {"accuracyDrop", "samples", "p99VsBaseline", "throughputVsBaseline"}
+    assert {c.name for c in int8.steps[0].checks} >= {
+        "accuracyDrop",
+        "samples",
+        "p99VsBaseline",
+        "throughputVsBaseline",
+    }
     assert {c.name: c.verdict for c in int8.steps[0].checks}["accuracyDrop"] == "Pass"
