@@ -168,7 +168,9 @@ class PromClient:
         `[end - window_s, end]`.
 
         p50/p99 come from Triton's latency summaries (`--metrics-config summary_latencies=true`),
-        taken as the worst value seen in the window.
+        taken as the worst value seen in the window. Triton's summaries slide over about a minute,
+        so with short steps a window's quantiles also cover the previous step's requests; Locust's
+        per-model client-side quantiles (exact window) are kept next to them in the run's report.
         """
         w = f"{max(int(round(window_s)), 2)}s"
         sel = f'model="{model}"'
@@ -202,6 +204,6 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return num / den if den else math.nan
 
 
-def wait_for_scrape(seconds: float = SCRAPE_INTERVAL_S * 2.5) -> None:
+def wait_for_scrape(seconds: float = SCRAPE_INTERVAL_S * 1.5) -> None:
     """Let at least two scrapes land after a load window, so its end is in the TSDB."""
     time.sleep(seconds)

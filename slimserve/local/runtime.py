@@ -200,8 +200,11 @@ def run_local(
     shutil.rmtree(logs, ignore_errors=True)
     with contextlib.ExitStack() as stack:
         with stages.stage("start Triton and Prometheus"):
-            triton = stack.enter_context(TritonServer(repo_dir, logs))
+            # Ports are chosen up front, so Prometheus starts first: its target discovery settles
+            # (~5 s) while Triton loads the models.
+            triton = TritonServer(repo_dir, logs)
             prom_server = stack.enter_context(PrometheusServer([triton.metrics_target], logs / "prometheus"))
+            stack.enter_context(triton)
             prom_server.wait_for_targets()
         prom = PromClient(prom_server.url)
         console.print(f"Triton {triton.url} (metrics {triton.metrics_target}), Prometheus {prom_server.url}")
