@@ -1,0 +1,107 @@
+"""Pure pieces of the evaluator and the runtime: statistics parsing, evidence, registry, Pareto front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slimserve.errors import InvalidInput
+from slimserve.evaluator.accuracy import check_inputs, evidence
+from slimserve.evaluator.canary import parse_duration
+from slimserve.evaluator.load import parse_stats, percentile
+from slimserve.evaluator.prometheus import scrape_config
+from slimserve.local import registry
+from slimserve.local.report import pareto_front
+from slimserve.triton.server import parse_load_failures
+
+
+def test_evidence_with_labels_counts_disagreements_pairwise() -> None:
+    labels = np.array([0, 1, 2, 3])
+    base = np.eye(4)[[0, 1, 2, 0]]  # right, right, right, wrong
+    cand = np.eye(4)[[0, 1, 0, 3]]  # right, right, wrong, right
+    ev = evidence(base, cand, labels)
+    assert (ev.metric, ev.n, ev.baseline_correct, ev.candidate_correct) == ("accuracy", 4, 3, 3)
+    assert (ev.baseline_only, ev.candidate_only) == (1, 1)
+    assert ev.drop == 0.0
+
+
+def test_evidence_without_labels_is_fidelity_to_the_baseline() -> None:
+    base = np.eye(3)[[0, 1, 2, 2]]
+    cand = np.eye(3)[[0, 1, 2, 1]]
+    ev = evidence(base, cand, None)
+    assert ev.metric == "fidelity" and ev.baseline_pct == 100.0 and ev.candidate_pct == 75.0
+    assert ev.drop == 25.0
+
+
+def test_check_inputs_names_shape_and_dtype_problems() -> None:
+    metadata = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]}
+    check_inputs("m", metadata, True, {"x": np.zeros((2, 1, 8, 8), np.float32)})
+    with pytest.raises(InvalidInput) as err:
+        check_inputs("m", metadata, True, {"x": np.zeros((2, 64), np.float64)})
+    text = err.value.render()
+    assert "per-sample shape [64]" in text and "expects [1, 8, 8]" in text and "float64" in text
+    with pytest.raises(InvalidInput, match="no array 'x'"):
+        check_inputs("m", metadata, True, {"image": np.zeros((2, 1, 8, 8), np.float32)})
+
+
+def test_locust_statistics_per_model_and_percentiles() -> None:
+    entries = [
+        {"name": "baseline", "num_requests": 100, "num_failures": 0, "start_time": 100.0,
+         "last_request_timestamp": 110.0, "total_response_time": 200.0, "response_times": {"1": 50, "2": 49, "9": 1}},
+        {"name": "int8", "num_requests": 10, "num_failures": 1, "start_time": 100.0,
+         "last_request_timestamp": 110.0, "total_response_time": 30.0, "response_times": {"3": 10}},
+    ]  # fmt: skip
+    per_model, total, start, end = parse_stats(entries)
+    assert per_model["baseline"].rps == 10.0 and per_model["baseline"].p50_ms == 1.0
+    assert per_model["baseline"].p99_ms == 2.0 and per_model["baseline"].avg_ms == 2.0
+    assert per_model["int8"].failure_rate == pytest.approx(0.1)
+    assert (total.requests, total.failures, total.rps, start, end) == (110, 1, 11.0, 100.0, 110.0)
+    assert percentile({}, 0.99) is None
+
+
+def test_durations_and_scrape_config() -> None:
+    assert (parse_duration("15s"), parse_duration("500ms"), parse_duration("2m")) == (15.0, 0.5, 120.0)
+    with pytest.raises(InvalidInput, match="stepDuration"):
+        parse_duration("15")
+    config = json.loads(scrape_config(["127.0.0.1:8002"]))
+    assert config["scrape_configs"][0]["scrape_interval"] == "1s"
+    assert config["scrape_configs"][0]["static_configs"] == [{"targets": ["127.0.0.1:8002"]}]
+
+
+def test_triton_load_failures_are_read_from_its_log() -> None:
+    log = (
+        "E1127 model_lifecycle.cc:642] \"failed to load 'slow' version 1: Internal: No Op registered for "
+        'NoSuchOp \\"x\\"\\n\\nAt:\\n  model.py(29): initialize\\n"\n'
+        "I1127 server.cc:604] ok\n"
+    )
+    assert parse_load_failures(log) == {"slow": 'Internal: No Op registered for NoSuchOp "x"'}
+
+
+def test_pareto_front_keeps_the_undominated() -> None:
+    points = [("baseline", 100.0, 0.0), ("int8", 25.0, 0.1), ("fp16", 50.0, 0.2), ("tiny", 10.0, 3.0)]
+    assert pareto_front(points) == ["baseline", "int8", "tiny"]
+
+
+def test_registry_promotes_copies_and_rollback_keeps_stable(tmp_path: Path) -> None:
+    onnx_file = tmp_path / "int8.onnx"
+    onnx_file.write_bytes(b"graph")
+    state = registry.load_state(tmp_path, "digits")
+    assert state.stable is None and state.history == []
+    state = registry.record(tmp_path, state, "int8", "Promoted", "ok", onnx_file, "ab" * 32, "quantize")
+    assert state.stable is not None and state.stable.variant == "int8"
+    assert (tmp_path / state.stable.path).read_bytes() == b"graph"
+    state = registry.record(tmp_path, registry.load_state(tmp_path, "digits"), "fp16", "RolledBack", "p99")
+    reloaded = registry.load_state(tmp_path, "digits")
+    assert reloaded.stable is not None and reloaded.stable.variant == "int8"
+    assert [(h.stable_before, h.decision, h.stable_after) for h in reloaded.history] == [
+        ("baseline", "Promoted", "int8"),
+        ("int8", "RolledBack", "int8"),
+    ]
+    with pytest.raises(InvalidInput, match="belongs to model 'digits'"):
+        registry.load_state(tmp_path, "other")
+    (tmp_path / reloaded.stable.path).unlink()
+    with pytest.raises(InvalidInput, match="stable model file"):
+        registry.load_state(tmp_path, "digits")
