@@ -50,6 +50,7 @@ class InputSpec:
     dtype: np.dtype
     shape: tuple[int | None, ...]
     batch: int | None = None  # fixed batch size of an ONNX source; None when dynamic
+    declared: bool = True  # False when read off the evaluation set (torch sources declare no shape)
 
 
 @dataclass(frozen=True)
@@ -307,8 +308,9 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
         got = tuple(arr.shape[1:])
         if len(got) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, got, strict=False)):
             want = ["N", *("?" if d is None else d for d in spec.shape)]
+            expects = "the model expects" if spec.declared else "spec.data.evaluation has"
             problems.append(
-                f"{where}: '{spec.name}' has shape {list(arr.shape)} but the model expects {want}; reshape it"
+                f"{where}: '{spec.name}' has shape {list(arr.shape)} but {expects} {want}; reshape it"
             )
     if problems:
         raise InvalidInput(problems)
@@ -317,4 +319,4 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
 
 def specs_from_data(data: DataSet) -> list[InputSpec]:
     """For torch sources the evaluation set defines the input dtypes and shapes."""
-    return [InputSpec(name, arr.dtype, tuple(arr.shape[1:])) for name, arr in data.inputs.items()]
+    return [InputSpec(name, arr.dtype, tuple(arr.shape[1:]), declared=False) for name, arr in data.inputs.items()]

@@ -107,6 +107,20 @@ def _npz_keys(path: Path, field_name: str) -> set[str]:
         ) from None
 
 
+def probe_module(module: torch.nn.Module, data: DataSet, path: str) -> None:
+    """Run the PyTorch model on two evaluation samples, so a shape mismatch is an input error."""
+    sample = {name: torch.from_numpy(arr[:2]) for name, arr in data.inputs.items()}
+    shapes = ", ".join(f"'{n}' {list(a.shape)} {a.dtype}" for n, a in data.inputs.items())
+    try:
+        with torch.inference_mode():
+            module.eval()(*sample.values())
+    except Exception as exc:  # the model's own error says what it expected
+        raise InvalidInput(
+            f"spec.data.evaluation = {path!r}: the model cannot run on its samples ({shapes}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0]}; save the arrays in the shape the model takes"
+        ) from None
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -138,6 +152,8 @@ class Workbench:
         declared = onnx_input_specs(self.source.onnx_path) if self.source.onnx_path else None
         self.evaluation = load_npz(files["evaluation"], "spec.data.evaluation", names, declared)
         self.specs: list[InputSpec] = declared or specs_from_data(self.evaluation)
+        if self.source.module is not None:
+            probe_module(self.source.module, self.evaluation, str(files["evaluation"]))
         self.train: DataSet | None = None
         self.calibration: DataSet | None = None
         if "train" in files:
