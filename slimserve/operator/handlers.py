@@ -53,6 +53,8 @@ async def configure(
     settings.watching.client_timeout = ops.watch_server_timeout_seconds + 1
     settings.watching.connect_timeout = ops.connect_timeout_seconds
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    if not ops.scanning:
+        settings.scanning.disabled = True
     settings.posting.level = logging.INFO
     memo["kube"] = KubeApi(settings)
     if ops.metrics_port:
@@ -143,11 +145,11 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             for manifest in result.apply:
                 outcome = await kube.apply(manifest, logger)
                 metrics.CHILDREN_APPLIED.labels(manifest["kind"], outcome).inc()
-                if outcome != "unchanged":
-                    logger.info("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+                if outcome != "unchanged":  # debug: not posted as a Kubernetes Event (one per child is noise)
+                    logger.debug("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
             for api_version, kind, name in result.delete:
                 if await kube.delete(api_version, kind, owner.namespace, name, logger):
-                    logger.info("deleted %s %s", kind, name)
+                    logger.debug("deleted %s %s", kind, name)
             if result.gate_decision:
                 metrics.GATE_DECISIONS.labels(result.gate_decision).inc()
             await _write_status(kube, owner, status, result.status, written, logger)

@@ -16,6 +16,7 @@ from kopf._cogs.clients import api as kopf_api
 from kopf._cogs.clients import errors as kopf_errors
 
 from slimserve.operator.builders import SPEC_HASH_ANNOTATION
+from slimserve.operator.metrics import API_REQUESTS
 
 Manifest = dict[str, Any]
 Outcome = Literal["created", "patched", "unchanged"]
@@ -59,13 +60,15 @@ class KubeApi:
         self.logger = logger or logging.getLogger(__name__)
         self.requests = 0
 
-    def _kw(self, logger: Any) -> dict[str, Any]:
+    def _kw(self, logger: Any, verb: str) -> dict[str, Any]:
         self.requests += 1
+        API_REQUESTS.labels(verb).inc()
         return {"settings": self.settings, "logger": logger or self.logger}
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str, logger: Any = None) -> Manifest | None:
         try:
-            return await kopf_api.get(url(api_version, kind, namespace, name), **self._kw(logger))  # type: ignore[no-any-return]
+            path = url(api_version, kind, namespace, name)
+            return await kopf_api.get(path, **self._kw(logger, "get"))  # type: ignore[no-any-return]
         except NotFound:
             return None
 
@@ -74,7 +77,8 @@ class KubeApi:
     ) -> list[Manifest]:
         """Objects with all `labels` (filtered here too: not every server honours labelSelector)."""
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        found = await kopf_api.get(f"{url(api_version, kind, namespace)}?labelSelector={selector}", **self._kw(logger))
+        path = f"{url(api_version, kind, namespace)}?labelSelector={selector}"
+        found = await kopf_api.get(path, **self._kw(logger, "list"))
         items = found.get("items") or []
         return [
             item for item in items
@@ -86,7 +90,8 @@ class KubeApi:
         meta = manifest["metadata"]
         api_version, kind, namespace, name = manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
         try:
-            await kopf_api.post(url(api_version, kind, namespace), payload=manifest, **self._kw(logger))
+            path = url(api_version, kind, namespace)
+            await kopf_api.post(path, payload=manifest, **self._kw(logger, "create"))
             return "created"
         except Conflict:
             pass
@@ -107,12 +112,12 @@ class KubeApi:
     ) -> Manifest:
         return await kopf_api.patch(  # type: ignore[no-any-return]
             url(api_version, kind, namespace, name, subresource), payload=body, headers=MERGE_PATCH,
-            **self._kw(logger),
+            **self._kw(logger, "patch"),
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str, logger: Any = None) -> bool:
         try:
-            await kopf_api.delete(url(api_version, kind, namespace, name), **self._kw(logger))
+            await kopf_api.delete(url(api_version, kind, namespace, name), **self._kw(logger, "delete"))
             return True
         except NotFound:
             return False

@@ -23,6 +23,10 @@ RECONCILE_SECONDS: Final = Histogram(
     "slimserve_operator_reconcile_duration_seconds", "Time of one reconcile pass.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
 )
+API_REQUESTS: Final = Counter(
+    "slimserve_operator_api_requests_total", "Kubernetes API requests made by reconciles (not kopf's own).",
+    ["verb"], registry=REGISTRY,
+)
 PHASE_TRANSITIONS: Final = Counter(
     "slimserve_operator_phase_transitions_total", "CompressedModel phase changes.", ["from_phase", "to_phase"],
     registry=REGISTRY,

@@ -57,5 +57,10 @@ class OperatorSettings(BaseSettings):
         default=4, ge=2, le=100, description="Total Triton replicas when traffic is split by replica ratio."
     )
     job_backoff_limit: int = Field(default=1, ge=0, le=10, description="Retries of a failed compression Job.")
+    scanning: bool = Field(
+        default=True,
+        description="kopf's cluster-wide scan of CRDs and namespaces; turn off where RBAC forbids it "
+        "(namespaces must then be named exactly, without globs).",
+    )
     watch_server_timeout_seconds: int = Field(default=270, ge=10, description="Server-side watch timeout.")
     connect_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -27,6 +28,47 @@ NS = "models"
 CR = "slimserve.dev/v1alpha1/compressedmodels"
 CR_URL = f"/apis/slimserve.dev/v1alpha1/namespaces/{NS}/compressedmodels"
 MERGE = {"Content-Type": "application/merge-patch+json"}
+
+
+class ClusterEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator plus the two things kopf relies on that an API server does on each write.
+
+    - `metadata.resourceVersion` changes on every create and patch: kopf compares it to skip the
+      stale watch events that precede its own patches (without it, a handler runs several times);
+    - `metadata.generation` starts at 1 and grows when a patch changes `spec`;
+    - a JSON patch whose `test` of resourceVersion fails is 422 (kopf retries it next cycle), not 500.
+    """
+
+    _versions = itertools.count(2)
+
+    async def _handle(self, request: Any) -> Any:
+        if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+            version = str(next(self._versions))
+            data = request.data
+            if isinstance(data, list):  # JSON patch
+                current = self._current(request)
+                for op in data:
+                    if op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion" and \
+                            op.get("value") != (current.get("metadata") or {}).get("resourceVersion"):
+                        raise kmock.KubernetesError(status=422, reason="Invalid", message="resourceVersion changed")
+                data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+            elif isinstance(data, dict):
+                meta = data.setdefault("metadata", {})
+                meta["resourceVersion"] = version
+                if request.action == kmock.action.CREATE:
+                    meta.setdefault("generation", 1)
+                elif "spec" in data and request.subresource is None:
+                    current = self._current(request)
+                    if data["spec"] != {k: (current.get("spec") or {}).get(k) for k in data["spec"]}:
+                        meta["generation"] = int((current.get("metadata") or {}).get("generation") or 1) + 1
+        return await super()._handle(request)
+
+    def _current(self, request: Any) -> dict[str, Any]:
+        try:
+            obj = self.objects[request.resource, request.namespace, request.name]
+        except KeyError:
+            return {}
+        return {} if obj.deleted else dict(obj.raw)
 
 
 @kopf.on.login()
@@ -129,9 +171,9 @@ class Cluster:
     async def create_model(self, body: dict[str, Any]) -> None:
         await self.request("POST", CR_URL, body)
 
-    async def change_spec(self, name: str, spec_patch: dict[str, Any], generation: int) -> None:
-        await self.request("PATCH", f"{CR_URL}/{name}",
-                           {"metadata": {"generation": generation}, "spec": spec_patch}, MERGE)
+    async def change_spec(self, name: str, spec_patch: dict[str, Any]) -> None:
+        """A user's `kubectl apply`: the emulator bumps metadata.generation."""
+        await self.request("PATCH", f"{CR_URL}/{name}", {"spec": spec_patch}, MERGE)
 
     async def finish_job(self, name: str, ok: bool = True, summary: dict[str, Any] | None = None,
                          reason: str = "BackoffLimitExceeded", message: str = "") -> None:
@@ -159,7 +201,7 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def emulated_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
+    async with ClusterEmulator() as emulator, kmock.Server(emulator):
         emulator.resources.load_bundled()
         emulator.resources[CR] = {
             "kind": "CompressedModel", "singular": "compressedmodel", "namespaced": True,

@@ -98,7 +98,7 @@ def test_failure_budget_retries_the_step_before_rolling_back(tmp_path: Path) -> 
             await _to_evaluating(cluster)
             await cluster.write_report("digits-report-g1-s0", report("Inconclusive", 10, "42 requests < 100"))
             await cluster.wait(lambda: cluster.get(JOB, "digits-eval-g1-s0-a1"), message="retry of step 0")
-            assert cluster.status("digits")["failedSteps"] == 1
+            await cluster.wait(lambda: cluster.status("digits").get("failedSteps") == 1, message="failedSteps 1")
             await cluster.write_report("digits-report-g1-s0-a1", report("RolledBack", 10, "error rate 5%"))
             status = await cluster.wait_phase("digits", "RolledBack")
             assert "error rate 5%" in status["message"]
@@ -153,7 +153,7 @@ def test_spec_change_restarts_the_pipeline(tmp_path: Path) -> None:
         async with emulated_cluster(tmp_path) as cluster, running_operator():
             await cluster.create_model(example_model())
             await _to_evaluating(cluster)
-            await cluster.change_spec("digits", {"rollout": {"steps": [25, 100]}}, generation=2)
+            await cluster.change_spec("digits", {"rollout": {"steps": [25, 100]}})
             await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="generation 2 compression")
             status = await cluster.wait_phase("digits", "Compressing")
             assert status["observedGeneration"] == 2 and status.get("candidateVariant") is None
@@ -175,7 +175,7 @@ def test_invalid_spec_fails_with_an_actionable_condition(tmp_path: Path) -> None
             assert ready["reason"] == "InvalidSpec" and "rollout.steps" in ready["message"]
             assert "must increase and end at 100" in status["message"]
             assert cluster.get(JOB, "digits-compress-g1") is None
-            await cluster.change_spec("digits", {"rollout": {"steps": [10, 100]}}, generation=2)
+            await cluster.change_spec("digits", {"rollout": {"steps": [10, 100]}})
             await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="fixed spec compresses")
 
     asyncio.run(scenario())
