@@ -111,9 +111,14 @@ def probe_module(module: torch.nn.Module, data: DataSet, path: str) -> None:
     """Run the PyTorch model on two evaluation samples, so a shape mismatch is an input error."""
     sample = {name: torch.from_numpy(arr[:2]) for name, arr in data.inputs.items()}
     shapes = ", ".join(f"'{n}' {list(a.shape)} {a.dtype}" for n, a in data.inputs.items())
+    probe = clone(module)  # a forward pass in training mode would move BatchNorm statistics
+    try:
+        probe.eval()
+    except NotImplementedError:  # torch.export modules run in inference form already
+        pass
     try:
         with torch.inference_mode():
-            module.eval()(*sample.values())
+            probe(*sample.values())
     except Exception as exc:  # the model's own error says what it expected
         raise InvalidInput(
             f"spec.data.evaluation = {path!r}: the model cannot run on its samples ({shapes}): "

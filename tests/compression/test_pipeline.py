@@ -199,3 +199,13 @@ def test_onnx_source_with_a_fixed_batch_is_measured_at_that_batch(tmp_path: Path
     report = run_compression(load_compressed_model(write_spec(tmp_path, body)), tmp_path, tmp_path / "out")
     assert any("fixed batch of 1" in n for n in report.baseline.notes)
     assert report.variants[0].accuracy_ci[0] <= report.variants[0].accuracy
+
+
+def test_evaluation_data_the_model_cannot_take_is_an_input_error(tmp_path: Path) -> None:
+    with np.load(DIGITS / "data" / "test.npz") as npz:
+        np.savez(tmp_path / "flat.npz", x=npz["x"].reshape(len(npz["x"]), -1), y=npz["y"])
+    spec = digits_spec(tmp_path, [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}])
+    spec["data"]["evaluation"] = str(tmp_path / "flat.npz")  # type: ignore[index]
+    with pytest.raises(InvalidInput, match=r"spec.data.evaluation = .*flat.npz.*cannot run on its samples \('x' \[540, 64\]"):
+        run_compression(load_compressed_model(write_spec(tmp_path, spec)), tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
