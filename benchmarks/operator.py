@@ -31,6 +31,10 @@ import yaml
 
 from tests.kube.emulator import ClusterEmulator
 
+
+class BenchEmulator(ClusterEmulator):
+    request_history = 50
+
 NS = "bench"
 CR = "slimserve.dev/v1alpha1/compressedmodels"
 GOAL_SECONDS = 30.0
@@ -66,7 +70,7 @@ def _counter(metrics: str, name: str) -> float:
 
 
 async def run(models: int, workdir: Path) -> dict[str, Any]:
-    async with ClusterEmulator() as emulator, kmock.Server(emulator):
+    async with BenchEmulator() as emulator, kmock.Server(emulator):
         emulator.resources.load_bundled()
         emulator.resources[CR] = {"kind": "CompressedModel", "singular": "compressedmodel", "namespaced": True,
                                   "verbs": ["list", "watch", "get", "create", "patch"], "subresources": ["status"]}

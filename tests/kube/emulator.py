@@ -40,8 +40,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     """
 
     _versions = itertools.count(2)
+    # kmock matches every request against its whole request log (quadratic over a long run): the
+    # benchmark keeps only the latest requests; tests keep all.
+    request_history: int | None = None
 
     async def _handle(self, request: Any) -> Any:
+        if self.request_history is not None:
+            del self._requests[: -self.request_history]
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(self._versions))
             data = request.data
