@@ -40,7 +40,8 @@ def write_spec(folder: Path, compression_output: Path, **overrides: object) -> P
         },
         "serving": {"maxBatchSize": 16, "dynamicBatching": {"preferredBatchSizes": [4, 8]}},
         "rollout": {"candidate": "int8", "steps": [30, 100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
-        "gates": {"maxAccuracyDrop": 1.0, "p99Tolerance": 1.0, "minThroughputRatio": 0.5, "minSamples": 50},
+        # Sub-millisecond models on a shared 2-core machine: p99 noise is several x; the slow variant is >10x.
+        "gates": {"maxAccuracyDrop": 1.0, "p99Tolerance": 3.0, "minThroughputRatio": 0.5, "minSamples": 50},
     }
     spec.update(overrides)
     doc = {
