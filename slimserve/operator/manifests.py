@@ -3,6 +3,7 @@
 One source per artefact, so nothing is hand-copied:
 - the chart's CRD (charts/slimserve/crds/) from `slimserve.api.crd`;
 - the chart's Grafana dashboard from `slimserve.operator.dashboard`;
+- the chart's README parameters table from the `## @param` lines of values.yaml;
 - manifests/slimserve.yaml: the chart rendered with its default values through Helm's Go SDK
   (helm-python-sdk, a dev dependency: this module is a project command, never imported by the
   operator at run time).
@@ -11,6 +12,7 @@ One source per artefact, so nothing is hand-copied:
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Final
@@ -50,8 +52,49 @@ def render_manifests() -> str:
     return HEADER + yaml.safe_dump_all(docs, sort_keys=False, width=120)
 
 
+def _default(values: dict[str, object], dotted: str) -> str:
+    node: object = values
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None  # type: ignore[assignment]
+    text = json.dumps(node) if not isinstance(node, str) else f'"{node}"'
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def render_chart_readme() -> str:
+    """The parameters table from values.yaml's `## @section` / `## @param name description` lines."""
+    source = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(source)
+    lines = [
+        "# slimserve Helm chart",
+        "",
+        "Installs the slimserve operator (`kopf run -m slimserve.operator`), its CompressedModel CRD,",
+        "least-privilege RBAC, the evaluator Jobs' ServiceAccount and, on request, a ServiceMonitor, a",
+        "PodMonitor for Triton, alerts and the Grafana rollout dashboard.",
+        "",
+        "```sh",
+        "helm install slimserve charts/slimserve -n slimserve-system --create-namespace",
+        "kubectl apply -f manifests/examples/digits-replicas.yaml",
+        "kubectl get compressedmodels -A -w",
+        "```",
+        "",
+        "Without Helm: `kubectl apply -f manifests/crds/ -f manifests/slimserve.yaml` (rendered from this chart",
+        "with its defaults by `python -m slimserve.operator.manifests`).",
+        "",
+        "<!-- Generated from values.yaml by `python -m slimserve.operator.manifests`; do not edit below. -->",
+    ]
+    for line in source.splitlines():
+        line = line.strip()
+        if line.startswith("## @section "):
+            lines += ["", f"## {line[len('## @section '):]}", "", "| Name | Description | Default |", "|---|---|---|"]
+        elif line.startswith("## @param "):
+            name, _, description = line[len("## @param "):].partition(" ")
+            lines.append(f"| `{name}` | {description} | `{_default(values, name)}` |")
+    return "\n".join(lines) + "\n"
+
+
 def generated() -> dict[Path, str]:
     return {
+        CHART / "README.md": render_chart_readme(),
         CHART / "crds" / "compressedmodels.yaml": render_crd(),
         CHART / "dashboards" / "slimserve-rollout.json": render_dashboard(),
         ROOT / "manifests" / "slimserve.yaml": render_manifests(),

@@ -35,9 +35,6 @@ class OperatorSettings(BaseSettings):
         default="http://prometheus-operated.monitoring.svc:9090",
         description="Prometheus the evaluator queries (and KEDA scales on).",
     )
-    namespaces: list[str] = Field(
-        default_factory=list, description="Namespaces to watch; empty means the whole cluster."
-    )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Operator metrics port; 0 disables.")
     reconcile_interval_seconds: float = Field(
         default=10.0, gt=0, description="How often each CompressedModel's children are observed."

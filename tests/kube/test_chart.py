@@ -79,10 +79,9 @@ def test_operator_runs_once_non_root_with_settings_it_understands() -> None:
     env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("SLIMSERVE_")}
     fields = {f"SLIMSERVE_{name.upper()}" for name in OperatorSettings.model_fields}
     assert set(env) <= fields, f"env vars the operator ignores: {set(env) - fields}"
-    settings = OperatorSettings(**{k[len("SLIMSERVE_"):].lower(): v for k, v in env.items()
-                                   if k != "SLIMSERVE_NAMESPACES"}, namespaces=json.loads(env["SLIMSERVE_NAMESPACES"]))
-    assert settings.namespaces == ["models", "team-b"] and settings.gateway_namespace == "gateways"
-    assert settings.model_storage_class == "efs"
+    settings = OperatorSettings(**{k[len("SLIMSERVE_"):].lower(): v for k, v in env.items()})
+    assert settings.gateway_namespace == "gateways" and settings.model_storage_class == "efs"
+    assert settings.worker_image == "ghcr.io/slimserve/slimserve-worker:0.1.0"
 
 
 def _rules(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -157,3 +156,21 @@ def test_example_crs_are_valid_against_the_crd_schema(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         jsonschema.Draft4Validator(schema).validate(doc)  # OpenAPI v3.0 keeps draft-4 exclusive bounds
         parse_compressed_model(doc)
+
+
+def test_every_value_is_documented_with_a_param_line() -> None:
+    source = (manifests.CHART / "values.yaml").read_text()
+    documented = {line.split()[2] for line in source.splitlines() if line.strip().startswith("## @param ")}
+
+    def leaves(node: Any, prefix: str = "") -> list[str]:
+        if isinstance(node, dict) and node and prefix not in documented:
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{prefix}.{k}" if prefix else k)]
+        return [prefix]
+
+    values = yaml.safe_load(source)
+    assert [leaf for leaf in leaves(values) if leaf not in documented] == []
+    for name in documented:  # and every @param names a real value
+        node: Any = values
+        for part in name.split("."):
+            assert isinstance(node, dict) and part in node, name
+            node = node[part]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from slimserve.operator.metrics import REGISTRY
 from tests.kube.emulator import SUMMARY, emulated_cluster, example_model, report, running_operator
 
 pytestmark = [
@@ -36,7 +37,13 @@ async def _to_evaluating(cluster, name: str = "digits") -> None:
     await cluster.wait_phase(name, "Evaluating")
 
 
+def promoted_decisions() -> float:
+    return REGISTRY.get_sample_value("slimserve_operator_gate_decisions_total", {"decision": "Promoted"}) or 0.0
+
+
 def test_happy_path_promotes_the_candidate(tmp_path: Path) -> None:
+    decisions_before = promoted_decisions()
+
     async def scenario() -> None:
         async with emulated_cluster(tmp_path) as cluster, running_operator():
             await cluster.create_model(example_model())
@@ -64,6 +71,7 @@ def test_happy_path_promotes_the_candidate(tmp_path: Path) -> None:
             assert cluster.get(DEPLOY, "digits-int8")["metadata"]["labels"]["slimserve.dev/role"] == "stable"
 
     asyncio.run(scenario())
+    assert promoted_decisions() - decisions_before == 3  # one gate decision per canary step
 
 
 def test_failing_gate_rolls_back_and_leaves_stable_untouched(tmp_path: Path) -> None:
