@@ -157,19 +157,15 @@ class _Status:
         self.data["message"] = message
 
 
-def _autoscaled(model: CompressedModel) -> bool:
-    return model.spec.rollout.traffic_split == "gateway"
-
-
 def _serving_children(
     model: CompressedModel, owner: b.Owner, variant: str, role: b.Role, settings: OperatorSettings,
-    replicas: int | None,
+    replicas: int | None, autoscale: bool,
 ) -> list[Manifest]:
     out = [
         b.build_triton_deployment(model, owner, variant, role, settings, replicas=replicas),
         b.build_triton_service(owner, variant),
     ]
-    if replicas is None:
+    if autoscale:
         out.append(b.build_autoscaler(model, owner, variant, settings))
     return out
 
@@ -371,13 +367,16 @@ def _deploy_children(
     """Stable and canary Triton (Deployment, Service, autoscaler) and traffic at weight 0."""
     gateway = model.spec.rollout.traffic_split == "gateway"
     if gateway:
-        children = _serving_children(model, owner, stable, "stable", settings, None)
-        children += _serving_children(model, owner, candidate, "canary", settings, None)
+        # A canary starts at the autoscaler's minimum: an earlier rollback may have left it at 0
+        # replicas, and an HPA never scales a Deployment up from 0. The stable count stays the HPA's.
+        minimum = model.spec.serving.autoscaling.min_replicas
+        children = _serving_children(model, owner, stable, "stable", settings, None, autoscale=True)
+        children += _serving_children(model, owner, candidate, "canary", settings, minimum, autoscale=True)
         children += _traffic(model, owner, stable, candidate, 0, settings)
         return children
     stable_n, canary_n = b.split_replicas(settings.split_replicas, model.spec.rollout.steps[0])
-    children = _serving_children(model, owner, stable, "stable", settings, stable_n)
-    children += _serving_children(model, owner, candidate, "canary", settings, canary_n)
+    children = _serving_children(model, owner, stable, "stable", settings, stable_n, autoscale=False)
+    children += _serving_children(model, owner, candidate, "canary", settings, canary_n, autoscale=False)
     children.append(b.build_shared_service(owner))
     return children
 

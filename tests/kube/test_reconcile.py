@@ -81,3 +81,13 @@ def test_replica_split_deploys_at_the_first_step_ratio_behind_one_service() -> N
     assert deployments == {"digits-baseline": 3, "digits-int8": 1}
     assert "Service/digits" in kinds(out.apply)
     assert not [m for m in out.apply if m["kind"] in ("HTTPRoute", "HorizontalPodAutoscaler")]
+
+
+def test_a_canary_rolled_back_to_zero_replicas_starts_again_at_the_autoscaler_minimum() -> None:
+    status = {"phase": "Packaging", "observedGeneration": 2, "stableVariant": "baseline", "candidateVariant": "int8"}
+    owner = b.Owner("digits", "models", "uid-digits", 2)
+    out = plan(_model(), owner, status, Observed(packaging_job=JobState(succeeded=True)), SETTINGS, NOW)
+    deployments = {m["metadata"]["name"]: m["spec"].get("replicas") for m in out.apply if m["kind"] == "Deployment"}
+    assert deployments == {"digits-baseline": None, "digits-int8": 1}  # stable: the HPA keeps its count
+    assert {m["metadata"]["name"] for m in out.apply if m["kind"] == "HorizontalPodAutoscaler"} == {
+        "digits-baseline", "digits-int8"}
