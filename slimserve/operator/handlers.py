@@ -207,6 +207,9 @@ async def observe_children(
         except kopf.TemporaryError as exc:
             delay = exc.delay or interval
             logger.warning("retrying in %ss: %s", delay, exc)
+        except Exception:  # noqa: BLE001 - keep observing: the next pass reads the same level again
+            metrics.RECONCILES.labels("error").inc()
+            logger.exception("reconcile failed; next try in %ss", interval)
         await stopped.wait(delay)
 
 

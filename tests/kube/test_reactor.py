@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slimserve.operator.metrics import REGISTRY
-from tests.kube.emulator import SUMMARY, emulated_cluster, example_model, report, running_operator
+from tests.kube.emulator import CR, SUMMARY, emulated_cluster, example_model, report, running_operator
 
 pytestmark = [
     pytest.mark.kube,
@@ -185,5 +185,44 @@ def test_invalid_spec_fails_with_an_actionable_condition(tmp_path: Path) -> None
             assert cluster.get(JOB, "digits-compress-g1") is None
             await cluster.change_spec("digits", {"rollout": {"steps": [10, 100]}})
             await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="fixed spec compresses")
+
+    asyncio.run(scenario())
+
+
+def test_replica_split_moves_replicas_instead_of_route_weights(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        model = example_model()
+        model["spec"]["rollout"] = {"steps": [25, 100], "trafficSplit": "replicas"}
+        async with emulated_cluster(tmp_path) as cluster, running_operator(split_replicas=4):
+            await cluster.create_model(model)
+            await _to_evaluating(cluster)
+            replicas = {n: cluster.get(DEPLOY, n)["spec"]["replicas"] for n in ("digits-baseline", "digits-int8")}
+            assert replicas == {"digits-baseline": 3, "digits-int8": 1}
+            assert cluster.get("v1/services", "digits")["spec"]["selector"] == {
+                "slimserve.dev/model": "digits", "app.kubernetes.io/component": "triton"}
+            assert cluster.get(ROUTE, "digits") is None
+            await cluster.write_report("digits-report-g1-s0", report("Promoted", 25))
+            await cluster.wait(lambda: cluster.get(JOB, "digits-eval-g1-s1"), message="step 2")
+            await cluster.write_report("digits-report-g1-s1", report("Promoted", 100))
+            await cluster.wait_phase("digits", "Promoted")
+            replicas = {n: cluster.get(DEPLOY, n)["spec"]["replicas"] for n in ("digits-baseline", "digits-int8")}
+            assert replicas == {"digits-baseline": 0, "digits-int8": 4}  # scaled, never deleted
+
+    asyncio.run(scenario())
+
+
+def test_deleting_the_model_releases_it_for_garbage_collection(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.create_model(example_model())
+            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g1"), message="compression Job")
+            assert cluster.get(CR, "digits")["metadata"]["finalizers"] == ["slimserve.dev/finalizer"]
+            async with cluster.k.request("DELETE", "/apis/slimserve.dev/v1alpha1/namespaces/models/"
+                                         "compressedmodels/digits") as resp:
+                assert resp.status < 300
+            await cluster.wait(lambda: cluster.get(CR, "digits") is None, message="finalizer released")
+            # Children go with their owner through the garbage collector (ownerReferences, controller=true).
+            job = cluster.get(JOB, "digits-compress-g1")
+            assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-digits"
 
     asyncio.run(scenario())
