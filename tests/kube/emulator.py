@@ -116,8 +116,8 @@ def report(decision: str, weight: int, reason: str = "all checks passed") -> dic
     return {
         "baseline": "baseline", "candidate": "int8", "decision": decision, "reason": reason,
         "steps": [{"weight": weight, "verdict": verdict, "checks": [
-            {"name": "p99_latency", "verdict": verdict, "value": 4.2, "threshold": 5.0, "baseline": 4.5},
-            {"name": "throughput_ratio", "verdict": "Pass", "value": 1.3, "threshold": 0.9},
+            {"name": "p99VsBaseline", "verdict": verdict, "value": 4.2, "threshold": 5.0, "baseline": 4.5},
+            {"name": "throughputVsBaseline", "verdict": "Pass", "value": 950.0, "threshold": 810.0, "baseline": 900.0},
         ]}],
     }
 

@@ -61,7 +61,7 @@ def test_happy_path_promotes_the_candidate(tmp_path: Path) -> None:
                     assert cluster.status("digits")["phase"] == "Progressing"
             status = await cluster.wait_phase("digits", "Promoted")
             assert status["stableVariant"] == "int8" and status["decision"] == "Promoted"
-            assert status["p99Ms"] == 4.2
+            assert status["p99Ms"] == 4.2 and status["throughputRps"] == 950.0
             assert weights(cluster) == {"digits-int8": 100}
             for type in ("Promoted", "Ready"):
                 cond = cluster.condition("digits", type)
