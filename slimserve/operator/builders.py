@@ -606,11 +606,9 @@ def build_evaluator_job(
             ]
     )
     container = _worker_container(settings, script, _resources("1", "1Gi", 0))
-    container["volumeMounts"] = [
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "spec", "mountPath": "/spec", "readOnly": True},
-    ]
-    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "spec", "configMap": {"name": spec_config_map_name(owner)}}]
+    # The evaluation data set is read from the same volume the compression Job read it from.
+    container["volumeMounts"] = [{**m, "readOnly": True} if m["name"] == "models" else m for m in _mounts(True)]
+    volumes = _volumes(model, owner, with_spec=True)
     job = _job(
         owner,
         evaluator_job_name(owner, step, attempt),
