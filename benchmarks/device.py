@@ -28,9 +28,7 @@ DIGITS = Path(__file__).resolve().parents[1] / "examples" / "digits" / "compress
 
 def _compress(device: str, out: Path) -> dict[str, Any]:
     model = load_compressed_model(DIGITS)
-    spec = model.spec.model_copy(
-        update={"compression": model.spec.compression.model_copy(update={"device": device})}
-    )
+    spec = model.spec.model_copy(update={"compression": model.spec.compression.model_copy(update={"device": device})})
     model = model.model_copy(update={"spec": spec})
     t0 = time.perf_counter()
     report = run_compression(model, DIGITS.parent, out)
@@ -108,7 +106,11 @@ def run(json_path: Path) -> dict[str, Any]:
     result["fp16ResNet18"] = _fp16_resnet()
     trained = [n for n, v in result["cuda"]["variants"].items() if n != "baseline"]
     result["stepSpeedupCudaVsCpu"] = {
-        n: round(result["cpu"]["variants"][n]["compressSeconds"] / max(result["cuda"]["variants"][n]["compressSeconds"], 1e-9), 2)
+        n: round(
+            result["cpu"]["variants"][n]["compressSeconds"]
+            / max(result["cuda"]["variants"][n]["compressSeconds"], 1e-9),
+            2,
+        )
         for n in trained
     }
     json_path.parent.mkdir(parents=True, exist_ok=True)

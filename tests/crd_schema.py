@@ -26,7 +26,11 @@ def crd_schema() -> dict[str, Any]:
 def _strict(node: Any) -> Any:
     if isinstance(node, dict):
         out = {k: _strict(v) for k, v in node.items() if k != "x-kubernetes-validations"}
-        if "properties" in node and "additionalProperties" not in node and node is not crd_schema()["properties"]["metadata"]:
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and node is not crd_schema()["properties"]["metadata"]
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(node, list):

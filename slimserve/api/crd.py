@@ -50,11 +50,11 @@ def _structural(node: Any, defs: dict[str, Any], classes: dict[str, type[BaseMod
     if "$ref" in node:
         name = node.pop("$ref").split("/")[-1]
         merged = {**defs[name], **node}
-        out = _structural(merged, defs, classes)
+        resolved = _structural(merged, defs, classes)
         rules = getattr(classes.get(name), "cel", [])
         if rules:
-            out["x-kubernetes-validations"] = copy.deepcopy(rules)
-        return out
+            resolved["x-kubernetes-validations"] = copy.deepcopy(rules)
+        return resolved
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:

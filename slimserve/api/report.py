@@ -34,7 +34,9 @@ class VariantRecord(ReportModel):
     """One variant's measured record. Accuracy values are percent (0-100)."""
 
     name: str
-    recipe: str = Field(description="The chain of steps, e.g. 'prune(ratio=0.5) → fineTune(epochs=3) → quantize(static)'.")
+    recipe: str = Field(
+        description="The chain of steps, e.g. 'prune(ratio=0.5) → fineTune(epochs=3) → quantize(static)'."
+    )
     path: str = Field(description="ONNX file, relative to the report's directory.")
     sha256: str
     size_bytes: int = Field(description="ONNX file plus external data.")

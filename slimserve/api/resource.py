@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from slimserve.api.spec import API_GROUP, API_VERSION, DNS_LABEL_PATTERN, KIND, PATTERN_HINTS, CompressedModelSpec
 from slimserve.api.status import CompressedModelStatus
@@ -74,7 +75,7 @@ def _model_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseMod
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def _fix(err: dict[str, Any], root: type[BaseModel]) -> str:
+def _fix(err: ErrorDetails, root: type[BaseModel]) -> str:
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if kind == "extra_forbidden":
@@ -97,7 +98,7 @@ def _fix(err: dict[str, Any], root: type[BaseModel]) -> str:
     return err["msg"] + "; fix the type or value"
 
 
-def format_validation_error(exc: ValidationError, root: type[BaseModel] = None) -> list[str]:  # type: ignore[assignment]
+def format_validation_error(exc: ValidationError, root: type[BaseModel] | None = None) -> list[str]:
     """One line per problem: `field: value → fix`."""
     root = root or CompressedModel
     lines = []
@@ -140,10 +141,10 @@ def load_compressed_model(path: str | Path) -> CompressedModel:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InvalidInput(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax", str(path)) from None
+        raise InvalidInput(
+            f"not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax", str(path)
+        ) from None
     models = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(models) != 1:
-        raise InvalidInput(
-            f"found {len(models)} CompressedModel documents; the file must hold exactly one", str(path)
-        )
+        raise InvalidInput(f"found {len(models)} CompressedModel documents; the file must hold exactly one", str(path))
     return parse_compressed_model(models[0], str(path))

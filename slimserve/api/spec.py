@@ -11,7 +11,7 @@ CRD carries as `x-kubernetes-validations`; tests hold the two to the same verdic
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -71,7 +71,7 @@ Uri = Annotated[
 # ---------------------------------------------------------------------------------------------
 
 
-class SourceFormat(str, Enum):
+class SourceFormat(StrEnum):
     onnx = "onnx"
     torchscript = "torchscript"
     torch_export = "torch-export"
@@ -101,7 +101,6 @@ class Source(Model):
     )
 
 
-
 class Data(Model):
     """Data sets as `.npz` files: one array per model input (or `x`), plus `y` labels if any."""
 
@@ -115,24 +114,24 @@ class Data(Model):
 # ---------------------------------------------------------------------------------------------
 
 
-class QuantizeMode(str, Enum):
+class QuantizeMode(StrEnum):
     static = "static"
     dynamic = "dynamic"
     fp16 = "fp16"
 
 
-class Calibration(str, Enum):
+class Calibration(StrEnum):
     minmax = "minmax"
     entropy = "entropy"
     percentile = "percentile"
 
 
-class QuantType(str, Enum):
+class QuantType(StrEnum):
     uint8 = "uint8"
     int8 = "int8"
 
 
-class QuantFormat(str, Enum):
+class QuantFormat(StrEnum):
     qoperator = "QOperator"
     qdq = "QDQ"
 
@@ -156,7 +155,7 @@ class Quantize(Model):
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float.")
 
 
-class PruneMethod(str, Enum):
+class PruneMethod(StrEnum):
     structured = "structured"
     unstructured = "unstructured"
 
@@ -175,7 +174,9 @@ class LowRank(Model):
 
     rank: int | None = Field(default=None, ge=1, le=65_536)
     energy: float | None = Field(default=None, gt=0, le=1, description="Fraction of squared singular values kept.")
-    layers: list[str] = Field(default_factory=list, description="Module names to factorize; empty means all that shrink.")
+    layers: list[str] = Field(
+        default_factory=list, description="Module names to factorize; empty means all that shrink."
+    )
 
     cel: ClassVar[list[dict[str, str]]] = [
         {"rule": "has(self.rank) != has(self.energy)", "message": "set exactly one of 'rank' or 'energy'"}
@@ -249,9 +250,7 @@ class Step(Model):
 
                 near = difflib.get_close_matches(str(unknown[0]), RECIPES, n=1)
                 hint = f" (did you mean '{near[0]}'?)" if near else ""
-                raise ValueError(
-                    f"unknown recipe '{unknown[0]}'{hint}; a step holds one of: {', '.join(RECIPES)}"
-                )
+                raise ValueError(f"unknown recipe '{unknown[0]}'{hint}; a step holds one of: {', '.join(RECIPES)}")
         return data
 
     @model_validator(mode="after")
@@ -303,7 +302,7 @@ class Variant(Model):
         return self
 
 
-class Objective(str, Enum):
+class Objective(StrEnum):
     size = "size"
     latency = "latency"
     throughput = "throughput"
@@ -317,7 +316,7 @@ class Search(Model):
     max_trials: int = Field(default=8, ge=1, le=100)
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
@@ -389,13 +388,13 @@ class Compression(Model):
 # ---------------------------------------------------------------------------------------------
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     auto = "auto"
     onnxruntime = "onnxruntime"
     python = "python"
 
 
-class InstanceKind(str, Enum):
+class InstanceKind(StrEnum):
     cpu = "cpu"
     gpu = "gpu"
 
@@ -417,7 +416,10 @@ class Autoscaling(Model):
             "rule": "!has(self.maxReplicas) || !has(self.minReplicas) || self.maxReplicas >= self.minReplicas",
             "message": "maxReplicas must be at least minReplicas",
         },
-        {"rule": "has(self.kedaQuery) == has(self.kedaThreshold)", "message": "set both kedaQuery and kedaThreshold, or neither"},
+        {
+            "rule": "has(self.kedaQuery) == has(self.kedaThreshold)",
+            "message": "set both kedaQuery and kedaThreshold, or neither",
+        },
     ]
 
     @model_validator(mode="after")
@@ -452,7 +454,7 @@ class Serving(Model):
     model_repository: ModelRepository = Field(default_factory=ModelRepository)
 
 
-class TrafficSplit(str, Enum):
+class TrafficSplit(StrEnum):
     gateway = "gateway"
     replicas = "replicas"
 
@@ -463,7 +465,9 @@ class Rollout(Model):
         description="Variant to roll out, or 'auto' for the best variant that meets the accuracy gate.",
     )
     steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
-        default_factory=lambda: [10, 50, 100], min_length=1, max_length=20,
+        default_factory=lambda: [10, 50, 100],
+        min_length=1,
+        max_length=20,
         description="Canary weights in percent, increasing, ending at 100.",
     )
     step_duration: str = Field(default="15s", pattern=DURATION_PATTERN)
@@ -485,7 +489,7 @@ class Rollout(Model):
     @field_validator("steps")
     @classmethod
     def _increasing(cls, steps: list[int]) -> list[int]:
-        if any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] != 100:
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[-1] != 100:
             raise ValueError(f"{steps} must increase and end at 100, e.g. [10, 50, 100]")
         return steps
 
@@ -497,7 +501,9 @@ class Gates(Model):
     max_p99_ms: float | None = Field(default=None, gt=0, description="Absolute p99 budget in milliseconds.")
     p99_tolerance: float | None = Field(default=0.1, ge=0, le=10, description="Candidate p99 <= baseline x (1 + this).")
     min_throughput_rps: float | None = Field(default=None, gt=0)
-    min_throughput_ratio: float | None = Field(default=0.9, gt=0, le=100, description="Candidate rps >= baseline x this.")
+    min_throughput_ratio: float | None = Field(
+        default=0.9, gt=0, le=100, description="Candidate rps >= baseline x this."
+    )
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     min_samples: int = Field(default=100, ge=1, le=10_000_000, description="Fewer requests is Inconclusive.")
 
@@ -527,11 +533,7 @@ class CompressedModelSpec(Model):
                     )
                 if step.recipe in TRAINING_RECIPES and self.data.train is None:
                     raise ValueError(f"{where} trains the model but data.train is missing; add a .npz train set")
-                if (
-                    step.quantize is not None
-                    and step.quantize.mode == "static"
-                    and self.data.calibration is None
-                ):
+                if step.quantize is not None and step.quantize.mode == "static" and self.data.calibration is None:
                     raise ValueError(
                         f"{where} is static quantization but data.calibration is missing; "
                         "add a .npz calibration set or use mode: dynamic"

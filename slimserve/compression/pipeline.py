@@ -9,6 +9,7 @@ leaves a partial variant looking finished.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -112,10 +113,8 @@ def probe_module(module: torch.nn.Module, data: DataSet, path: str) -> None:
     sample = {name: torch.from_numpy(arr[:2]) for name, arr in data.inputs.items()}
     shapes = ", ".join(f"'{n}' {list(a.shape)} {a.dtype}" for n, a in data.inputs.items())
     probe = clone(module)  # a forward pass in training mode would move BatchNorm statistics
-    try:
+    with contextlib.suppress(NotImplementedError):  # torch.export modules run in inference form already
         probe.eval()
-    except NotImplementedError:  # torch.export modules run in inference form already
-        pass
     try:
         with torch.inference_mode():
             probe(*sample.values())
