@@ -9,7 +9,8 @@ running onnxruntime, Prometheus, Locust as its own process) on this machine:
    rate whose client-side p99 stays within it. The budget is 1.5x fp32's p99 with one user.
 2. Triton-served vs in-process onnxruntime throughput at the same batch size: in-process runs batch
    8 (right before and right after the served window, averaged); Triton gets batch-1 requests from
-   8 Locust users and forms batches with its dynamic batcher (preferred size 8). Same model file,
+   16 Locust users and forms batches with its dynamic batcher (preferred size 8; the JSON records
+   the average batch it formed). Same model file,
    same thread count; the served rate is Triton's own (Prometheus) over the steady part of the window.
 3. Locust generator capacity vs server throughput: Locust's CPU use during each window; a window
    where Locust held ~a whole core was limited by the generator, not the server (a tiny MLP is
@@ -197,7 +198,8 @@ def run(json_path: Path) -> dict[str, Any]:
             batched, offline = {}, {}
             for name, model, path in (("fp32", "baseline", fp32), ("int8", "int8", int8)):
                 before = in_process_throughput(path, BATCH, 5.0)
-                batched[model] = _window(prom, triton.url, model, images, BATCH, work / "load", "batched")
+                # 2 x BATCH users: while one batch of 8 runs, the next 8 requests queue, so batches are full.
+                batched[model] = _window(prom, triton.url, model, images, 2 * BATCH, work / "load", "batched")
                 after = in_process_throughput(path, BATCH, 5.0)
                 offline[name] = {
                     "before": before,

@@ -22,7 +22,9 @@ from typing import Final
 from slimserve.triton.process import ManagedProcess, ServingError
 
 LOCUSTFILE: Final = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
-GENERATOR_BOUND_CPU: Final = 0.85  # fraction of one core: above it, Locust itself limits the rate
+# Locust is one gevent process: it can use one core at most, and well before that its own scheduling
+# delays show up as latency. At 80% of a core the measured rate says more about Locust than Triton.
+GENERATOR_BOUND_CPU: Final = 0.8
 
 
 @dataclass(frozen=True)
