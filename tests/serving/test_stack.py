@@ -147,22 +147,26 @@ def test_corrupted_onnx_is_invalid_input_before_anything_starts(compression_outp
         run(spec, no_orphans / "run", compression_output, mutate=corrupt)
 
 
-def test_triton_dying_mid_run_is_an_error_and_nothing_is_promoted(
-    compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("victim", "message"),
+    [("triton", "Triton is no longer running"), ("prometheus", "Prometheus")],
+)
+def test_a_component_dying_mid_run_is_an_error_and_nothing_is_promoted(
+    compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch, victim: str, message: str
 ) -> None:
     import slimserve.local.runtime as runtime
 
     real = runtime.measure_window
 
-    def kill_triton_then_measure(prom, baseline, candidate, weight, *args, **kwargs):  # noqa: ANN001, ANN202
+    def kill_then_measure(prom, baseline, candidate, weight, *args, **kwargs):  # noqa: ANN001, ANN202
         if weight > 0:
-            triton = next(p for p in live_processes() if p.name == "triton")
-            os.killpg(triton.pid, signal.SIGKILL)
+            process = next(p for p in live_processes() if p.name == victim)
+            os.killpg(process.pid, signal.SIGKILL)
         return real(prom, baseline, candidate, weight, *args, **kwargs)
 
-    monkeypatch.setattr(runtime, "measure_window", kill_triton_then_measure)
+    monkeypatch.setattr(runtime, "measure_window", kill_then_measure)
     spec = write_spec(no_orphans / "spec", compression_output)
-    with pytest.raises(ServingError, match="Triton is no longer running|Locust"):
+    with pytest.raises(ServingError, match=message):
         run(spec, no_orphans / "run", compression_output)
     assert not (no_orphans / "run" / "state.json").exists()
     assert not live_processes()
