@@ -76,11 +76,15 @@ class Stages:
         self.console.print(f"[green]✓[/] {title} ({time.monotonic() - started:.1f} s)")
 
 
-def choose_candidate(model: CompressedModel, report: CompressionReport, stable_sha: str | None) -> VariantRecord | None:
+def choose_candidate(
+    model: CompressedModel, report: CompressionReport, stable_sha: str | None, stable_size: int | None = None
+) -> VariantRecord | None:
     """The variant to roll out: the named one, or (auto) the best one within the accuracy budget.
 
-    'Best' follows the search objective when the spec has a search (else the smallest file);
-    a variant identical to the stable model is skipped, there is nothing to roll out.
+    'Best' follows the search objective when the spec has a search (else the smallest file). After a
+    promotion, auto only offers a variant that beats the stable model on that objective (judged on
+    this run's record of the same file, or on its size): rolling out something worse than what users
+    already get is not progress. A variant identical to the stable model is never offered.
     """
     wanted = model.spec.rollout.candidate
     by_name = {v.name: v for v in report.variants}
@@ -90,20 +94,30 @@ def choose_candidate(model: CompressedModel, report: CompressionReport, stable_s
                 f"spec.rollout.candidate = {wanted!r}: not in the compression report; use one of {sorted(by_name)}"
             )
         return by_name[wanted]
-    if report.search and report.search.chosen in by_name and by_name[report.search.chosen].sha256 != stable_sha:
-        return by_name[report.search.chosen]
-    budget = model.spec.gates.max_accuracy_drop
-    eligible = [v for v in report.variants if v.accuracy_drop <= budget and v.sha256 != stable_sha]
-    if not eligible:
-        return None
     search = model.spec.compression.search
-    objective = getattr(search.objective, "value", search.objective) if search else "size"
+    objective = str(getattr(search.objective, "value", search.objective)) if search else "size"
     keys: dict[str, Callable[[VariantRecord], float]] = {
         "size": lambda v: v.size_bytes,
         "latency": lambda v: v.latency_ms_p50,
         "throughput": lambda v: -v.throughput_rps,
     }
-    return min(eligible, key=keys[str(objective)])
+    key = keys[objective]
+    stable = next((v for v in [report.baseline, *report.variants] if v.sha256 == stable_sha), None)
+
+    def improves(v: VariantRecord) -> bool:
+        if stable_sha is None:
+            return True
+        if v.sha256 == stable_sha:
+            return False
+        if stable is not None:
+            return key(v) < key(stable)
+        return objective != "size" or stable_size is None or v.size_bytes < stable_size
+
+    if report.search and report.search.chosen in by_name and improves(by_name[report.search.chosen]):
+        return by_name[report.search.chosen]
+    budget = model.spec.gates.max_accuracy_drop
+    eligible = [v for v in report.variants if v.accuracy_drop <= budget and improves(v)]
+    return min(eligible, key=key) if eligible else None
 
 
 def _served(window: gate.Window | None, accuracy: float | None) -> ServedRecord:
@@ -148,6 +162,7 @@ def run_local(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = registry.load_state(out_dir, model.metadata.name)
     stable_sha = state.stable.sha256 if state.stable else None
+    stable_size = (out_dir / state.stable.path).stat().st_size if state.stable else None
 
     compression_dir = out_dir / "compression"
     with stages.stage("compress", spinner=False):
@@ -162,11 +177,12 @@ def run_local(
             console=console, transient=True,
         ) as progress:  # fmt: skip
             report = compress(model, base_dir, compression_dir, progress=progress)
-    candidate = choose_candidate(model, report, stable_sha)
+    candidate = choose_candidate(model, report, stable_sha, stable_size)
     if candidate is None:
         within = [v.name for v in report.variants if v.accuracy_drop <= spec.gates.max_accuracy_drop]
         reason = (
-            f"every variant within maxAccuracyDrop ({', '.join(within)}) is already stable; nothing new to roll out"
+            f"no variant within maxAccuracyDrop ({', '.join(within)}) beats the stable model "
+            f"{state.stable.variant if state.stable else ''}; nothing new to roll out"
             if within
             else f"no variant is within maxAccuracyDrop {spec.gates.max_accuracy_drop} offline; nothing to roll out"
         )

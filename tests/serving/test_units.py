@@ -105,3 +105,47 @@ def test_registry_promotes_copies_and_rollback_keeps_stable(tmp_path: Path) -> N
     (tmp_path / reloaded.stable.path).unlink()
     with pytest.raises(InvalidInput, match="stable model file"):
         registry.load_state(tmp_path, "digits")
+
+
+def _variant(name: str, size: int, drop: float, sha: str | None = None) -> object:
+    from slimserve.api.report import VariantRecord
+
+    return VariantRecord(
+        name=name, recipe=name, path=f"{name}.onnx", sha256=sha or name, size_bytes=size, compression_ratio=1.0,
+        params=0, macs=0, metric="accuracy", accuracy=99.0, accuracy_ci=(98.0, 99.5), accuracy_drop=drop,
+        latency_ms_p50=1.0, latency_ms_p99=2.0, throughput_rps=100.0, speedup=1.0, compress_seconds=0.0,
+    )  # fmt: skip
+
+
+def test_auto_candidate_is_the_smallest_within_budget_and_must_beat_the_stable() -> None:
+    from slimserve.api import parse_compressed_model
+    from slimserve.api.report import CompressionReport
+    from slimserve.local.runtime import choose_candidate
+
+    doc = {
+        "apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "metadata": {"name": "m"},
+        "spec": {
+            "source": {"uri": "m.onnx"}, "data": {"evaluation": "t.npz"},
+            "compression": {"variants": [{"name": "a", "steps": [{"quantize": {"mode": "dynamic"}}]}]},
+            "gates": {"maxAccuracyDrop": 1.0},
+        },
+    }  # fmt: skip
+    model = parse_compressed_model(doc)
+    report = CompressionReport(
+        model="m", device="cpu", baseline=_variant("baseline", 1000, 0.0),
+        variants=[_variant("int8", 250, 0.2), _variant("tiny", 50, 4.0), _variant("fp16", 500, 0.0)],
+    )  # fmt: skip
+    assert choose_candidate(model, report, None).name == "int8"  # type: ignore[union-attr]  # tiny drops 4 points
+    # int8 is stable now: fp16 is within budget but larger, so nothing beats the stable model.
+    assert choose_candidate(model, report, "int8") is None
+    # A stable from an older run (not in this report) is judged by its file size.
+    assert choose_candidate(model, report, "old", stable_size=600).name == "int8"  # type: ignore[union-attr]
+    assert choose_candidate(model, report, "old", stable_size=100) is None
+    named = model.model_copy(
+        update={
+            "spec": model.spec.model_copy(
+                update={"rollout": model.spec.rollout.model_copy(update={"candidate": "fp16"})}
+            )
+        }
+    )
+    assert choose_candidate(named, report, "int8").name == "fp16"  # type: ignore[union-attr]
