@@ -81,6 +81,7 @@ def evaluate(
     step = gate.judge_step(
         spec.gates, weight, step_m.windows[baseline_model], step_m.windows[candidate_model],
         reference.windows[baseline_model], accuracy,
+        generator_bound=step_m.load.generator_bound or reference.load.generator_bound,
     )  # fmt: skip
     decision, reason = gate.decide([step], planned=1, failure_budget=0)
     assert decision is not None

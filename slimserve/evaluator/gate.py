@@ -10,7 +10,8 @@ A candidate is compared against the baseline measured in the same run:
   rate is scaled up by its traffic share (10% of the requests at a 10% step) and the baseline is
   measured alone under the same load (the reference window);
 - error rate ≤ `maxErrorRate`.
-A missing value, NaN, or fewer than `minSamples` requests is Inconclusive — never a pass.
+A missing value, NaN, or fewer than `minSamples` requests is Inconclusive — never a pass; so is a
+throughput failure measured while the load generator itself was saturated.
 """
 
 from __future__ import annotations
@@ -160,12 +161,15 @@ def judge_step(
     candidate: Window,
     reference: Window | None = None,
     accuracy: AccuracyEvidence | None = None,
+    generator_bound: bool = False,
 ) -> StepResult:
     """Judge one canary step at `weight` percent of the traffic on the candidate.
 
     `baseline` and `candidate` cover the same window. `reference` is the baseline alone under the
     same load (what throughput is compared with, and the latency baseline when the step sends the
     baseline too little traffic, e.g. at 100%). `accuracy` adds the served-accuracy check.
+    `generator_bound` (Locust used about a core in this or the reference window) turns a failed
+    throughput check into Inconclusive: the rate then measured the load generator, not the server.
     """
     checks: list[CheckResult] = []
     if accuracy is not None:
@@ -214,6 +218,18 @@ def judge_step(
                 detail=f"req/s at full traffic; baseline alone x {gates.min_throughput_ratio}",
             )  # fmt: skip
         )
+    if generator_bound:
+        checks = [
+            c.model_copy(
+                update={
+                    "verdict": "Inconclusive",
+                    "detail": c.detail + "; the load generator was the bottleneck, not the server",
+                }
+            )
+            if c.name.startswith("throughput") and c.verdict == "Fail"
+            else c
+            for c in checks
+        ]
     return StepResult(weight=weight, verdict=step_verdict(checks), checks=checks)
 
 

@@ -258,8 +258,16 @@ def run_local(
                 triton.check_alive()
                 prom_server.check_alive()
             measurements.append(m)
+            bound = m.load.generator_bound or (reference is not None and reference.load.generator_bound)
             steps.append(
-                gate.judge_step(spec.gates, weight, m.windows[stable_name], m.windows[candidate.name], ref_window)
+                gate.judge_step(
+                    spec.gates,
+                    weight,
+                    m.windows[stable_name],
+                    m.windows[candidate.name],
+                    ref_window,
+                    generator_bound=bound,
+                )  # fmt: skip
             )
             decision, reason = gate.decide(steps, len(spec.rollout.steps) + 1, spec.rollout.failure_budget)
             _print_step(console, steps[-1])

@@ -153,3 +153,14 @@ def test_gate_module_imports_nothing_heavy() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_throughput_failure_while_locust_was_saturated_is_inconclusive() -> None:
+    slow = Window(**{**vars(GOOD_CAND), "throughput_rps": 20.0})
+    step = judge_step(GATES, 25, GOOD_BASE, slow, REFERENCE, generator_bound=True)
+    check = next(c for c in step.checks if c.name == "throughputVsBaseline")
+    assert check.verdict == "Inconclusive" and "load generator" in check.detail
+    assert step.verdict == "Inconclusive"
+    # A latency regression is still a failure: the generator does not make the server slower.
+    slower = Window(**{**vars(slow), "p99_ms": 30.0})
+    assert judge_step(GATES, 25, GOOD_BASE, slower, REFERENCE, generator_bound=True).verdict == "Fail"
