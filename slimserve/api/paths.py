@@ -1,11 +1,20 @@
-"""Resolving the spec's URIs to local files (relative paths resolve against the YAML's folder)."""
+"""Resolving the spec's URIs to local files.
+
+Relative paths resolve against a base folder: the YAML file's folder by default, or the CLI's
+`--base-dir`, so the same YAML works locally and in the cluster (where the worker Jobs read it
+from a ConfigMap at /spec and pass the folder on the model volume that holds its files).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from slimserve.api.resource import CompressedModel
 from slimserve.errors import InvalidInput
+
+# The fix for a relative path that names no file: every "file not found" message ends with it.
+RELATIVE_HINT: Final = "relative paths resolve against the YAML file's folder, or --base-dir when given"
 
 
 def resolve_uri(uri: str, base: Path, field: str) -> Path:
@@ -16,7 +25,7 @@ def resolve_uri(uri: str, base: Path, field: str) -> Path:
         scheme = uri.split("://", 1)[0]
         raise InvalidInput(
             f"{field} = {uri!r}: {scheme}:// is read inside the cluster; locally use a file path "
-            "(relative to the YAML file)"
+            "(relative paths resolve against the YAML file's folder, or --base-dir)"
         )
     path = Path(uri)
     return path if path.is_absolute() else (base / path)
@@ -40,6 +49,6 @@ def check_files(model: CompressedModel, base: Path) -> None:
     wanted.update({f"spec.data.{role}": p for role, p in data_files(model, base).items()})
     for field, path in wanted.items():
         if not path.is_file():
-            problems.append(f"{field} = {str(path)!r}: file not found; fix the path (relative to the YAML file)")
+            problems.append(f"{field} = {str(path)!r}: file not found; fix the path ({RELATIVE_HINT})")
     if problems:
         raise InvalidInput(problems)

@@ -86,10 +86,14 @@ class Source(Model):
 
     `uri` is an ONNX file, a TorchScript file, a torch.export `.pt2` archive, or (format
     `factory`) a state-dict file loaded into the `nn.Module` that `factory` builds.
-    Relative paths resolve against the directory of the YAML file.
+    Relative paths resolve against the directory of the YAML file (`--base-dir` overrides it); in a
+    cluster that folder is `/models/<name>/inputs` on the model volume the worker Jobs mount.
     """
 
-    uri: Uri = Field(description="Model file: a path relative to the YAML file, or pvc://, s3://.")
+    uri: Uri = Field(
+        description="Model file: a path relative to the YAML file's folder (in a cluster /models/<name>/inputs "
+        "on the model volume), an absolute path, or pvc://, s3://."
+    )
     format: SourceFormat = Field(
         default=SourceFormat.onnx,
         description="onnx, torchscript, torch-export (.pt2) or factory (module:function + state dict).",

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import app, handle_errors
+from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, handle_errors
 
 
 def _table(report: object) -> Table:
@@ -61,11 +61,13 @@ def compress(
     file: Annotated[Path, typer.Argument(help="A CompressedModel YAML file (the same one you would kubectl apply).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: report.json, report.md and one .onnx per "
                                       "variant; replaced atomically when the run completes.")],
+    base_dir: Annotated[Path | None, typer.Option("--base-dir", help=BASE_DIR_HELP)] = None,
 ) -> None:
     """Compress a model into measured variants (help text: HELP)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     model = load_compressed_model(file)
+    base = base_dir_for(file, base_dir)
     console = Console()
     if not console.is_terminal:  # logs and pipes: keep the table on one line per variant
         console = Console(width=140)
@@ -75,7 +77,7 @@ def compress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), transient=True,
     ) as progress:
-        report = run_compression(model, file.parent, out, progress=progress)
+        report = run_compression(model, base, out, progress=progress)
     console.print(_table(report))
     console.print(_recipes(report), highlight=False)
     if report.search is not None:

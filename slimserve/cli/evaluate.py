@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import app, err_console, handle_errors
+from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, err_console, handle_errors
 from slimserve.errors import EXIT_INTERNAL, InvalidInput, SlimserveError
 
 
@@ -44,10 +44,11 @@ def evaluate(
     prometheus_url: str = typer.Option(..., "--prometheus-url", help="Prometheus scraping both Tritons."),
     out: Path = typer.Option(..., "--out", help="Where to write the EvaluationReport JSON."),
     configmap: str = typer.Option(None, "--configmap", help="NAMESPACE/NAME of a ConfigMap to patch with the report."),
+    base_dir: Path = typer.Option(None, "--base-dir", help=BASE_DIR_HELP),
 ) -> None:
     """Judge one canary step. Exit codes: 0 the step passed (Promoted), 3 failed (RolledBack),
     4 inconclusive, 2 invalid input, 1 internal failure."""
-    from slimserve.api.paths import data_files
+    from slimserve.api.paths import RELATIVE_HINT, data_files
     from slimserve.api.report import EvaluationReport
     from slimserve.evaluator import gate
     from slimserve.evaluator.accuracy import served_accuracy
@@ -60,9 +61,9 @@ def evaluate(
     install_signal_handlers()
     model = load_compressed_model(file)
     spec = model.spec
-    evaluation = data_files(model, file.resolve().parent)["evaluation"]
+    evaluation = data_files(model, base_dir_for(file, base_dir))["evaluation"]
     if not evaluation.is_file():
-        raise InvalidInput(f"spec.data.evaluation = '{evaluation}': file not found")
+        raise InvalidInput(f"spec.data.evaluation = '{evaluation}': file not found; fix the path ({RELATIVE_HINT})")
     work = out.parent / f".{out.stem}-work"
     try:
         accuracy = served_accuracy(baseline_url, baseline_model, candidate_model, evaluation, candidate_url)

@@ -11,7 +11,8 @@ import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +34,23 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+BASE_DIR_HELP: Final = (
+    "Folder that relative paths in the spec (source.uri, data.*) resolve against and that comes first on "
+    "sys.path for source.factory. Default: the YAML file's folder. The operator's Jobs read the YAML from "
+    "/spec and pass the folder on the model volume that holds its files."
+)
+
+
+def base_dir_for(file: Path, base_dir: Path | None) -> Path:
+    """The folder relative URIs resolve against: `--base-dir`, else the YAML file's own folder."""
+    if base_dir is None:
+        return file.resolve().parent
+    if not base_dir.is_dir():
+        raise InvalidInput(
+            f"--base-dir = '{base_dir}': not a folder; pass the folder that holds the files the spec names"
+        )
+    return base_dir.resolve()
 
 
 def handle_errors(func: F) -> F:

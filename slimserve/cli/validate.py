@@ -8,18 +8,19 @@ import typer
 from rich.console import Console
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import app, handle_errors
+from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, handle_errors
 
 
 @app.command()
 @handle_errors
 def validate(
     file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),
+    base_dir: Path = typer.Option(None, "--base-dir", help=BASE_DIR_HELP),
 ) -> None:
     """Validate a CompressedModel file: fields, values, and that the files it names exist."""
     from slimserve.api.paths import check_files
 
     model = load_compressed_model(file)
-    check_files(model, file.parent)
+    check_files(model, base_dir_for(file, base_dir))
     variants = ", ".join(v.name for v in model.spec.compression.variants) or "(search only)"
     Console().print(f"[green]valid[/]: {model.metadata.name} with variants {variants}")

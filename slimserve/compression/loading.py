@@ -21,7 +21,7 @@ import onnx
 import torch
 from torch import nn
 
-from slimserve.api.paths import resolve_uri
+from slimserve.api.paths import RELATIVE_HINT, resolve_uri
 from slimserve.api.spec import Source
 from slimserve.errors import InvalidInput
 
@@ -90,7 +90,7 @@ class LoadedSource:
 
 
 def import_factory(ref: str, base_dir: Path, field_name: str) -> Callable[..., nn.Module]:
-    """Import `module:function` with the YAML's folder first on sys.path.
+    """Import `module:function` with `base_dir` (the YAML's folder, or --base-dir) first on sys.path.
 
     A module of the same name imported from another folder (two examples both called `model`)
     is dropped from the cache first, so the spec always gets the file next to it.
@@ -108,7 +108,7 @@ def import_factory(ref: str, base_dir: Path, field_name: str) -> Callable[..., n
     except ImportError as exc:
         raise InvalidInput(
             f"{field_name} = {ref!r}: cannot import module '{module_name}' ({exc}); "
-            f"put {module_name.replace('.', '/')}.py next to the YAML file"
+            f"put {module_name.replace('.', '/')}.py in {base_dir.resolve()} (the YAML file's folder, or --base-dir)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - user code failed at import time
         raise InvalidInput(
@@ -166,7 +166,7 @@ def load_source(source: Source, base_dir: Path, available_inputs: set[str]) -> L
     path = resolve_uri(source.uri, base_dir, "spec.source.uri")
     where = f"spec.source.uri = {str(path)!r}"
     if not path.is_file():
-        raise InvalidInput(f"{where}: file not found; fix the path (relative to the YAML file)")
+        raise InvalidInput(f"{where}: file not found; fix the path ({RELATIVE_HINT})")
     fmt = source.format
     if fmt == "onnx":
         return _load_onnx(path, where)
@@ -264,7 +264,7 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
     """Read and check one data set against the model's inputs (names, dtypes, shapes, lengths)."""
     where = f"{field_name} = {str(path)!r}"
     if not path.is_file():
-        raise InvalidInput(f"{where}: file not found; fix the path (relative to the YAML file)")
+        raise InvalidInput(f"{where}: file not found; fix the path ({RELATIVE_HINT})")
     try:
         with np.load(str(path), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

@@ -116,6 +116,15 @@ def route_name(owner: Owner) -> str:
     return owner.name
 
 
+def inputs_dir(owner: Owner) -> str:
+    """Where the spec's relative URIs resolve in the worker Jobs (`--base-dir`): the YAML's folder.
+
+    The user puts the files that sit next to their YAML locally (model, data sets, factory module)
+    here on the model volume, so the very same YAML works with `slimserve run` and `kubectl apply`.
+    """
+    return f"{MODELS_MOUNT}/{owner.name}/inputs"
+
+
 def compressed_dir(owner: Owner) -> str:
     return f"{MODELS_MOUNT}/{owner.name}/gen-{owner.generation}/compressed"
 
@@ -316,7 +325,7 @@ def build_compression_job(model: CompressedModel, owner: Owner, settings: Operat
     out = compressed_dir(owner)
     script = (
         "set -e; "
-        f"slimserve compress {SPEC_FILE} --out {shlex.quote(out)}; "
+        f"slimserve compress {SPEC_FILE} --base-dir {shlex.quote(inputs_dir(owner))} --out {shlex.quote(out)}; "
         f"python -c {shlex.quote(SUMMARY_SCRIPT)} {shlex.quote(out + '/report.json')} > /dev/termination-log"
     )
     container = _worker_container(settings, script, _resources(job.cpu, job.memory, job.gpus))
@@ -595,6 +604,7 @@ def build_evaluator_job(
             [
                 "slimserve evaluate",
                 SPEC_FILE,
+                "--base-dir", shlex.quote(inputs_dir(owner)),
                 "--baseline-url", shlex.quote(service_url(owner, stable)),
                 "--candidate-url", shlex.quote(service_url(owner, candidate)),
                 "--baseline-model", shlex.quote(stable),

@@ -145,13 +145,14 @@ def test_worker_commands_use_the_cli_contract() -> None:
     def script(name: str) -> str:
         return MANIFESTS[name]["spec"]["template"]["spec"]["containers"][0]["args"][0]
 
-    assert "slimserve compress /spec/compressedmodel.yaml --out /models/digits/gen-1/compressed;" in script(
-        "compression-job-cpu")
+    # Relative URIs in the spec resolve where the user put the files next to their YAML.
+    assert ("slimserve compress /spec/compressedmodel.yaml --base-dir /models/digits/inputs "
+            "--out /models/digits/gen-1/compressed;") in script("compression-job-cpu")
     assert script("packaging-job") == (
         "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
         "--repository /models/digits/repository --backend onnxruntime")
     assert script("evaluator-job") == (
-        "slimserve evaluate /spec/compressedmodel.yaml --baseline-url http://digits-baseline.models.svc:8000 "
+        "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --baseline-url http://digits-baseline.models.svc:8000 "
         "--candidate-url http://digits-int8.models.svc:8000 --baseline-model baseline --candidate-model int8 "
         "--weight 50 --prometheus-url http://prom:9090 --out /tmp/report.json "
         "--configmap models/digits-report-g1-s1")
