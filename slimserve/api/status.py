@@ -78,6 +78,11 @@ class CompressedModelStatus(StatusModel):
     conditions: list[Condition] = Field(default_factory=list)
     message: str | None = None
     stable_variant: str | None = None
+    previous_stable_variant: str | None = Field(
+        default=None,
+        description="The stable variant before the last promotion: its Deployment is kept at 0 replicas "
+        "(no autoscaler), one `kubectl scale` away.",
+    )
     candidate_variant: str | None = None
     size_ratio: float | None = Field(default=None, description="Baseline size / candidate size.")
     accuracy_drop: float | None = Field(default=None, description="Points versus the baseline.")

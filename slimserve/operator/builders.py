@@ -20,7 +20,8 @@ from slimserve.api import API_GROUP, API_VERSION, KIND, CompressedModel
 from slimserve.operator.settings import ANNOTATION_PREFIX, OperatorSettings
 
 Manifest = dict[str, Any]
-Role = Literal["stable", "canary"]
+# `previous`: the stable variant before the last promotion, kept at 0 replicas for a manual way back.
+Role = Literal["stable", "canary", "previous"]
 
 SPEC_FILE: Final = "/spec/compressedmodel.yaml"
 MODELS_MOUNT: Final = "/models"

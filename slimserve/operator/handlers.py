@@ -142,14 +142,14 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
         try:
             observed = await observe(kube, owner, status, logger)
             result = plan(model, owner, status, observed, ops, now_rfc3339())
+            for api_version, kind, name in result.delete:  # autoscalers first: see Plan
+                if await kube.delete(api_version, kind, owner.namespace, name, logger):
+                    logger.debug("deleted %s %s", kind, name)
             for manifest in result.apply:
                 outcome = await kube.apply(manifest, logger)
                 metrics.CHILDREN_APPLIED.labels(manifest["kind"], outcome).inc()
                 if outcome != "unchanged":  # debug: not posted as a Kubernetes Event (one per child is noise)
                     logger.debug("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
-            for api_version, kind, name in result.delete:
-                if await kube.delete(api_version, kind, owner.namespace, name, logger):
-                    logger.debug("deleted %s %s", kind, name)
             if result.gate_decision:
                 metrics.GATE_DECISIONS.labels(result.gate_decision).inc()
             await _write_status(kube, owner, status, result.status, written, logger)

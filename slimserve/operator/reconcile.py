@@ -64,7 +64,11 @@ class Observed:
 
 @dataclass
 class Plan:
-    """Children to create-or-patch, autoscalers to remove, and the whole new status."""
+    """Children to create-or-patch, autoscalers to remove, and the whole new status.
+
+    `delete` runs before `apply`: an autoscaler still in place would scale a Deployment the plan
+    sets to 0 replicas straight back up (KEDA enforces its minimum).
+    """
 
     apply: list[Manifest] = field(default_factory=list)
     delete: list[tuple[str, str, str]] = field(default_factory=list)  # (apiVersion, kind, name)
@@ -202,7 +206,8 @@ def start_pipeline(
     stable = status.get("stableVariant") or BASELINE
     st = _Status({"conditions": status.get("conditions") or []}, owner.generation, now)
     st.data.update(
-        observedGeneration=owner.generation, stableVariant=stable, candidateVariant=None, sizeRatio=None,
+        observedGeneration=owner.generation, stableVariant=stable,
+        previousStableVariant=status.get("previousStableVariant"), candidateVariant=None, sizeRatio=None,
         accuracyDrop=None, p99Ms=None, throughputRps=None, canaryStep=None, decision=None,
         reportConfigMap=None, failedSteps=0, canaryWeight=0 if previous_weight is not None else None,
     )
@@ -326,17 +331,13 @@ def plan(
         if step + 1 < len(steps):
             out.apply += _start_step(model, owner, st, step + 1, stable, candidate, settings)
             return out
-        msg = f"{candidate} promoted: it serves 100% of traffic; {reason}".rstrip("; ")
-        st.data.update(stableVariant=candidate, decision="Promoted", canaryWeight=100)
+        msg = (f"{candidate} promoted: it serves 100% of traffic; {stable} is kept at 0 replicas; "
+               f"{reason}").rstrip("; ")
+        st.data.update(stableVariant=candidate, previousStableVariant=stable, decision="Promoted", canaryWeight=100)
         st.phase(Phase.promoted, msg)
         st.condition("Promoted", "True", "GatePassed", msg)
         st.condition("Ready", "True", "Promoted", msg)
-        out.apply += _traffic(model, owner, candidate, None, 0, settings) if gateway else \
-            _traffic(model, owner, stable, candidate, 100, settings)
-        # The promoted variant is the stable one from now on (label only: its pods keep running).
-        out.apply.append(b.build_triton_deployment(
-            model, owner, candidate, "stable", settings,
-            replicas=None if gateway else settings.split_replicas))
+        _promote(model, owner, stable, candidate, settings, out)
         return out
     failures += 1
     st.data["failedSteps"] = failures
@@ -359,6 +360,25 @@ def plan(
         out.delete.append((scaler["apiVersion"], scaler["kind"], scaler["metadata"]["name"]))
         out.apply.append(b.build_triton_deployment(model, owner, candidate, "canary", settings, replicas=0))
     return out
+
+
+def _promote(
+    model: CompressedModel, owner: b.Owner, old: str, new: str, settings: OperatorSettings, out: Plan
+) -> None:
+    """All traffic on the promoted variant; the old stable stops using resources but is not lost.
+
+    The new stable keeps its pods (label change only). The old stable's Deployment stays at 0
+    replicas without an autoscaler, so going back is one `kubectl scale` away; its Service stays.
+    """
+    if model.spec.rollout.traffic_split == "gateway":
+        out.apply += _traffic(model, owner, new, None, 0, settings)
+        scaler = b.build_autoscaler(model, owner, old, settings)
+        out.delete.append((scaler["apiVersion"], scaler["kind"], scaler["metadata"]["name"]))
+        replicas = None  # the new stable's HPA keeps its count
+    else:
+        replicas = settings.split_replicas
+    out.apply.append(b.build_triton_deployment(model, owner, new, "stable", settings, replicas=replicas))
+    out.apply.append(b.build_triton_deployment(model, owner, old, "previous", settings, replicas=0))
 
 
 def _deploy_children(

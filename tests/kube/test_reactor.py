@@ -19,6 +19,7 @@ JOB = "batch/v1/jobs"
 DEPLOY = "apps/v1/deployments"
 CM = "v1/configmaps"
 ROUTE = "gateway.networking.k8s.io/v1/httproutes"
+HPA = "autoscaling/v2/horizontalpodautoscalers"
 
 
 def weights(cluster, name: str = "digits") -> dict[str, int]:
@@ -61,8 +62,16 @@ def test_happy_path_promotes_the_candidate(tmp_path: Path) -> None:
                     assert cluster.status("digits")["phase"] == "Progressing"
             status = await cluster.wait_phase("digits", "Promoted")
             assert status["stableVariant"] == "int8" and status["decision"] == "Promoted"
+            assert status["previousStableVariant"] == "baseline"
             assert status["p99Ms"] == 4.2 and status["throughputRps"] == 950.0
             assert weights(cluster) == {"digits-int8": 100}
+            # The old stable stops using resources but is kept, one `kubectl scale` away.
+            previous = cluster.get(DEPLOY, "digits-baseline")
+            assert previous["spec"]["replicas"] == 0
+            assert previous["metadata"]["labels"]["slimserve.dev/role"] == "previous"
+            assert cluster.get(HPA, "digits-baseline") is None
+            assert cluster.get(HPA, "digits-int8") is not None
+            assert cluster.get("v1/services", "digits-baseline") is not None
             for type in ("Promoted", "Ready"):
                 cond = cluster.condition("digits", type)
                 assert cond["status"] == "True" and cond["observedGeneration"] == 1
@@ -91,8 +100,8 @@ def test_failing_gate_rolls_back_and_leaves_stable_untouched(tmp_path: Path) -> 
             assert cluster.versions(DEPLOY, "digits-baseline") == stable_versions
             assert cluster.get(DEPLOY, "digits-baseline")["spec"] == stable_spec
             assert cluster.get(DEPLOY, "digits-int8")["spec"]["replicas"] == 0
-            assert cluster.get("autoscaling/v2/horizontalpodautoscalers", "digits-int8") is None
-            assert cluster.get("autoscaling/v2/horizontalpodautoscalers", "digits-baseline") is not None
+            assert cluster.get(HPA, "digits-int8") is None
+            assert cluster.get(HPA, "digits-baseline") is not None
 
     asyncio.run(scenario())
 
@@ -207,6 +216,8 @@ def test_replica_split_moves_replicas_instead_of_route_weights(tmp_path: Path) -
             await cluster.wait_phase("digits", "Promoted")
             replicas = {n: cluster.get(DEPLOY, n)["spec"]["replicas"] for n in ("digits-baseline", "digits-int8")}
             assert replicas == {"digits-baseline": 0, "digits-int8": 4}  # scaled, never deleted
+            assert cluster.get(DEPLOY, "digits-baseline")["metadata"]["labels"]["slimserve.dev/role"] == "previous"
+            assert cluster.status("digits")["previousStableVariant"] == "baseline"
 
     asyncio.run(scenario())
 

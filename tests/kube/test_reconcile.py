@@ -42,10 +42,12 @@ def test_waiting_is_a_no_op_and_a_missing_job_is_recreated_under_the_same_name()
 
 
 def test_a_new_generation_restarts_even_when_terminal() -> None:
-    status = {"phase": "Promoted", "observedGeneration": 1, "stableVariant": "int8", "canaryWeight": 100}
+    status = {"phase": "Promoted", "observedGeneration": 1, "stableVariant": "int8", "canaryWeight": 100,
+              "previousStableVariant": "baseline"}
     owner = b.Owner("digits", "models", "uid-digits", 2)
     out = plan(_model(), owner, status, Observed(), SETTINGS, NOW)
     assert out.status["phase"] == "Compressing" and out.status["stableVariant"] == "int8"
+    assert out.status["previousStableVariant"] == "baseline"  # its Deployment is still there, at 0
     assert "Job/digits-compress-g2" in kinds(out.apply)
     route = next(m for m in out.apply if m["kind"] == "HTTPRoute")
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "digits-int8", "port": 8000, "weight": 100}]
@@ -91,3 +93,22 @@ def test_a_canary_rolled_back_to_zero_replicas_starts_again_at_the_autoscaler_mi
     assert deployments == {"digits-baseline": None, "digits-int8": 1}  # stable: the HPA keeps its count
     assert {m["metadata"]["name"] for m in out.apply if m["kind"] == "HorizontalPodAutoscaler"} == {
         "digits-baseline", "digits-int8"}
+
+
+def test_promotion_parks_the_old_stable_at_zero_and_removes_its_keda_scaler() -> None:
+    model = _model(serving={"autoscaling": {"kedaQuery": "sum(rate(nv_inference_request_success[1m]))",
+                                            "kedaThreshold": 100}})
+    status = {"phase": "Progressing", "observedGeneration": 1, "stableVariant": "baseline",
+              "candidateVariant": "int8", "canaryStep": 2, "canaryWeight": 100, "failedSteps": 0}
+    report = {"decision": "Promoted", "reason": "all checks passed", "steps": []}
+    out = plan(model, OWNER, status, Observed(report=report), SETTINGS, NOW)
+    assert out.status["phase"] == "Promoted" and out.status["previousStableVariant"] == "baseline"
+    assert out.delete == [("keda.sh/v1alpha1", "ScaledObject", "digits-baseline")]
+    deployments = {m["metadata"]["name"]: m for m in out.apply if m["kind"] == "Deployment"}
+    assert deployments["digits-baseline"]["spec"]["replicas"] == 0
+    assert deployments["digits-baseline"]["metadata"]["labels"]["slimserve.dev/role"] == "previous"
+    assert "replicas" not in deployments["digits-int8"]["spec"]  # the new stable's scaler keeps its count
+    assert deployments["digits-int8"]["metadata"]["labels"]["slimserve.dev/role"] == "stable"
+    route = next(m for m in out.apply if m["kind"] == "HTTPRoute")
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "digits-int8", "port": 8000, "weight": 100}]
+    CompressedModelStatus.model_validate(out.status)
