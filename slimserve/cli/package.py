@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
 
 from slimserve.api import load_compressed_model
+from slimserve.api.spec import DNS_LABEL_PATTERN
 from slimserve.cli.main import app, handle_errors
 from slimserve.errors import InvalidInput
+
+
+def parse_variants(text: str) -> tuple[list[str], dict[str, str]]:
+    """`--variants a,b=b-g2` → (["a", "b"], {"b": "b-g2"}): what to package and under which model names."""
+    names: list[str] = []
+    model_names: dict[str, str] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        variant, _, model_name = (part.strip() for part in entry.partition("="))
+        names.append(variant)
+        if model_name:
+            if not re.fullmatch(DNS_LABEL_PATTERN, model_name):
+                raise InvalidInput(
+                    f"--variants {text}: model name {model_name!r} is not valid; use lowercase letters, digits "
+                    "and '-' (e.g. int8-g2)"
+                )
+            model_names[variant] = model_name
+    return names, model_names
 
 
 @app.command()
@@ -24,7 +45,10 @@ def package(
         "Default: spec.serving.backend, where auto means onnxruntime.",
     ),  # fmt: skip
     variants: str = typer.Option(
-        "", "--variants", help="Comma-separated variants to package (the baseline is always included). Default: all."
+        "", "--variants",
+        help="Comma-separated variants to package (the baseline is always included). Default: all. "
+        "VARIANT=MODEL packages a variant as Triton model MODEL (the operator does this when a new "
+        "generation's candidate has the name of the variant already serving).",
     ),
 ) -> None:
     """Build a Triton model repository: one model per variant with a config.pbtxt from its ONNX graph.
@@ -49,9 +73,9 @@ def package(
         parsed = CompressionReport.model_validate_json(report.read_text())
     except ValueError as exc:
         raise InvalidInput(f"--report = '{report}': not a slimserve compression report ({exc})") from None
-    names = [n.strip() for n in variants.split(",") if n.strip()]
+    names, model_names = parse_variants(variants)
     built = build_repository(
         parsed, report.parent, repository, chosen, names or None, model.spec.serving,  # type: ignore[arg-type]
-        tensorrt=model.spec.serving.instance_kind == "gpu",
+        tensorrt=model.spec.serving.instance_kind == "gpu", model_names=model_names,
     )  # fmt: skip
     Console().print(f"[green]packaged[/] {', '.join(built)} into {repository} (backend {chosen})")

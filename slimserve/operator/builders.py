@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -99,6 +100,21 @@ def packaging_job_name(owner: Owner) -> str:
 def triton_name(owner: Owner, variant: str) -> str:
     """Deployment, Service and autoscaler of one variant share this name."""
     return child_name(owner.name, variant)
+
+
+def canary_variant(status: Mapping[str, Any], generation: int) -> str | None:
+    """The name the status's candidate serves under: Triton model, Deployment, Service, autoscaler.
+
+    Its own name, unless that name is already taken by the stable variant or by the stable one
+    parked at the last promotion: rolling out `int8` again after a spec change usually means new
+    weights, so it serves as `int8-g<generation>` with children and model files of its own instead
+    of taking over (and, on a rollback, destroying) the ones that serve now.
+    """
+    candidate = status.get("candidateVariant")
+    if not candidate:
+        return None
+    taken = {status.get("stableVariant"), status.get("previousStableVariant")}
+    return f"{candidate}-g{generation}" if candidate in taken else str(candidate)
 
 
 def evaluator_job_name(owner: Owner, step: int, attempt: int = 0) -> str:
@@ -343,11 +359,20 @@ def build_compression_job(model: CompressedModel, owner: Owner, settings: Operat
     )
 
 
-def build_packaging_job(model: CompressedModel, owner: Owner, settings: OperatorSettings) -> Manifest:
-    """`slimserve package`: the compressed variants into a Triton model repository (onnxruntime)."""
+def build_packaging_job(
+    model: CompressedModel, owner: Owner, settings: OperatorSettings, candidate: str, model_name: str | None = None
+) -> Manifest:
+    """`slimserve package`: the baseline and the candidate into the Triton model repository (onnxruntime).
+
+    Only what will serve is written, as Triton model `model_name` when the candidate's own name is
+    taken (`canary_variant`): the repository is shared by every generation, and the files of the
+    variants serving or parked there must not change under them.
+    """
+    wanted = candidate if model_name in (None, candidate) else f"{candidate}={model_name}"
     script = (
         f"slimserve package {SPEC_FILE} --report {shlex.quote(compressed_dir(owner) + '/report.json')} "
-        f"--repository {shlex.quote(repository_location(model, owner))} --backend onnxruntime"
+        f"--repository {shlex.quote(repository_location(model, owner))} --backend onnxruntime "
+        f"--variants {shlex.quote(wanted)}"
     )
     container = _worker_container(settings, script, _resources("500m", "1Gi", 0))
     container["volumeMounts"] = _mounts(with_spec=True)

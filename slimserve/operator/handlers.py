@@ -95,7 +95,7 @@ async def observe(
         job = await kube.get("batch/v1", "Job", ns, b.packaging_job_name(owner), logger)
         return Observed(packaging_job=JobState.from_job(job) if job is not None else None)
     stable = status.get("stableVariant") or BASELINE
-    candidate = status.get("candidateVariant") or ""
+    candidate = b.canary_variant(status, owner.generation) or ""
     if phase == Phase.deploying.value:
         ready = {}
         for variant in (stable, candidate):

@@ -13,6 +13,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from slimserve.api import CompressedModel
+from slimserve.operator.builders import canary_variant
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
 
@@ -64,7 +65,8 @@ def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]
     """Publish the per-model gauges: canary weight, variant roles, phase and the gate thresholds."""
     name = model.metadata.name
     CANARY_WEIGHT.labels(namespace, name).set(status.get("canaryWeight") or 0)
-    roles = {"stable": status.get("stableVariant"), "canary": status.get("candidateVariant")}
+    roles = {"stable": status.get("stableVariant"),
+             "canary": canary_variant(status, int(status.get("observedGeneration") or 0))}
     if status.get("phase") in ("Promoted", "RolledBack", "Failed"):
         roles["canary"] = None
     _forget(VARIANT_ROLE, namespace, name)

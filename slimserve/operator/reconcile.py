@@ -247,7 +247,8 @@ def plan(
     if phase in TERMINAL_PHASES or phase == Phase.pending:
         return out
     stable = status.get("stableVariant") or BASELINE
-    candidate = status.get("candidateVariant")
+    # From packaging on the candidate goes by the name it serves under (its own, or generation-suffixed).
+    candidate = b.canary_variant(status, owner.generation)
     steps = model.spec.rollout.steps
 
     if phase == Phase.compressing:
@@ -271,12 +272,16 @@ def plan(
             else:
                 st.data.update(candidateVariant=chosen["name"], sizeRatio=chosen.get("compressionRatio"),
                                accuracyDrop=chosen.get("accuracyDrop"))
+                served = b.canary_variant(st.data, owner.generation)
                 msg = (f"candidate {chosen['name']} ({why}): size ratio {chosen.get('compressionRatio')}, "
                        f"accuracy drop {chosen.get('accuracyDrop')} points")
+                if served != chosen["name"]:
+                    msg += (f"; it serves as {served}: {chosen['name']} is the name of a variant already "
+                            "deployed (stable or kept from the last promotion)")
                 st.condition("Compressed", "True", "CandidateChosen", msg)
                 st.phase(Phase.packaging, f"packaging the model repository; {msg}")
                 st.condition("Deployed", "Unknown", "Packaging", f"Job {b.packaging_job_name(owner)} is running")
-                out.apply.append(b.build_packaging_job(model, owner, settings))
+                out.apply.append(b.build_packaging_job(model, owner, settings, chosen["name"], served))
         return out
 
     assert candidate is not None, "a candidate is chosen before packaging"
@@ -284,7 +289,7 @@ def plan(
     if phase == Phase.packaging:
         job = observed.packaging_job
         if job is None:
-            out.apply.append(b.build_packaging_job(model, owner, settings))
+            out.apply.append(b.build_packaging_job(model, owner, settings, status["candidateVariant"], candidate))
         elif job.failed:
             why = f"packaging Job {b.packaging_job_name(owner)} failed: {job.reason}" + (
                 f": {job.message}" if job.message else "")

@@ -12,6 +12,7 @@ Python-backend model whose `model.py` runs the very same ONNX file with onnxrunt
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
@@ -235,12 +236,17 @@ def build_repository(
     *,
     tensorrt: bool = False,
     intra_op_threads: int = 1,
+    model_names: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Write `repo_dir/<variant>/{config.pbtxt, 1/model.onnx[, 1/model.py]}`; return model dirs by name.
+    """Write `repo_dir/<model>/{config.pbtxt, 1/model.onnx[, 1/model.py]}`; return model dirs by name.
 
-    The baseline is always included: the gate compares every candidate against it in the same run.
-    Files are copied, not linked, so the repository can be shipped on its own (PVC, s3).
+    The Triton model name is the variant's, unless `model_names` maps it to another: a new
+    generation's variant named like the stable one is written beside it, never over the files the
+    stable Triton serves. The baseline is always included: the gate compares every candidate
+    against it in the same run. Files are copied, not linked, so the repository can be shipped on
+    its own (PVC, s3).
     """
+    model_names = model_names or {}
     serving = serving or Serving()
     repo_dir.mkdir(parents=True, exist_ok=True)
     built: dict[str, Path] = {}
@@ -251,7 +257,8 @@ def build_repository(
                 f"variant '{record.name}' path = {record.path!r}: {source} not found; re-run compression"
             )
         signature = read_signature(source)
-        model_dir = repo_dir / record.name
+        model_name = model_names.get(record.name, record.name)
+        model_dir = repo_dir / model_name
         if model_dir.exists():
             shutil.rmtree(model_dir)
         version_dir = model_dir / VERSION
@@ -265,8 +272,8 @@ def build_repository(
         if backend == "python":
             shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")
         config = build_config(
-            record.name, signature, serving, backend, tensorrt=tensorrt, intra_op_threads=intra_op_threads
+            model_name, signature, serving, backend, tensorrt=tensorrt, intra_op_threads=intra_op_threads
         )
         (model_dir / "config.pbtxt").write_text(config)
-        built[record.name] = model_dir
+        built[model_name] = model_dir
     return built

@@ -49,7 +49,7 @@ def all_manifests() -> dict[str, dict[str, Any]]:
         "pvc": b.build_model_repository_pvc(MODEL, OWNER, SETTINGS),
         "compression-job-cpu": b.build_compression_job(MODEL, OWNER, SETTINGS),
         "compression-job-gpu": b.build_compression_job(GPU_MODEL, OWNER, SETTINGS),
-        "packaging-job": b.build_packaging_job(MODEL, OWNER, SETTINGS),
+        "packaging-job": b.build_packaging_job(MODEL, OWNER, SETTINGS, "int8"),
         "deployment-stable": b.build_triton_deployment(MODEL, OWNER, "baseline", "stable", SETTINGS),
         "deployment-canary-replicas": b.build_triton_deployment(MODEL, OWNER, "int8", "canary", SETTINGS, replicas=1),
         "service": b.build_triton_service(OWNER, "int8"),
@@ -150,7 +150,7 @@ def test_worker_commands_use_the_cli_contract() -> None:
             "--out /models/digits/gen-1/compressed;") in script("compression-job-cpu")
     assert script("packaging-job") == (
         "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
-        "--repository /models/digits/repository --backend onnxruntime")
+        "--repository /models/digits/repository --backend onnxruntime --variants int8")
     assert script("evaluator-job") == (
         "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --baseline-url http://digits-baseline.models.svc:8000 "
         "--candidate-url http://digits-int8.models.svc:8000 --baseline-model baseline --candidate-model int8 "
@@ -186,3 +186,16 @@ def test_httproute_weights_and_replica_split() -> None:
     assert b.split_replicas(4, 10) == (3, 1)
     assert b.split_replicas(4, 50) == (2, 2)
     assert b.split_replicas(4, 100) == (0, 4)
+
+
+def test_a_candidate_named_like_a_deployed_variant_serves_under_a_generation_suffix() -> None:
+    status = {"stableVariant": "int8", "previousStableVariant": "baseline", "candidateVariant": "int8"}
+    assert b.canary_variant(status, 2) == "int8-g2"
+    assert b.canary_variant({**status, "candidateVariant": "fp16"}, 2) == "fp16"
+    # The stable parked at the last promotion keeps its name (and files) too.
+    assert b.canary_variant({**status, "stableVariant": "int8-g2", "previousStableVariant": "int8"}, 3) == "int8-g3"
+    assert b.canary_variant({"stableVariant": "int8"}, 2) is None
+    owner = b.Owner("digits", "models", "uid-digits", 2)
+    script = b.build_packaging_job(MODEL, owner, SETTINGS, "int8", "int8-g2")["spec"]["template"]["spec"][
+        "containers"][0]["args"][0]
+    assert script.endswith("--backend onnxruntime --variants int8=int8-g2")

@@ -181,6 +181,54 @@ def test_spec_change_restarts_the_pipeline(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_new_generation_of_the_stable_variant_rolls_out_under_its_own_names(tmp_path: Path) -> None:
+    """New weights for `int8` after `int8` was promoted: the canary must not take over the stable's children."""
+
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.create_model(example_model())
+            await _to_evaluating(cluster)
+            for step, weight in enumerate([10, 50, 100]):
+                await cluster.wait(lambda s=step: cluster.get(JOB, f"digits-eval-g1-s{s}"), message=f"eval {step}")
+                await cluster.write_report(f"digits-report-g1-s{step}", report("Promoted", weight))
+            await cluster.wait_phase("digits", "Promoted")
+            stable_spec = cluster.get(DEPLOY, "digits-int8")["spec"]
+            stable_versions = cluster.versions(DEPLOY, "digits-int8")
+
+            await cluster.change_spec("digits", {"source": {"uri": "s3://models/digits-v2.onnx"}})
+            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="generation 2 compression")
+            await cluster.finish_job("digits-compress-g2", summary=SUMMARY)  # int8 chosen again
+            status = await cluster.wait_phase("digits", "Packaging")
+            assert status["candidateVariant"] == "int8"
+            assert "serves as int8-g2" in cluster.condition("digits", "Compressed")["message"]
+            script = cluster.get(JOB, "digits-package-g2")["spec"]["template"]["spec"]["containers"][0]["args"][0]
+            assert script.endswith("--variants int8=int8-g2")  # the stable's model files stay as they are
+            await cluster.finish_job("digits-package-g2")
+            await cluster.wait_phase("digits", "Deploying")
+            canary = cluster.get(DEPLOY, "digits-int8-g2")
+            assert canary["metadata"]["labels"]["slimserve.dev/role"] == "canary"
+            assert "--load-model=int8-g2" in canary["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert canary["spec"]["selector"]["matchLabels"]["slimserve.dev/variant"] == "int8-g2"
+            assert cluster.get("v1/services", "digits-int8-g2") is not None
+            assert cluster.get(HPA, "digits-int8-g2") is not None
+            await cluster.make_ready("digits-int8-g2")
+            await cluster.wait_phase("digits", "Evaluating")
+            assert weights(cluster) == {"digits-int8": 90, "digits-int8-g2": 10}
+            evaluator = cluster.get(JOB, "digits-eval-g2-s0")["spec"]["template"]["spec"]["containers"][0]["args"][0]
+            assert "--baseline-model int8 " in evaluator and "--candidate-model int8-g2 " in evaluator
+            assert cluster.get(DEPLOY, "digits-int8")["spec"] == stable_spec
+            assert cluster.versions(DEPLOY, "digits-int8") == stable_versions
+
+            await cluster.write_report("digits-report-g2-s0", report("RolledBack", 10, "accuracy -3 points"))
+            status = await cluster.wait_phase("digits", "RolledBack")
+            assert status["stableVariant"] == "int8" and weights(cluster) == {"digits-int8": 100}
+            assert cluster.get(DEPLOY, "digits-int8")["spec"] == stable_spec  # the stable is never touched
+            assert cluster.versions(DEPLOY, "digits-int8") == stable_versions
+            assert cluster.get(DEPLOY, "digits-int8-g2")["spec"]["replicas"] == 0
+
+    asyncio.run(scenario())
+
+
 def test_invalid_spec_fails_with_an_actionable_condition(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with emulated_cluster(tmp_path) as cluster, running_operator():

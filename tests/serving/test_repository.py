@@ -153,3 +153,27 @@ def test_external_data_files_travel_with_the_model(tmp_path: Path) -> None:
     report = CompressionReport(model="m", device="cpu", baseline=rec, variants=[])
     build_repository(report, tmp_path, tmp_path / "repo", "onnxruntime")
     assert (tmp_path / "repo" / "baseline" / "1" / "weights.bin").is_file()
+
+
+def test_package_writes_a_variant_under_another_model_name(compression_output: Path, tmp_path: Path) -> None:
+    """What the operator's packaging Job asks when a new generation's candidate is named like the stable."""
+    from typer.testing import CliRunner
+
+    from slimserve.cli.main import _register, app
+    from tests.serving.conftest import write_spec
+
+    _register()
+    repo = tmp_path / "repo"
+    (repo / "int8").mkdir(parents=True)
+    (repo / "int8" / "config.pbtxt").write_text('name: "int8"  # the stable serves these files')
+    spec = write_spec(tmp_path / "spec", compression_output)
+    args = ["package", str(spec), "--report", str(compression_output / "report.json"), "--repository", str(repo),
+            "--backend", "onnxruntime"]
+    result = CliRunner().invoke(app, [*args, "--variants", "int8=int8-g2"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in repo.iterdir()) == ["baseline", "int8", "int8-g2"]
+    assert 'name: "int8-g2"' in (repo / "int8-g2" / "config.pbtxt").read_text()
+    assert (repo / "int8-g2" / "1" / "model.onnx").is_file()
+    assert "the stable serves these files" in (repo / "int8" / "config.pbtxt").read_text()
+    bad = CliRunner().invoke(app, [*args, "--variants", "int8=Int8_G2"])
+    assert bad.exit_code == 2 and "model name 'Int8_G2'" in bad.stderr
