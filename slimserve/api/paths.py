@@ -18,14 +18,14 @@ RELATIVE_HINT: Final = "relative paths resolve against the YAML file's folder, o
 
 
 def resolve_uri(uri: str, base: Path, field: str) -> Path:
-    """A local path for `uri`; remote schemes are for the cluster and fail here with the fix."""
+    """A local path for `uri`. Models and data are files; remote schemes are refused with the fix."""
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     elif "://" in uri:
         scheme = uri.split("://", 1)[0]
         raise InvalidInput(
-            f"{field} = {uri!r}: {scheme}:// is read inside the cluster; locally use a file path "
-            "(relative paths resolve against the YAML file's folder, or --base-dir)"
+            f"{field} = {uri!r}: {scheme}:// URIs are not read; copy the file next to the YAML (in a cluster, "
+            "to /models/<name>/inputs on the model volume) and give its path, relative to that folder or absolute"
         )
     path = Path(uri)
     return path if path.is_absolute() else (base / path)

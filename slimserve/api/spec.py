@@ -33,7 +33,7 @@ MEMORY_PATTERN: Final = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"
 # What each pattern means, for error messages that say how to fix the value.
 PATTERN_HINTS: Final = {
     NO_DOTDOT_PATTERN: "contains '..' and could escape the allowed root; use a path inside the YAML file's "
-    "folder (or a pvc://, s3:// URI) without '..'",
+    "folder (in a cluster /models/<name>/inputs) without '..'",
     DNS_LABEL_PATTERN: "use lowercase letters, digits and '-', starting and ending with a letter or digit (e.g. int8-static)",
     FACTORY_PATTERN: "use 'module:function', e.g. model:build",
     DURATION_PATTERN: "use a duration such as 500ms, 15s or 2m",
@@ -92,7 +92,7 @@ class Source(Model):
 
     uri: Uri = Field(
         description="Model file: a path relative to the YAML file's folder (in a cluster /models/<name>/inputs "
-        "on the model volume), an absolute path, or pvc://, s3://."
+        "on the model volume), or an absolute path."
     )
     format: SourceFormat = Field(
         default=SourceFormat.onnx,

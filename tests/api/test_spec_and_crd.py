@@ -200,3 +200,12 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(InvalidInput) as info:
         parse_compressed_model(body)
     assert len(info.value.problems) == 2
+
+
+def test_remote_uris_are_refused_with_the_fix(tmp_path: Path) -> None:
+    from slimserve.api.paths import resolve_uri
+
+    with pytest.raises(InvalidInput, match=r"spec.source.uri = 's3://bucket/m.onnx': s3:// URIs are not read; copy"):
+        resolve_uri("s3://bucket/m.onnx", tmp_path, "spec.source.uri")
+    assert resolve_uri("file:///abs/m.onnx", tmp_path, "f") == Path("/abs/m.onnx")
+    assert resolve_uri("m.onnx", tmp_path, "f") == tmp_path / "m.onnx"
