@@ -6,6 +6,7 @@ the operator; `EvaluationReport` written by the evaluator (locally, or into a Co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -112,3 +113,12 @@ class EvaluationReport(ReportModel):
     decision: Decision
     reason: str
     steps: list[StepResult]
+
+
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """Names of the points no other point beats on both costs (lower is better on each)."""
+    return [
+        name
+        for name, a, b in points
+        if not any(x <= a and y <= b and (x < a or y < b) for other, x, y in points if other != name)
+    ]

@@ -15,7 +15,7 @@ import typer
 
 from slimserve.api import load_compressed_model
 from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, err_console, handle_errors
-from slimserve.errors import EXIT_INTERNAL, InvalidInput, SlimserveError
+from slimserve.errors import InvalidInput
 
 
 def patch_configmap(ref: str, report_json: str) -> None:
@@ -72,11 +72,6 @@ def evaluate(
         cand = Target(candidate_url, candidate_model, 0)
         reference = measure_window(prom, base, None, 0, evaluation, spec.rollout, work)
         step_m = measure_window(prom, base, cand, weight, evaluation, spec.rollout, work)
-    except InvalidInput:
-        raise
-    except SlimserveError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERNAL) from None
     finally:
         stop_all()
     step = gate.judge_step(

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from slimserve import __version__
-from slimserve.errors import EXIT_INTERNAL, EXIT_INVALID, InvalidInput
+from slimserve.errors import EXIT_INTERNAL, EXIT_INVALID, InvalidInput, SlimserveError
 
 app = typer.Typer(
     name="slimserve",
@@ -54,7 +54,8 @@ def base_dir_for(file: Path, base_dir: Path | None) -> Path:
 
 
 def handle_errors(func: F) -> F:
-    """Map InvalidInput to exit 2 with a clean message, anything unexpected to exit 1."""
+    """Map InvalidInput to exit 2 and a known failure (a component missing or dying) to exit 1,
+    each with a clean message; anything unexpected to exit 1 with a hint to use --verbose."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,6 +64,9 @@ def handle_errors(func: F) -> F:
         except InvalidInput as exc:
             err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INVALID) from None
+        except SlimserveError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}\nnothing was promoted", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: nothing was promoted; partial output was removed")
             raise typer.Exit(130) from None

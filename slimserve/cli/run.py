@@ -7,8 +7,7 @@ from pathlib import Path
 import typer
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import app, err_console, handle_errors
-from slimserve.errors import EXIT_INTERNAL, InvalidInput, SlimserveError
+from slimserve.cli.main import app, handle_errors
 
 
 @app.command()
@@ -42,11 +41,6 @@ def run(
         if not console.is_terminal:  # logs and pipes: one line per table row
             console = Console(width=140)
         result = run_local(model, file.resolve().parent, out, console)
-    except InvalidInput:
-        raise
-    except SlimserveError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}\nnothing was promoted", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERNAL) from None
     finally:
         stop_all()
     raise typer.Exit(result.exit_code)

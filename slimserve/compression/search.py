@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from slimserve.api.report import SearchReport, SearchTrial
+from slimserve.api.report import SearchReport, SearchTrial, pareto_front
 from slimserve.api.spec import FineTune, LowRank, Prune, Quantize, QuantizeMode, Search, Step
 from slimserve.compression import measure
 from slimserve.compression.export import copy_onnx, size_bytes
@@ -139,17 +139,7 @@ def _cost(trial: SearchTrial, objective: str) -> float:
 
 def pareto(trials: list[SearchTrial], objective: str) -> list[str]:
     """Trials no other trial beats on both accuracy drop and the objective."""
-    front = []
-    for t in trials:
-        a, c = t.accuracy_drop, _cost(t, objective)
-        dominated = any(
-            (o.accuracy_drop <= a and _cost(o, objective) <= c) and (o.accuracy_drop < a or _cost(o, objective) < c)
-            for o in trials
-            if o is not t
-        )
-        if not dominated:
-            front.append(t.name)
-    return front
+    return pareto_front([(t.name, t.accuracy_drop, _cost(t, objective)) for t in trials])
 
 
 def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[SearchReport, Measured | None]:

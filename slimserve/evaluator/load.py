@@ -89,6 +89,21 @@ def percentile(histogram: dict[float, int], q: float) -> float | None:
     return float(max(histogram))
 
 
+def _model_load(
+    name: str, requests: int, failures: int, span: float, histogram: dict[float, int], spent_ms: float
+) -> ModelLoad:
+    return ModelLoad(
+        name=name,
+        requests=requests,
+        failures=failures,
+        rps=requests / span if span > 0 else math.nan,
+        p50_ms=percentile(histogram, 0.50),
+        p95_ms=percentile(histogram, 0.95),
+        p99_ms=percentile(histogram, 0.99),
+        avg_ms=spent_ms / requests if requests else None,
+    )
+
+
 def parse_stats(entries: list[dict[str, object]]) -> tuple[dict[str, ModelLoad], ModelLoad, float, float]:
     """Locust's `--json-file` entries → per-model loads, the aggregate, first and last request time."""
     per_model: dict[str, ModelLoad] = {}
@@ -109,31 +124,13 @@ def parse_stats(entries: list[dict[str, object]]) -> tuple[dict[str, ModelLoad],
         span = end - start
         name = str(entry.get("name"))
         spent = float(entry.get("total_response_time", 0.0))  # type: ignore[arg-type]
-        per_model[name] = ModelLoad(
-            name=name,
-            requests=requests,
-            failures=failures,
-            rps=requests / span if span > 0 else math.nan,
-            p50_ms=percentile(histogram, 0.50),
-            p95_ms=percentile(histogram, 0.95),
-            p99_ms=percentile(histogram, 0.99),
-            avg_ms=spent / requests if requests else None,
-        )
+        per_model[name] = _model_load(name, requests, failures, span, histogram, spent)
         total_requests += requests
         total_failures += failures
         total_time += spent
     start, end = (min(starts), max(ends)) if starts else (math.nan, math.nan)
     span = end - start
-    total = ModelLoad(
-        name="Aggregated",
-        requests=total_requests,
-        failures=total_failures,
-        rps=total_requests / span if span > 0 else math.nan,
-        p50_ms=percentile(merged, 0.50),
-        p95_ms=percentile(merged, 0.95),
-        p99_ms=percentile(merged, 0.99),
-        avg_ms=total_time / total_requests if total_requests else None,
-    )
+    total = _model_load("Aggregated", total_requests, total_failures, span, merged, total_time)
     return per_model, total, start, end
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slimserve.api.report import CompressionReport, StepResult
+from slimserve.api.report import CompressionReport, StepResult, pareto_front
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -82,16 +82,6 @@ def plot_throughput_vs_p99(path: Path, points: list[tuple[str, int, float, float
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
-    """Names not dominated in (size, accuracy drop): nothing is both smaller and more accurate."""
-    front = []
-    for name, size, drop in points:
-        dominated = any((s <= size and d <= drop) and (s < size or d < drop) for n, s, d in points if n != name)
-        if not dominated:
-            front.append(name)
-    return front
 
 
 def plot_accuracy_vs_size(path: Path, report: CompressionReport) -> None:

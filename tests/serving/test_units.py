@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from slimserve.api.report import pareto_front
 from slimserve.errors import InvalidInput
 from slimserve.evaluator.accuracy import check_inputs, evidence
 from slimserve.evaluator.canary import parse_duration
 from slimserve.evaluator.load import parse_stats, percentile
 from slimserve.evaluator.prometheus import scrape_config
 from slimserve.local import registry
-from slimserve.local.report import pareto_front
 from slimserve.triton.server import parse_load_failures
 
 
