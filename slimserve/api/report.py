@@ -7,7 +7,7 @@ the operator; `EvaluationReport` written by the evaluator (locally, or into a Co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -44,10 +44,16 @@ class VariantRecord(ReportModel):
     compression_ratio: float = Field(description="Baseline size / this size.")
     params: int
     macs: int
-    metric: Literal["accuracy", "fidelity"]
-    accuracy: float
-    accuracy_ci: tuple[float, float] = Field(alias="accuracyCI", description="95% Wilson interval, percent.")
-    accuracy_drop: float = Field(description="Baseline accuracy minus this, in points (negative = better).")
+    metric: str = Field(description="The quality metric (spec.quality.metric as resolved), e.g. accuracy, cosine.")
+    metric_detail: str = Field(default="", description="What the metric reads and why it was chosen.")
+    quality: float = Field(description="This variant's score, in `qualityUnit`.")
+    quality_ci: tuple[float, float] = Field(alias="qualityCI", description="95% interval of the score.")
+    quality_unit: str = Field(description="Unit of the score, e.g. '% correct', 'cosine x 100', 'MSE'.")
+    drop: float = Field(description="Quality lost versus the baseline in `dropUnit` (negative = better).")
+    drop_ci: tuple[float, float] = Field(
+        alias="dropCI", description="Paired 95% interval of the drop: what budgets are judged on."
+    )
+    drop_unit: str = Field(description="Unit of the drop and of the budgets: points, or % error increase.")
     latency_ms_p50: float
     latency_ms_p99: float
     throughput_rps: float = Field(description="Samples per second at the measurement batch size.")
@@ -61,7 +67,8 @@ class VariantRecord(ReportModel):
 class SearchTrial(ReportModel):
     name: str
     recipe: str
-    accuracy_drop: float
+    drop: float
+    drop_ci: tuple[float, float] = Field(alias="dropCI")
     size_bytes: int
     latency_ms_p50: float
     throughput_rps: float
@@ -71,6 +78,7 @@ class SearchTrial(ReportModel):
 
 class SearchReport(ReportModel):
     objective: str
+    metric: str = ""
     max_accuracy_drop: float
     trials: list[SearchTrial]
     pareto: list[str]
@@ -97,6 +105,8 @@ class CheckResult(ReportModel):
     verdict: Verdict
     value: float | None
     threshold: float | None
+    low: float | None = Field(default=None, description="Lower bound of the value's 95% interval.")
+    high: float | None = Field(default=None, description="Upper bound of the value's 95% interval.")
     baseline: float | None = None
     detail: str = ""
 
@@ -108,11 +118,18 @@ class StepResult(ReportModel):
 
 
 class EvaluationReport(ReportModel):
-    baseline: str
+    """One judged weight, as the evaluator Job reports it (weight 0 is the served quality check).
+
+    The rollout's decision is not in here: the operator feeds the step into the same policy as
+    `slimserve run` (`slimserve.evaluator.policy`).
+    """
+
     candidate: str
-    decision: Decision
-    reason: str
-    steps: list[StepResult]
+    control: str
+    weight: int
+    step: StepResult
+    quality: dict[str, Any] | None = Field(default=None, description="The served quality evidence (weight 0).")
+    load: dict[str, Any] | None = Field(default=None, description="Requests, rps and p99 per target (canary steps).")
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:

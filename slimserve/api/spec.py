@@ -114,6 +114,75 @@ class Data(Model):
 
 
 # ---------------------------------------------------------------------------------------------
+# quality: one metric for compress, search, served check, gate, reports and status
+# ---------------------------------------------------------------------------------------------
+
+
+class MetricName(StrEnum):
+    auto = "auto"
+    accuracy = "accuracy"
+    topk = "topk"
+    agreement = "agreement"
+    cosine = "cosine"
+    mse = "mse"
+    mae = "mae"
+    r2 = "r2"
+    custom = "custom"
+
+
+class Quality(Model):
+    """How a variant's quality is scored against the baseline, everywhere the same way.
+
+    Budgets (`gates.maxAccuracyDrop`, `search.maxAccuracyDrop`) are in one unit per metric: points of a
+    0-100 score for accuracy, topk, agreement (in %), cosine and r2 (x 100); percent relative increase
+    for the error metrics mse and mae.
+    """
+
+    metric: MetricName = Field(
+        default=MetricName.auto,
+        description="auto (inferred from the output's shape and the labels' dtype, and reported), accuracy "
+        "(class-id labels y; a one-logit or one-probability output is a binary classifier), topk, agreement "
+        "(top-1 agreement with the baseline, no labels), cosine (per-sample cosine to the baseline's "
+        "outputs, for embeddings), mse, mae, r2 (float labels y, or the baseline's outputs), or custom "
+        "(`function` returns per-sample scores). Example: cosine.",
+    )
+    output: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Name of the model output the metric reads; default: the first output. Example: logits.",
+    )
+    top_k: int = Field(default=5, ge=2, le=1000, description="k for metric topk. Default 5.")
+    threshold: float | None = Field(
+        default=None,
+        description="Decision threshold of a binary classifier with one output column; default 0.5 when "
+        "every baseline output lies in [0, 1] (probabilities), else 0 (logits). The report says which.",
+    )
+    function: str | None = Field(
+        default=None,
+        pattern=FACTORY_PATTERN,
+        description="For metric custom: 'module:function' called as function(outputs, labels, baseline) "
+        "with numpy arrays, returning one score per sample (higher is better, in the budgets' unit). "
+        "Example: metrics:f1_per_sample.",
+    )
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "(has(self.metric) && self.metric == 'custom') == has(self.function)",
+            "message": "metric custom needs 'function' (module:function), and 'function' needs metric custom",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _custom_function(self) -> Quality:
+        if (self.metric == "custom") != (self.function is not None):
+            raise ValueError(
+                "metric 'custom' needs 'function: module:function', and 'function' is only read by metric custom"
+            )
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
 # recipes: each step of a variant holds exactly one of these
 # ---------------------------------------------------------------------------------------------
 
@@ -474,10 +543,31 @@ class Rollout(Model):
         max_length=20,
         description="Canary weights in percent, increasing, ending at 100.",
     )
-    step_duration: str = Field(default="15s", pattern=DURATION_PATTERN)
-    users: int = Field(default=8, ge=1, le=10_000)
-    spawn_rate: int = Field(default=8, ge=1, le=10_000)
-    failure_budget: int = Field(default=0, ge=0, le=20, description="Failed steps tolerated before rollback.")
+    step_duration: str = Field(
+        default="15s", pattern=DURATION_PATTERN,
+        description="Length of one canary window, warm-up included. Example: 15s.",
+    )  # fmt: skip
+    max_step_duration: str | None = Field(
+        default=None, pattern=DURATION_PATTERN,
+        description="A step with fewer than gates.minSamples judged requests keeps sending load, in windows of "
+        "stepDuration, up to this long; default 4 x stepDuration.",
+    )  # fmt: skip
+    warmup: str = Field(
+        default="2s", pattern=DURATION_PATTERN,
+        description="Seconds at the start of each step (after the spawn ramp) that are not judged.",
+    )  # fmt: skip
+    users: int = Field(default=8, ge=1, le=10_000, description="Concurrent Locust users (closed loop).")
+    spawn_rate: int = Field(default=8, ge=1, le=10_000, description="Users started per second.")
+    failure_budget: int = Field(
+        default=0, ge=0, le=20,
+        description="Failed steps tolerated (as Argo's failureLimit): a failed step runs again at the same "
+        "weight; one failure more rolls back. A failed quality check always rolls back.",
+    )  # fmt: skip
+    inconclusive_limit: int = Field(
+        default=1, ge=0, le=20,
+        description="Inconclusive steps run again at the same weight (as Argo's inconclusiveLimit); one more "
+        "ends the rollout Inconclusive: nothing promoted, the stable keeps serving.",
+    )  # fmt: skip
     traffic_split: TrafficSplit = TrafficSplit.gateway
     gateway: str | None = Field(default=None, description="Gateway API parent (name) for the HTTPRoute.")
 
@@ -515,6 +605,7 @@ class Gates(Model):
 class CompressedModelSpec(Model):
     source: Source
     data: Data
+    quality: Quality = Field(default_factory=Quality)
     compression: Compression
     serving: Serving = Field(default_factory=Serving)
     rollout: Rollout = Field(default_factory=Rollout)

@@ -85,7 +85,10 @@ class CompressedModelStatus(StatusModel):
     )
     candidate_variant: str | None = None
     size_ratio: float | None = Field(default=None, description="Baseline size / candidate size.")
-    accuracy_drop: float | None = Field(default=None, description="Points versus the baseline.")
+    metric: str | None = Field(default=None, description="The quality metric the drop is measured with.")
+    quality_drop: float | None = Field(
+        default=None, description="Candidate's quality drop versus the baseline (points, or % error increase)."
+    )
     p99_ms: float | None = None
     throughput_rps: float | None = None
     canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")

@@ -20,20 +20,21 @@ def _table(report: object) -> Table:
     assert isinstance(report, CompressionReport)
     metric = report.baseline.metric
     table = Table(
-        title=f"{report.model}: variants vs baseline ({metric} %, 95% CI)", header_style="bold",
+        title=f"{report.model}: variants vs baseline ({report.baseline.metric_detail})", header_style="bold",
         box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
     )
     for col, justify in [
         ("variant", "left"), ("size", "right"), ("ratio", "right"), ("MMACs", "right"),
-        (metric, "right"), ("drop", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
+        (f"{metric} ({report.baseline.quality_unit})", "right"), (f"drop ({report.baseline.drop_unit})", "right"),
+        ("p50 ms", "right"), ("p99 ms", "right"),
         ("samples/s", "right"), ("speedup", "right"),
     ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in [report.baseline, *report.variants]:
-        lo, hi = r.accuracy_ci
+        lo, hi = r.drop_ci
         table.add_row(
             r.name, f"{r.size_bytes / 1024:,.0f}K", f"{r.compression_ratio:.2f}x", f"{r.macs / 1e6:,.2f}",
-            f"{r.accuracy:.2f} [{lo:.1f},{hi:.1f}]", f"{r.accuracy_drop:+.2f}", f"{r.latency_ms_p50:.3f}",
+            f"{r.quality:.4g}", f"{r.drop:+.3g} [{lo:+.3g},{hi:+.3g}]", f"{r.latency_ms_p50:.3f}",
             f"{r.latency_ms_p99:.3f}", f"{r.throughput_rps:,.0f}", f"{r.speedup:.2f}x",
         )
     return table

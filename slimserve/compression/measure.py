@@ -19,8 +19,8 @@ import onnx
 import onnxruntime as ort
 
 from slimserve.compression.loading import DataSet, InputSpec
+from slimserve.errors import InvalidInput
 
-Z95 = 1.959963984540054
 _INTEGER_WEIGHT_INDEX = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
 _MATMUL_B_INDEX = {"MatMul": 1, "Gemm": 1, "MatMulInteger": 1, "QLinearMatMul": 3}
 
@@ -32,30 +32,10 @@ class Counts:
 
 
 @dataclass(frozen=True)
-class Quality:
-    metric: str  # "accuracy" (labels) or "fidelity" (top-1 agreement with the baseline)
-    accuracy: float
-    ci: tuple[float, float]
-    predictions: np.ndarray
-    cosine: float | None = None
-
-
-@dataclass(frozen=True)
 class Speed:
     latency_ms_p50: float
     latency_ms_p99: float
     throughput_rps: float
-
-
-def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """95% Wilson score interval in percent: honest at 99% accuracy on a few hundred samples."""
-    if total == 0:
-        return (0.0, 100.0)
-    p = correct / total
-    denom = 1 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (round(max(0.0, centre - half) * 100, 3), round(min(1.0, centre + half) * 100, 3))
 
 
 def _fixed_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.ModelProto:
@@ -148,36 +128,26 @@ def take(data: DataSet, start: int, n: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[idx]) for k, v in data.inputs.items()}
 
 
-def predict(path: Path, data: DataSet, batch_size: int = 64, threads: int = 0) -> np.ndarray:
-    """The first output over the whole data set, as float32."""
+def output_name(sess: ort.InferenceSession, wanted: str | None) -> str:
+    names = [o.name for o in sess.get_outputs()]
+    if wanted is None:
+        return names[0]
+    if wanted not in names:
+        raise InvalidInput(f"spec.quality.output = {wanted!r}: the model's outputs are {names}; use one of them")
+    return wanted
+
+
+def predict(path: Path, data: DataSet, batch_size: int = 64, threads: int = 0, output: str | None = None) -> np.ndarray:
+    """One output (`output`, default the first) over the whole data set, as float32."""
     sess = session(path, threads)
     size = fixed_batch(sess) or batch_size
-    name = sess.get_outputs()[0].name
+    name = output_name(sess, output)
     outs = []
     for start in range(0, len(data), size):
         n = min(size, len(data) - start)
         batch = take(data, start, size if fixed_batch(sess) else n)
         outs.append(sess.run([name], feed(sess, batch))[0][:n])
     return np.concatenate(outs).astype(np.float32)
-
-
-def quality(outputs: np.ndarray, labels: np.ndarray | None, baseline: np.ndarray | None) -> Quality:
-    """Top-1 accuracy with labels; otherwise top-1 agreement with the baseline's outputs."""
-    pred = outputs.argmax(-1).reshape(len(outputs), -1)
-    if labels is not None:
-        ok = (pred[:, 0] == labels) if pred.shape[1] == 1 else (pred == labels.reshape(len(labels), -1)).all(1)
-        metric = "accuracy"
-        cosine = None
-    else:
-        assert baseline is not None
-        ref = baseline.argmax(-1).reshape(len(baseline), -1)
-        ok = (pred == ref).all(1)
-        metric = "fidelity"
-        a, b = outputs.reshape(len(outputs), -1), baseline.reshape(len(baseline), -1)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosine = float(np.mean((a * b).sum(1) / np.maximum(norms, 1e-12)))
-    correct, total = int(ok.sum()), len(ok)
-    return Quality(metric, round(100 * correct / total, 3), wilson_interval(correct, total), pred, cosine)
 
 
 def measure_speed(

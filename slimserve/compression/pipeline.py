@@ -49,6 +49,8 @@ from slimserve.compression.recipes.base import clone, progress_task
 from slimserve.compression.report import write_reports
 from slimserve.compression.search import run_search
 from slimserve.errors import InvalidInput
+from slimserve.evaluator import quality
+from slimserve.evaluator.gate import QualityEvidence
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -72,9 +74,24 @@ class Built:
 
 @dataclass
 class Measured:
+    """A built variant's counts and quality; `evidence` compares it with the baseline (None for the baseline)."""
+
     built: Built
     counts: measure.Counts
-    quality: measure.Quality
+    score: quality.Scored
+    evidence: QualityEvidence | None = None
+
+    @property
+    def drop(self) -> float:
+        return self.evidence.drop if self.evidence else 0.0
+
+    @property
+    def drop_ci(self) -> tuple[float, float]:
+        return (self.evidence.drop_low, self.evidence.drop_high) if self.evidence else (0.0, 0.0)
+
+    def within(self, budget: float) -> bool:
+        """The drop's whole 95% interval is within `budget` (how the gate passes it too)."""
+        return self.evidence is not None and self.evidence.drop_high <= budget
 
 
 def describe(steps: Sequence[Step]) -> str:
@@ -172,6 +189,10 @@ class Workbench:
             )
         self.baseline_path = out / f"{BASELINE}.onnx"
         self.baseline_outputs: np.ndarray | None = None
+        self.metric: quality.Metric | None = None
+        self.custom_metric = (
+            quality.load_function(spec.quality.function, base_dir) if spec.quality.function else None
+        )
 
     # -- building -------------------------------------------------------------------------
 
@@ -238,15 +259,22 @@ class Workbench:
     # -- measuring ------------------------------------------------------------------------
 
     def measure_quality(self, built: Built) -> Measured:
-        """Counts and quality; the first call must be the baseline (fidelity compares with it)."""
-        outputs = measure.predict(built.path, self.evaluation, threads=self.model.spec.compression.measure.threads)
+        """Counts and quality; the first call must be the baseline (it resolves the metric)."""
+        spec = self.model.spec
+        outputs = measure.predict(built.path, self.evaluation, threads=spec.compression.measure.threads,
+                                  output=spec.quality.output)
+        labels, mask = self.evaluation.labels, self.evaluation.inputs.get("attention_mask")
         if self.baseline_outputs is None:
             self.baseline_outputs = outputs
-        quality = measure.quality(outputs, self.evaluation.labels, self.baseline_outputs)
+            self.metric = quality.resolve(spec.quality, outputs, labels, spec.quality.output)
+        assert self.metric is not None
+        evidence, base_score, score = quality.compare(
+            self.metric, self.baseline_outputs, outputs, labels, mask, self.custom_metric, seed=self.seed
+        )
         counts = measure.count(built.float_path, self.specs)
-        if quality.cosine is not None:
-            built.notes.append(f"fidelity: top-1 agreement with the baseline; mean cosine {quality.cosine:.4f}")
-        return Measured(built, counts, quality)
+        if built.name == BASELINE:
+            return Measured(built, counts, base_score)
+        return Measured(built, counts, score, evidence)
 
     def speed(self, items: Sequence[Built], runs: int | None = None) -> dict[str, measure.Speed]:
         cfg = self.model.spec.compression.measure
@@ -260,10 +288,9 @@ class Workbench:
 
 
 def make_record(m: Measured, speed: measure.Speed, base: Measured | None, base_speed: measure.Speed | None,
-                out: Path, passed: bool | None = None) -> VariantRecord:
+                out: Path, metric: quality.Metric, passed: bool | None = None) -> VariantRecord:
     size = size_bytes(m.built.path)
     base_size = size_bytes(base.built.path) if base else size
-    base_acc = base.quality.accuracy if base else m.quality.accuracy
     base_p50 = base_speed.latency_ms_p50 if base_speed else speed.latency_ms_p50
     return VariantRecord(
         name=m.built.name,
@@ -274,10 +301,14 @@ def make_record(m: Measured, speed: measure.Speed, base: Measured | None, base_s
         compression_ratio=round(base_size / size, 3),
         params=m.counts.params,
         macs=m.counts.macs,
-        metric=m.quality.metric,  # type: ignore[arg-type]
-        accuracy=m.quality.accuracy,
-        accuracy_ci=m.quality.ci,
-        accuracy_drop=round(base_acc - m.quality.accuracy, 3),
+        metric=metric.name,
+        metric_detail=metric.describe(),
+        quality=round(m.score.value, 4),
+        quality_ci=(round(m.score.low, 4), round(m.score.high, 4)),
+        quality_unit=metric.score_unit,
+        drop=round(m.drop, 4),
+        drop_ci=(round(m.drop_ci[0], 4), round(m.drop_ci[1], 4)),
+        drop_unit=metric.unit,
         latency_ms_p50=speed.latency_ms_p50,
         latency_ms_p99=speed.latency_ms_p99,
         throughput_rps=speed.throughput_rps,
@@ -366,13 +397,15 @@ def _run(model: CompressedModel, base_dir: Path, out: Path, progress: Progress |
     everything = [baseline, *measured, *([chosen] if chosen else [])]
     speeds = bench.speed([m.built for m in everything])
     base_speed = speeds[BASELINE]
-    records = [make_record(m, speeds[m.built.name], baseline, base_speed, out) for m in measured]
+    metric = bench.metric
+    assert metric is not None
+    records = [make_record(m, speeds[m.built.name], baseline, base_speed, out, metric) for m in measured]
     if chosen is not None:
-        records.append(make_record(chosen, speeds[chosen.built.name], baseline, base_speed, out, passed=True))
+        records.append(make_record(chosen, speeds[chosen.built.name], baseline, base_speed, out, metric, passed=True))
     report = CompressionReport(
         model=model.metadata.name,
         device=str(bench.device),
-        baseline=make_record(baseline, base_speed, None, None, out),
+        baseline=make_record(baseline, base_speed, None, None, out, metric),
         variants=records,
         search=search_report,
         environment=environment(bench.device, spec.measure),

@@ -17,10 +17,11 @@ def _size(n: int) -> str:
 
 
 def _row(r: VariantRecord) -> str:
-    lo, hi = r.accuracy_ci
+    lo, hi = r.quality_ci
+    dlo, dhi = r.drop_ci
     return (
         f"| {r.name} | {r.recipe} | {_size(r.size_bytes)} | {r.compression_ratio:.2f}x | {r.params:,} | {r.macs:,} | "
-        f"{r.accuracy:.2f} [{lo:.1f}, {hi:.1f}] | {r.accuracy_drop:+.2f} | {r.latency_ms_p50:.3f} | "
+        f"{r.quality:.4g} [{lo:.4g}, {hi:.4g}] | {r.drop:+.3g} [{dlo:+.3g}, {dhi:+.3g}] | {r.latency_ms_p50:.3f} | "
         f"{r.latency_ms_p99:.3f} | {r.throughput_rps:,.0f} | {r.speedup:.2f}x |"
     )
 
@@ -30,13 +31,15 @@ def render_markdown(report: CompressionReport) -> str:
     lines = [
         f"# Compression report: {report.model}",
         "",
-        f"Metric: **{b.metric}** on the evaluation set (percent, 95% Wilson interval). "
+        f"Metric: **{b.metric}** on the evaluation set — {b.metric_detail}. Score in {b.quality_unit} with its "
+        f"95% interval; drop versus the baseline in {b.drop_unit} with its paired 95% interval (what budgets "
+        "are judged on). "
         "Latency: in-process onnxruntime at batch 1, variants measured interleaved; "
         f"throughput: samples/s at batch {report.environment.get('throughputBatch', '?')}. "
         f"Training device: {report.device}.",
         "",
         "| variant | recipe | size | ratio | params | MACs | "
-        f"{b.metric} [95% CI] | drop (pts) | p50 ms | p99 ms | samples/s | speedup |",
+        f"{b.metric} [95% CI] | drop [95% CI] | p50 ms | p99 ms | samples/s | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         _row(b),
         *(_row(r) for r in report.variants),
@@ -50,13 +53,15 @@ def render_markdown(report: CompressionReport) -> str:
         lines += [
             "## Search",
             "",
-            f"Objective: {s.objective}; allowed drop: {s.max_accuracy_drop} points; "
+            f"Objective: {s.objective}; allowed drop: {s.max_accuracy_drop} {b.drop_unit} (upper end of the "
+            "paired 95% interval); "
             f"chosen: {s.chosen or 'none — no trial met the constraint'}; Pareto front: {', '.join(s.pareto) or '-'}.",
             "",
-            "| trial | recipe | drop (pts) | size | p50 ms | samples/s | passed | why |",
+            "| trial | recipe | drop [95% CI] | size | p50 ms | samples/s | passed | why |",
             "|---|---|---|---|---|---|---|---|",
             *(
-                f"| {t.name} | {t.recipe} | {t.accuracy_drop:+.2f} | {_size(t.size_bytes)} | {t.latency_ms_p50:.3f} | "
+                f"| {t.name} | {t.recipe} | {t.drop:+.3g} [{t.drop_ci[0]:+.3g}, {t.drop_ci[1]:+.3g}] | "
+                f"{_size(t.size_bytes)} | {t.latency_ms_p50:.3f} | "
                 f"{t.throughput_rps:,.0f} | {'yes' if t.passed else 'no'} | {t.reason} |"
                 for t in s.trials
             ),

@@ -139,7 +139,7 @@ def _cost(trial: SearchTrial, objective: str) -> float:
 
 def pareto(trials: list[SearchTrial], objective: str) -> list[str]:
     """Trials no other trial beats on both accuracy drop and the objective."""
-    return pareto_front([(t.name, t.accuracy_drop, _cost(t, objective)) for t in trials])
+    return pareto_front([(t.name, t.drop, _cost(t, objective)) for t in trials])
 
 
 def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[SearchReport, Measured | None]:
@@ -147,6 +147,7 @@ def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[Se
     objective = str(getattr(search.objective, "value", search.objective))
     limit = search.max_accuracy_drop
     fams = families(bench, objective)
+    unit = bench.metric.unit if bench.metric else "points"
     last_passed: dict[str, bool] = {}
     results: list[tuple[Measured, str, str]] = []
     taken = {v.name for v in bench.model.spec.compression.variants}
@@ -162,15 +163,16 @@ def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[Se
                 name += "-x"
             built = bench.build(name, steps, f"spec.compression.search (trial {name})", keep=False)
             m = bench.measure_quality(built)
-            drop = round(baseline.quality.accuracy - m.quality.accuracy, 3)
-            passed = drop <= limit
+            passed = m.within(limit)
             last_passed[fam.name] = passed
+            low, high = m.drop_ci
+            shown = f"drop {m.drop:.3g} (95% CI [{low:.3g}, {high:.3g}]) {unit}"
             if passed:
-                reason = f"drop {drop:.2f} ≤ {limit} points"
+                reason = f"{shown}: within {limit}"
             else:
                 more = rung + 1 < fam.rungs
                 then = f"fall back: {fam.fallback}" if more else "no fallback left"
-                reason = f"drop {drop:.2f} > {limit} points; {then}"
+                reason = f"{shown}: the interval reaches past {limit}; {then}"
             results.append((m, fam.name, reason))
             advance()
     speeds = bench.speed([baseline.built, *(m.built for m, _, _ in results)],
@@ -179,11 +181,12 @@ def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[Se
         SearchTrial(
             name=m.built.name,
             recipe=m.built.recipe,
-            accuracy_drop=round(baseline.quality.accuracy - m.quality.accuracy, 3),
+            drop=round(m.drop, 4),
+            drop_ci=(round(m.drop_ci[0], 4), round(m.drop_ci[1], 4)),
             size_bytes=size_bytes(m.built.path),
             latency_ms_p50=speeds[m.built.name].latency_ms_p50,
             throughput_rps=speeds[m.built.name].throughput_rps,
-            passed=round(baseline.quality.accuracy - m.quality.accuracy, 3) <= limit,
+            passed=m.within(limit),
             reason=reason,
         )
         for m, _, reason in results
@@ -192,6 +195,7 @@ def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[Se
     best = min(passing, key=lambda t: _cost(t, objective)) if passing else None
     report = SearchReport(
         objective=objective,
+        metric=bench.metric.name if bench.metric else "",
         max_accuracy_drop=limit,
         trials=trials,
         pareto=pareto(trials, objective),

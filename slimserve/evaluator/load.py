@@ -1,10 +1,11 @@
 """Canary load with Locust, run headless as its own process, and its statistics.
 
 Locust is never imported here (it monkey-patches the standard library through gevent): this
-module starts `locust -f loadtests/locustfile.py --headless ...` and reads the JSON file it writes
-at the end. Requests are named after the model, so the statistics come out per model. The run also
-records how much CPU the generator used: a single Locust process that keeps a core busy is the
-bottleneck, and then the measured rate says more about Locust than about the server.
+module starts `locust -f slimserve/evaluator/locustfile.py --headless ...` and reads the JSON file it
+writes at the end, plus the per-request file (start time, target, milliseconds, failed) that lets the
+gate judge exactly the seconds it chooses. Requests are named after their target, so the statistics
+come out per target. The run also records how much CPU the generator used: a single Locust process
+that keeps a core busy is the bottleneck, and then latencies carry its own scheduling delays.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
 
+import numpy as np
+
 from slimserve.triton.process import ManagedProcess, ServingError
 
-LOCUSTFILE: Final = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
+LOCUSTFILE: Final = Path(__file__).resolve().with_name("locustfile.py")
 # Locust is one gevent process: it can use one core at most, and well before that its own scheduling
 # delays show up as latency. At 80% of a core the measured rate says more about Locust than Triton.
 GENERATOR_BOUND_CPU: Final = 0.8
@@ -29,11 +32,59 @@ GENERATOR_BOUND_CPU: Final = 0.8
 
 @dataclass(frozen=True)
 class Target:
-    """Where one model is served and the share of requests it gets (weights need not sum to 100)."""
+    """Where one model is served and the share of requests it gets (weights need not sum to 100).
+
+    `name` is the target's role in the window (stable, candidate, control; default: the model name) —
+    in a cluster all three may serve the same client-facing model name at different URLs.
+    `labels` are the Prometheus label matchers of the target's series, e.g. `{"model": "int8"}`.
+    """
 
     url: str
     model: str
     weight: float
+    name: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.name or self.model
+
+    def with_weight(self, weight: float) -> Target:
+        return Target(self.url, self.model, weight, self.name, self.labels)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Every request of a Locust run: start (epoch s), target, latency (ms), failed — as numpy arrays."""
+
+    start: np.ndarray
+    target: np.ndarray
+    latency_ms: np.ndarray
+    failed: np.ndarray
+
+    @classmethod
+    def read(cls, path: Path) -> Requests:
+        if not path.is_file() or path.stat().st_size == 0:
+            return cls.empty()
+        table = np.loadtxt(path, delimiter=",", dtype=str, ndmin=2)
+        return cls(table[:, 0].astype(float), table[:, 1], table[:, 2].astype(float), table[:, 3] == "1")
+
+    @classmethod
+    def empty(cls) -> Requests:
+        return cls(np.zeros(0), np.zeros(0, dtype=str), np.zeros(0), np.zeros(0, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def select(self, target: str, start: float = -math.inf, end: float = math.inf) -> Requests:
+        keep = (self.target == target) & (self.start >= start) & (self.start <= end)
+        return Requests(self.start[keep], self.target[keep], self.latency_ms[keep], self.failed[keep])
+
+    @staticmethod
+    def concat(parts: list[Requests]) -> Requests:
+        if not parts:
+            return Requests.empty()
+        return Requests(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("start", "target", "latency_ms", "failed")))
 
 
 @dataclass(frozen=True)
@@ -56,7 +107,7 @@ class ModelLoad:
 
 @dataclass(frozen=True)
 class LoadResult:
-    per_model: dict[str, ModelLoad]
+    per_model: dict[str, ModelLoad]  # by target key
     total: ModelLoad
     start: float = field(metadata={"doc": "epoch seconds of the first request"})
     end: float = field(metadata={"doc": "epoch seconds of the last request"})
@@ -64,6 +115,7 @@ class LoadResult:
     generator_bound: bool
     exit_code: int
     log_path: str
+    requests: Requests = field(default_factory=Requests.empty, repr=False)
 
     @property
     def duration_s(self) -> float:
@@ -71,6 +123,7 @@ class LoadResult:
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
+        out.pop("requests", None)
         out["duration_s"] = self.duration_s
         return out
 
@@ -164,6 +217,8 @@ def run_locust(
     stats_prefix = work_dir / f"{name}-stats"
     stats_file = Path(f"{stats_prefix}.json")
     stats_file.unlink(missing_ok=True)
+    requests_file = work_dir / f"{name}-requests.csv"
+    requests_file.unlink(missing_ok=True)
     argv = [
         locust_binary(),
         "-f", str(locustfile),
@@ -176,7 +231,9 @@ def run_locust(
         "--stop-timeout", "2",
         "--json-file", str(stats_prefix),
         "--loglevel", "WARNING",
-        "--slimserve-targets", json.dumps([t.__dict__ for t in targets]),
+        "--slimserve-targets", json.dumps([{"url": t.url, "model": t.model, "weight": t.weight, "name": t.key}
+                                           for t in targets]),
+        "--slimserve-requests", str(requests_file),
         "--slimserve-data", str(data),
         "--slimserve-max-samples", str(max_samples),
     ]  # fmt: skip
@@ -210,6 +267,7 @@ def run_locust(
         generator_bound=bound,
         exit_code=code,
         log_path=str(process.log_path),
+        requests=Requests.read(requests_file),
     )
 
 

@@ -16,11 +16,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from slimserve.errors import InvalidInput
-from slimserve.evaluator.gate import Window
 from slimserve.triton.process import ManagedProcess, ServingError, free_port, port_in_use, wait_until
 
 ENV_BINARY: Final = "SLIMSERVE_PROMETHEUS"
@@ -163,47 +163,53 @@ class PromClient:
             return None
         return math.fsum(values.values())
 
-    def model_window(self, model: str, window_s: float, end: float) -> Window:
-        """Throughput, error rate, latency quantiles, queue time and batch size of `model` over
-        `[end - window_s, end]`.
+    def series(self, expr: str, at: float) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """A range-vector query (`metric{...}[Ns]`) at `at`: each series' labels and raw samples."""
+        out = []
+        for item in self._query(expr, at):
+            metric = item.get("metric") if isinstance(item, dict) else None
+            labels = {str(k): str(v) for k, v in (metric or {}).items() if k != "__name__"}  # type: ignore[union-attr]
+            values = [(float(t), float(v)) for t, v in item.get("values") or []]  # type: ignore[union-attr]
+            out.append((labels, values))
+        return out
 
-        p50/p99 come from Triton's latency summaries (`--metrics-config summary_latencies=true`),
-        taken as the worst value seen in the window. Triton's summaries slide over about a minute,
-        so with short steps a window's quantiles also cover the previous step's requests; Locust's
-        per-model client-side quantiles (exact window) are kept next to them in the run's report.
+    def increments(self, metric: str, labels: Sequence[tuple[str, str]], start: float, end: float,
+                   scrape_interval_s: float) -> dict[tuple[tuple[str, str], ...], list[tuple[float, float]]]:
+        """Per series, the counter's increase between consecutive scrapes inside [start, end].
+
+        Keyed by the series' labels; each increment is (timestamp of the later scrape, increase).
+        Counter resets (a restarted pod) drop that one interval.
         """
-        w = f"{max(int(round(window_s)), 2)}s"
-        sel = f'model="{model}"'
-        ok = self.scalar(f"sum(increase(nv_inference_request_success{{{sel}}}[{w}]))", end)
-        failed = self.scalar(f"sum(increase(nv_inference_request_failure{{{sel}}}[{w}]))", end)
-        rate = self.scalar(f"sum(rate(nv_inference_request_success{{{sel}}}[{w}]))", end)
-        queue_us = self.scalar(f"sum(increase(nv_inference_queue_duration_us{{{sel}}}[{w}]))", end)
-        inferences = self.scalar(f"sum(increase(nv_inference_count{{{sel}}}[{w}]))", end)
-        executions = self.scalar(f"sum(increase(nv_inference_exec_count{{{sel}}}[{w}]))", end)
+        span = max(int(math.ceil(end - start + 2 * scrape_interval_s)), 1)
+        sel = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+        out = {}
+        for series_labels, values in self.series(f"{metric}{{{sel}}}[{span}s]", end):
+            inside = [(t, v) for t, v in values if start - 1e-6 <= t <= end + 1e-6]
+            steps = [(t1, v1 - v0) for (_, v0), (t1, v1) in zip(inside, inside[1:], strict=False) if v1 >= v0]
+            out[tuple(sorted(series_labels.items()))] = steps
+        return out
 
-        def quantile(q: str) -> float | None:
-            us = self.scalar(f'max(max_over_time(nv_inference_request_summary_us{{{sel},quantile="{q}"}}[{w}]))', end)
-            return None if us is None else us / 1000.0
+    def capacity(self, labels: Sequence[tuple[str, str]], start: float, end: float,
+                 scrape_interval_s: float) -> list[tuple[float, float]]:
+        """(samples inferred, seconds of compute) per scrape interval in [start, end], from Triton's counters.
 
-        total = None if ok is None or failed is None else ok + failed
-        return Window(
-            requests=total,
-            throughput_rps=rate,
-            error_rate=_ratio(failed, total),
-            p50_ms=quantile("0.5"),
-            p99_ms=quantile("0.99"),
-            queue_ms=None if queue_us is None else _ratio(queue_us / 1000.0, ok),
-            avg_batch=_ratio(inferences, executions),
-        )
-
-
-def _ratio(num: float | None, den: float | None) -> float | None:
-    """num/den; NaN for 0/0 (the gate treats it as no evidence), None when a side is missing."""
-    if num is None or den is None:
-        return None
-    return num / den if den else math.nan
+        `nv_inference_count` over `nv_inference_compute_infer_duration_us` is what one model instance
+        can sustain: it does not depend on how the load was split between models, so a candidate and
+        its control can be compared in the same window whatever share each one got.
+        """
+        counts = self.increments("nv_inference_count", labels, start, end, scrape_interval_s)
+        compute = self.increments("nv_inference_compute_infer_duration_us", labels, start, end, scrape_interval_s)
+        pairs = []
+        for key, steps in counts.items():
+            busy = dict(compute.get(key, []))
+            pairs += [(n, busy[t] / 1e6) for t, n in steps if t in busy and busy[t] > 0]
+        return pairs
 
 
-def wait_for_scrape(seconds: float = SCRAPE_INTERVAL_S * 1.5) -> None:
-    """Let at least two scrapes land after a load window, so its end is in the TSDB."""
-    time.sleep(seconds)
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def wait_for_scrape(scrape_interval_s: float = SCRAPE_INTERVAL_S) -> None:
+    """Let the scrapes after a load window land (1.5 intervals), so its end is in the TSDB."""
+    time.sleep(1.5 * scrape_interval_s)

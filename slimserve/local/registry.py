@@ -7,10 +7,13 @@ appends to the history; the stable variant stays what it was.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -20,6 +23,7 @@ from pydantic.alias_generators import to_camel
 from slimserve.errors import InvalidInput
 
 STATE_FILE: Final = "state.json"
+LOCK_FILE: Final = ".lock"
 REGISTRY_DIR: Final = "registry"
 BASELINE: Final = "baseline"  # the stable model before any promotion
 
@@ -72,12 +76,58 @@ def load_state(out_dir: Path, model: str) -> State:
     return state
 
 
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file so that readers see the old content or the whole new one, even after a crash.
+
+    A uniquely named temporary file in the same folder, flushed to disk, renamed over the target,
+    and the folder synced so the rename itself survives a power cut.
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
 def save_state(out_dir: Path, state: State) -> None:
     """Write atomically: a crash mid-write never leaves a half state file."""
-    path = out_dir / STATE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(state.model_dump(mode="json", by_alias=True), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(out_dir / STATE_FILE, json.dumps(state.model_dump(mode="json", by_alias=True), indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold `DIR/.lock` for a whole run; a second run on the same folder is refused, not interleaved."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_FILE
+    handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise InvalidInput(
+                f"--out = '{out_dir}': another slimserve run ({holder}) is using this folder; wait for it to "
+                "finish, or choose another --out folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def record(
@@ -97,10 +147,11 @@ def record(
         registry = out_dir / REGISTRY_DIR
         registry.mkdir(parents=True, exist_ok=True)
         target = registry / f"{candidate}-{sha256[:12]}.onnx"
-        shutil.copyfile(promoted_file, target)
-        data = promoted_file.with_name(promoted_file.name + ".data")
-        if data.is_file():
-            shutil.copyfile(data, registry / data.name)
+        if not target.is_file():  # the same name and hash is the same file: never rewrite a stable in place
+            data = promoted_file.with_name(promoted_file.name + ".data")
+            if data.is_file():
+                write_atomic(registry / data.name, data.read_bytes())
+            write_atomic(target, promoted_file.read_bytes())
         stable = StableModel(
             variant=candidate, sha256=sha256, path=str(target.relative_to(out_dir)), recipe=recipe, promoted_at=_now()
         )

@@ -13,56 +13,70 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 
 def write_markdown(path: Path, doc: dict[str, Any], steps: list[StepResult]) -> None:
+    quality = doc.get("servedQuality") or {}
     lines = [
         f"# slimserve run: {doc['model']}",
         "",
         f"**Decision: {doc['decision']}** — {doc['reason']}",
         "",
-        f"Candidate `{doc['candidate']}` against stable `{doc['baseline']}` (accuracy against `baseline`).",
+        f"Candidate `{doc['candidate']}` against a fresh copy of the stable model `{doc['stable']}` (the control: "
+        "same share of the load, same seconds); quality against the uncompressed `baseline`.",
         "",
+        f"Metric: **{doc['metric']}** — {doc.get('metricDetail') or ''}.",
+        "",
+    ]
+    if quality:
+        lines += [
+            f"Served quality: candidate {quality['candidate']:.4g} vs baseline {quality['baseline']:.4g} on "
+            f"{quality['n']} samples; drop {quality['drop']:+.3g} {quality['unit']} "
+            f"(95% CI [{quality['drop_low']:+.3g}, {quality['drop_high']:+.3g}], {quality['method']}).",
+            "",
+        ]
+    lines += [
         "## Gate evidence",
         "",
-        "| step | check | verdict | value | threshold | baseline | detail |",
+        "How to read it: a check passes only when its whole 95% interval is on the good side of the threshold,",
+        "fails only when the whole interval is on the bad side, and is inconclusive otherwise. A step with",
+        "too few requests is inconclusive whatever else it shows.",
+        "",
+        "| step | check | verdict | value | 95% interval | threshold | detail |",
         "|---:|---|---|---:|---:|---:|---|",
     ]
     for step in steps:
         for c in step.checks:
+            interval = "—" if c.low is None or c.high is None else f"[{c.low:.4g}, {c.high:.4g}]"
+            where = "quality" if step.weight == 0 else f"{step.weight}%"
             lines.append(
-                f"| {step.weight}% | {c.name} | {c.verdict} | {_fmt(c.value, 3)} | {_fmt(c.threshold, 3)} | "
-                f"{_fmt(c.baseline, 3)} | {c.detail} |"
+                f"| {where} | {c.name} | {c.verdict} | {_fmt(c.value, 4)} | {interval} | {_fmt(c.threshold, 3)} | "
+                f"{c.detail} |"
             )
+    lines += ["", "## Load windows (Locust, client side; judged seconds only)", ""]
     lines += [
-        "",
-        "## Served variants",
-        "",
-        "| variant | offline acc. | served acc. | req/s | p50 ms | p99 ms | error rate | requests |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for v in doc["variants"]:
-        s = v.get("served") or {}
-        lines.append(
-            f"| {v['name']} | {v['accuracy']:.2f} | {_fmt(s.get('accuracy'))} | {_fmt(s.get('throughputRps'), 1)} | "
-            f"{_fmt(s.get('p50Ms'), 3)} | {_fmt(s.get('p99Ms'), 3)} | {_fmt(s.get('errorRate'), 4)} | "
-            f"{s.get('samples', 0)} |"
-        )
-    lines += ["", "## Load windows (Locust, client side)", ""]
-    lines += [
-        "| window | model | requests | failures | req/s | p50 ms | p99 ms | generator CPU |",
+        "| step | target | requests | failures | req/s | p50 ms | p99 ms | generator CPU |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for window in doc.get("load", []):
-        for name, m in window["perModel"].items():
+        cpu = window.get("generatorCpu")
+        for name, m in window["perTarget"].items():
             lines.append(
-                f"| {window['weight']}% | {name} | {m['requests']} | {m['failures']} | {m['rps']:.1f} | "
-                f"{_fmt(m['p50_ms'], 1)} | {_fmt(m['p99_ms'], 1)} | {window['generatorCpu']:.2f}"
+                f"| {window['weight']}% | {name} | {m['requests']} | {m['failures']} | {_fmt(m['rps'], 1)} | "
+                f"{_fmt(m['p50Ms'], 2)} | {_fmt(m['p99Ms'], 2)} | {_fmt(cpu, 2)}"
                 f"{' (generator-bound)' if window['generatorBound'] else ''} |"
             )
-    lines += ["", "Plots: `throughput_vs_p99.png`, `accuracy_vs_size.png`.", ""]
+    lines += ["", "## Variants (offline)", ""]
+    lines += ["| variant | quality | drop [95% CI] | size ratio | speedup |", "|---|---:|---:|---:|---:|"]
+    for v in doc["variants"]:
+        low, high = v["dropCI"]
+        lines.append(
+            f"| {v['name']} | {v['quality']:.4g} {v['qualityUnit']} | {v['drop']:+.3g} [{low:+.3g}, {high:+.3g}] "
+            f"{v['dropUnit']} | {v['compressionRatio']:.2f}x | {v['speedup']:.2f}x |"
+        )
+    lines += ["", "Plots: `throughput_vs_p99.png`, `quality_vs_size.png`.", ""]
     path.write_text("\n".join(lines))
 
 
 def plot_throughput_vs_p99(path: Path, points: list[tuple[str, int, float, float]]) -> None:
-    """One point per (model, window): server-side throughput against server-side p99."""
+    """One point per (target, step): client-side request rate against client-side p99, judged seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,8 +88,8 @@ def plot_throughput_vs_p99(path: Path, points: list[tuple[str, int, float, float
         ax.plot([p[3] for p in mine], [p[2] for p in mine], "o-", label=name)
         for _, weight, rps, p99 in mine:
             ax.annotate(f"{weight}%", (p99, rps), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("p99 latency (ms, Triton)")
-    ax.set_ylabel("throughput (req/s, Triton)")
+    ax.set_xlabel("p99 latency (ms, client side)")
+    ax.set_ylabel("requests/s (client side)")
     ax.set_title("Served throughput vs p99 per variant (labels: candidate traffic share)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -91,7 +105,7 @@ def plot_accuracy_vs_size(path: Path, report: CompressionReport) -> None:
     import matplotlib.pyplot as plt
 
     records = [report.baseline, *report.variants]
-    points = [(r.name, r.size_bytes / 1024, r.accuracy_drop) for r in records]
+    points = [(r.name, r.size_bytes / 1024, r.drop) for r in records]
     front = set(pareto_front(points))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for name, size, drop in points:
@@ -100,8 +114,8 @@ def plot_accuracy_vs_size(path: Path, report: CompressionReport) -> None:
     ordered = sorted((p for p in points if p[0] in front), key=lambda p: p[1])
     ax.plot([p[1] for p in ordered], [p[2] for p in ordered], "--", color="tab:red", label="Pareto front")
     ax.set_xlabel("size (KiB)")
-    ax.set_ylabel("accuracy drop (points, offline)")
-    ax.set_title("Accuracy drop vs size")
+    ax.set_ylabel(f"{report.baseline.metric} drop ({report.baseline.drop_unit}, offline)")
+    ax.set_title("Quality drop vs size")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

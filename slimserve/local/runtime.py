@@ -1,15 +1,18 @@
-"""`slimserve run`: compress → package → Triton + Prometheus → served accuracy → canary → gate → report.
+"""`slimserve run`: compress → package → Triton + Prometheus → served quality → canary → gate → report.
 
-Everything runs on this machine with the real components. The candidate is compared with the
-*stable* model (what users get now: the baseline on a first run, the promoted variant after that)
-under the same load, and its accuracy with the uncompressed baseline, so accuracy cannot drift
-down one promotion at a time. Every process started here is stopped on success, failure and Ctrl-C
-(context managers, plus `slimserve.triton.process.stop_all` at exit).
+Everything runs on this machine with the real components. The candidate is compared with a fresh
+copy of the *stable* model (what users get now: the baseline on a first run, the promoted variant
+after that) that gets the same share of the load in the same seconds, and its quality with the
+uncompressed baseline, so quality cannot drift down one promotion at a time. What is judged next and
+when to stop is `slimserve.evaluator.policy`'s call, the same as in the operator. Every process
+started here is stopped on success, failure and Ctrl-C (context managers, plus
+`slimserve.triton.process.stop_all` at exit).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -17,19 +20,22 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
 from rich.table import Table
 
 from slimserve.api.paths import check_files, data_files
-from slimserve.api.report import CompressionReport, Decision, ServedRecord, StepResult, VariantRecord
+from slimserve.api.report import CompressionReport, Decision, StepResult, VariantRecord
 from slimserve.api.resource import CompressedModel
 from slimserve.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLLED_BACK, InvalidInput
-from slimserve.evaluator import gate
-from slimserve.evaluator.canary import Measurement, measure_window, parse_duration
+from slimserve.evaluator.canary import Measurement, Roles, Timing
 from slimserve.evaluator.load import Target
+from slimserve.evaluator.prometheus import SCRAPE_INTERVAL_S
 from slimserve.local import registry
+
+if TYPE_CHECKING:
+    from slimserve.evaluator.rollout import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,8 @@ EXIT_CODES: Final[dict[str, int]] = {
     "Inconclusive": EXIT_INCONCLUSIVE,
 }
 BASELINE: Final = "baseline"
-STABLE: Final = "stable"
+STABLE: Final = "stable_current"  # Triton model names with '_' never collide with a variant (a DNS label)
+CONTROL: Final = "stable_control"
 
 Compress = Callable[..., CompressionReport]
 
@@ -81,7 +88,8 @@ def choose_candidate(
 ) -> VariantRecord | None:
     """The variant to roll out: the named one, or (auto) the best one within the accuracy budget.
 
-    'Best' follows the search objective when the spec has a search (else the smallest file). After a
+    Within the budget means the upper end of the drop's paired 95% interval is (as the gate will judge
+    it). 'Best' follows the search objective when the spec has a search (else the smallest file). After a
     promotion, auto only offers a variant that beats the stable model on that objective (judged on
     this run's record of the same file, or on its size): rolling out something worse than what users
     already get is not progress. A variant identical to the stable model is never offered.
@@ -116,30 +124,18 @@ def choose_candidate(
     if report.search and report.search.chosen in by_name and improves(by_name[report.search.chosen]):
         return by_name[report.search.chosen]
     budget = model.spec.gates.max_accuracy_drop
-    eligible = [v for v in report.variants if v.accuracy_drop <= budget and improves(v)]
+    eligible = [v for v in report.variants if v.drop_ci[1] <= budget and improves(v)]
     return min(eligible, key=key) if eligible else None
-
-
-def _served(window: gate.Window | None, accuracy: float | None) -> ServedRecord:
-    w = window or gate.Window()
-    return ServedRecord(
-        throughput_rps=w.throughput_rps,
-        p50_ms=w.p50_ms,
-        p99_ms=w.p99_ms,
-        error_rate=w.error_rate,
-        accuracy=accuracy,
-        samples=int(w.requests or 0),
-    )
 
 
 def _load_doc(m: Measurement) -> dict[str, Any]:
     return {
         "weight": m.weight,
-        "durationS": m.load.duration_s,
-        "generatorCpu": m.load.generator_cpu,
-        "generatorBound": m.load.generator_bound,
-        "perModel": {k: vars(v) for k, v in m.load.per_model.items()},
-        "windows": {k: vars(v) for k, v in m.windows.items()},
+        "windows": [{"start": round(a, 3), "end": round(b, 3)} for a, b in m.windows],
+        "generatorCpu": max((x.generator_cpu for x in m.loads), default=None),
+        "generatorBound": m.generator_bound,
+        "perTarget": m.summary,
+        "locust": [{k: v for k, v in x.to_dict().items() if k not in ("per_model", "total")} for x in m.loads],
     }
 
 
@@ -150,16 +146,25 @@ def run_local(
     console: Console | None = None,
     compress: Compress | None = None,
 ) -> RunResult:
-    """Run the whole pipeline; return the decision (exceptions for invalid input and failures)."""
+    """Run the whole pipeline; return the decision (exceptions for invalid input and failures).
+
+    The out folder is locked for the whole run: a second run on it is refused (exit 2).
+    """
     console = console or Console()
-    stages = Stages(console)
-    spec = model.spec
     check_files(model, base_dir)
-    evaluation = data_files(model, base_dir)["evaluation"]
-    step_s = parse_duration(spec.rollout.step_duration)
+    Timing.of(model.spec.rollout, SCRAPE_INTERVAL_S)  # a step too short to judge is invalid input, before any work
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInput(f"--out = '{out_dir}': exists and is not a folder; choose a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with registry.exclusive(out_dir):
+        return _run(model, base_dir, out_dir, console, compress)
+
+
+def _run(
+    model: CompressedModel, base_dir: Path, out_dir: Path, console: Console, compress: Compress | None
+) -> RunResult:
+    stages = Stages(console)
+    spec = model.spec
+    evaluation = data_files(model, base_dir)["evaluation"]
     state = registry.load_state(out_dir, model.metadata.name)
     stable_sha = state.stable.sha256 if state.stable else None
     stable_size = (out_dir / state.stable.path).stat().st_size if state.stable else None
@@ -179,28 +184,32 @@ def run_local(
             report = compress(model, base_dir, compression_dir, progress=progress)
     candidate = choose_candidate(model, report, stable_sha, stable_size)
     if candidate is None:
-        within = [v.name for v in report.variants if v.accuracy_drop <= spec.gates.max_accuracy_drop]
+        budget = spec.gates.max_accuracy_drop
+        within = [v.name for v in report.variants if v.drop_ci[1] <= budget]
         reason = (
             f"no variant within maxAccuracyDrop ({', '.join(within)}) beats the stable model "
             f"{state.stable.variant if state.stable else ''}; nothing new to roll out"
             if within
-            else f"no variant is within maxAccuracyDrop {spec.gates.max_accuracy_drop} offline; nothing to roll out"
+            else f"no variant's drop is within maxAccuracyDrop {budget} {report.baseline.drop_unit} "
+            "(upper end of its 95% interval) offline; nothing to roll out"
         )
-        return _finish(console, out_dir, model, report, state, None, [], "Inconclusive", reason, {}, [], None)
+        return _finish(console, out_dir, model, report, state, None, None, "Inconclusive", reason)
     console.print(f"candidate: [bold]{candidate.name}[/] ({candidate.recipe})")
 
     # The stable model: the previous promotion (from the registry) or, on a first run, the baseline.
+    # The control is a second copy of it that gets the candidate's share of the load. Triton model
+    # names with '_' can never collide with a variant's name (DNS labels have none).
+    stable_record = report.baseline
     stable_name = BASELINE
-    served_records = [report.baseline, candidate]
     if state.stable is not None:
-        stable_name = STABLE if STABLE not in {v.name for v in report.variants} else "stable-current"
-        stable_path = Path("..") / state.stable.path  # relative to compression_dir
-        served_records.append(
-            report.baseline.model_copy(
-                update={"name": stable_name, "path": str(stable_path), "sha256": state.stable.sha256}
-            )
+        stable_name = STABLE
+        stable_record = report.baseline.model_copy(
+            update={"name": STABLE, "path": str(Path("..") / state.stable.path), "sha256": state.stable.sha256}
         )
-    packaged = report.model_copy(update={"variants": served_records[1:]})
+    served = [candidate, stable_record.model_copy(update={"name": CONTROL})]
+    if stable_name != BASELINE:
+        served.append(stable_record)
+    packaged = report.model_copy(update={"variants": served})
     repo_dir = out_dir / "repository"
     with stages.stage("package (Triton model repository, python backend)"):
         from slimserve.triton.repository import build_repository
@@ -208,8 +217,8 @@ def run_local(
         shutil.rmtree(repo_dir, ignore_errors=True)
         build_repository(packaged, compression_dir, repo_dir, "python", None, spec.serving)
 
-    from slimserve.evaluator.accuracy import evidence, load_npz, predict
     from slimserve.evaluator.prometheus import PromClient, PrometheusServer
+    from slimserve.evaluator.rollout import Judge, run_rollout
     from slimserve.triton.server import TritonServer
 
     logs = out_dir / "logs"
@@ -222,68 +231,55 @@ def run_local(
             prom_server = stack.enter_context(PrometheusServer([triton.metrics_target], logs / "prometheus"))
             stack.enter_context(triton)
             prom_server.wait_for_targets()
-        prom = PromClient(prom_server.url)
         console.print(f"Triton {triton.url} (metrics {triton.metrics_target}), Prometheus {prom_server.url}")
 
-        with stages.stage("served accuracy"):
-            arrays, labels = load_npz(evaluation)
-            outputs = {
-                name: predict(triton.url, name, arrays)
-                for name in dict.fromkeys([BASELINE, stable_name, candidate.name])
-            }
-            acc = evidence(outputs[BASELINE], outputs[candidate.name], labels)
-            served_acc = {
-                name: 100.0 * evidence(outputs[BASELINE], out, labels).candidate_correct / max(acc.n, 1)
-                for name, out in outputs.items()
-            }
-        steps = [gate.judge_step_accuracy(spec.gates, acc)]
-        decision, reason = gate.decide(
-            steps, planned=len(spec.rollout.steps) + 1, failure_budget=spec.rollout.failure_budget
+        def target(name: str) -> Target:
+            return Target(triton.url, name, 0, name, (("model", name),))
+
+        def healthy() -> None:
+            triton.check_alive()
+            prom_server.check_alive()
+
+        judge = Judge(
+            spec=spec,
+            roles=Roles(stable=target(stable_name), candidate=target(candidate.name), control=target(CONTROL)),
+            prom=PromClient(prom_server.url),
+            data=evaluation,
+            work_dir=logs / "load",
+            reference=target(BASELINE),
+            base_dir=base_dir,
+            timing=Timing.of(spec.rollout, SCRAPE_INTERVAL_S),
+            health=healthy,
         )
-        measurements: list[Measurement] = []
-        reference: Measurement | None = None
-        stable_target = Target(triton.url, stable_name, 100)
-        cand_target = Target(triton.url, candidate.name, 0)
-        if decision is None:
-            with stages.stage(f"reference window: {stable_name} alone, {step_s:g} s"):
-                reference = measure_window(prom, stable_target, None, 0, evaluation, spec.rollout, logs / "load")
-                triton.check_alive()
-                prom_server.check_alive()
-        ref_window = reference.windows[stable_name] if reference else None
-        for weight in spec.rollout.steps:
-            if decision is not None:
-                break
-            with stages.stage(f"canary {weight}% → {candidate.name}, {step_s:g} s"):
-                m = measure_window(prom, stable_target, cand_target, weight, evaluation, spec.rollout, logs / "load")
-                triton.check_alive()
-                prom_server.check_alive()
-            measurements.append(m)
-            bound = m.load.generator_bound or (reference is not None and reference.load.generator_bound)
-            steps.append(
-                gate.judge_step(
-                    spec.gates,
-                    weight,
-                    m.windows[stable_name],
-                    m.windows[candidate.name],
-                    ref_window,
-                    generator_bound=bound,
-                )  # fmt: skip
-            )
-            decision, reason = gate.decide(steps, len(spec.rollout.steps) + 1, spec.rollout.failure_budget)
-            _print_step(console, steps[-1])
-        assert decision is not None
+        timing = judge.timing
+        assert timing is not None
+
+        def stage_title(weight: int) -> str:
+            if weight == 0:
+                return f"served quality: {candidate.name} vs baseline ({spec.quality.metric})"
+            return f"canary {weight}% → {candidate.name} (and {weight}% → control), ≥{timing.step_s:g} s"
+
+        def judged(step: StepResult, _: Measurement | None) -> None:
+            _print_step(console, step)
+
+        outcome = run_rollout(_Staged(judge, stages, stage_title), on_step=judged)
     # Every child is stopped here (ExitStack), before anything is written as final.
-    last = measurements[-1].windows[candidate.name] if measurements else None
-    served = {
-        candidate.name: _served(last, served_acc.get(candidate.name)),
-        stable_name: _served(ref_window, served_acc.get(stable_name)),
-    }
-    if stable_name != BASELINE:
-        served[BASELINE] = _served(None, served_acc.get(BASELINE))
-    extra = {"served": served, "reference": reference, "measurements": measurements, "stableName": stable_name}
-    return _finish(
-        console, out_dir, model, report, state, candidate, steps, decision, reason, extra, measurements, compression_dir
-    )
+    return _finish(console, out_dir, model, report, state, candidate, outcome, outcome.decision, outcome.reason,
+                   compression_dir)
+
+
+class _Staged:
+    """A Judge whose every step is shown as a stage with a spinner and its duration."""
+
+    def __init__(self, judge: Any, stages: Stages, title: Callable[[int], str]) -> None:
+        self.judge, self.stages, self.title = judge, stages, title
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.judge, name)
+
+    def step(self, weight: int) -> Any:
+        with self.stages.stage(self.title(weight)):
+            return self.judge.step(weight)
 
 
 def _print_step(console: Console, step: StepResult) -> None:
@@ -292,17 +288,21 @@ def _print_step(console: Console, step: StepResult) -> None:
     console.print(f"  step {step.weight}%: [{colour}]{step.verdict}[/] {', '.join(failing)}")
 
 
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
 def decision_table(steps: list[StepResult], decision: str, reason: str) -> Table:
     table = Table(title="Gate evidence (details in report.md)", header_style="bold", title_justify="left")
-    for col in ("step", "check", "verdict", "value", "threshold", "baseline"):
-        table.add_column(col, justify="right" if col in ("step", "value", "threshold", "baseline") else "left")
+    for col in ("step", "check", "verdict", "value", "95% interval", "threshold"):
+        table.add_column(col, justify="left" if col in ("check", "verdict") else "right")
     colours = {"Pass": "green", "Fail": "red", "Inconclusive": "yellow"}
     for step in steps:
         for c in step.checks:
+            interval = "—" if c.low is None or c.high is None else f"[{c.low:.4g}, {c.high:.4g}]"
             table.add_row(
-                f"{step.weight}%", c.name, f"[{colours[c.verdict]}]{c.verdict}[/]",
-                "—" if c.value is None else f"{c.value:.3f}", "—" if c.threshold is None else f"{c.threshold:.3f}",
-                "—" if c.baseline is None else f"{c.baseline:.3f}",
+                "quality" if step.weight == 0 else f"{step.weight}%", c.name, f"[{colours[c.verdict]}]{c.verdict}[/]",
+                _num(c.value), interval, _num(c.threshold),
             )  # fmt: skip
     return table
 
@@ -314,60 +314,57 @@ def _finish(
     report: CompressionReport,
     state: registry.State,
     candidate: VariantRecord | None,
-    steps: list[StepResult],
+    outcome: Outcome | None,
     decision: Decision,
     reason: str,
-    extra: dict[str, Any],
-    measurements: list[Measurement],
-    compression_dir: Path | None,
+    compression_dir: Path | None = None,
 ) -> RunResult:
+    """Write the evidence, then the decision: report.json (atomic), report.md and plots, then state.json.
+
+    The report comes first, so a crash in between leaves a report without a promotion, never a
+    promotion without its report.
+    """
     from slimserve.local.report import plot_accuracy_vs_size, plot_throughput_vs_p99, write_markdown
 
-    served: dict[str, ServedRecord] = extra.get("served", {})
-    stable_name = extra.get("stableName", BASELINE)
-    variants = [r.model_copy(update={"served": served.get(r.name)}) for r in [report.baseline, *report.variants]]
-    reference: Measurement | None = extra.get("reference")
+    steps = outcome.steps if outcome else []
+    measurements = outcome.measurements if outcome else []
+    quality = outcome.quality if outcome else None
     stable_before = state.stable.model_dump(mode="json", by_alias=True) if state.stable else None
+    promoted = decision == "Promoted" and candidate is not None and compression_dir is not None
+    stable_after = candidate.name if promoted and candidate else (state.stable.variant if state.stable else BASELINE)
     doc: dict[str, Any] = {
         "model": model.metadata.name,
-        "baseline": stable_name,
+        "stable": state.stable.variant if state.stable else BASELINE,
         "candidate": candidate.name if candidate else None,
         "decision": decision,
         "reason": reason,
         "exitCode": EXIT_CODES[decision],
+        "metric": report.baseline.metric,
+        "metricDetail": report.baseline.metric_detail,
+        "servedQuality": dataclasses.asdict(quality) if quality else None,
+        "qualityReference": BASELINE,
         "steps": [s.to_json_dict() for s in steps],
-        "variants": [v.to_json_dict() for v in variants],
-        "stable": {
-            "before": stable_before,
-            "served": served[stable_name].to_json_dict() if stable_name in served else None,
-        },
-        "accuracyReference": BASELINE,
-        "reference": _load_doc(reference) if reference else None,
         "load": [_load_doc(m) for m in measurements],
-        "generatorBound": any(m.load.generator_bound for m in measurements),
+        "variants": [v.to_json_dict() for v in [report.baseline, *report.variants]],
+        "stableBefore": stable_before,
+        "stableAfter": stable_after,
+        "generatorBound": any(m.generator_bound for m in measurements),
     }
-    promoted_file = None
-    if decision == "Promoted" and candidate is not None and compression_dir is not None:
-        promoted_file = compression_dir / candidate.path
-    new_state = registry.record(
-        out_dir, state, candidate.name if candidate else None, decision, reason, promoted_file,
-        candidate.sha256 if candidate else "", candidate.recipe if candidate else "",
-    )  # fmt: skip
-    doc["stable"]["after"] = new_state.stable.model_dump(mode="json", by_alias=True) if new_state.stable else None
     path = out_dir / "report.json"
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    registry.write_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
     write_markdown(out_dir / "report.md", doc, steps)
-    points = []
-    if reference is not None:
-        w = reference.windows[stable_name]
-        points.append((stable_name, 0, w.throughput_rps or 0.0, w.p99_ms or 0.0))
-    for m in measurements:
-        for name, w in m.windows.items():
-            if w.requests and w.p99_ms is not None and w.throughput_rps:  # a model with no traffic has no point
-                points.append((name, m.weight, w.throughput_rps, w.p99_ms))
+    points = [
+        (name, m.weight, float(t["rps"] or 0.0), float(t["p99Ms"] or 0.0))
+        for m in measurements for name, t in m.summary.items() if t["requests"] and t["p99Ms"] is not None
+    ]
     if points:
         plot_throughput_vs_p99(out_dir / "throughput_vs_p99.png", points)
-    plot_accuracy_vs_size(out_dir / "accuracy_vs_size.png", report)
+    plot_accuracy_vs_size(out_dir / "quality_vs_size.png", report)
+    new_state = registry.record(
+        out_dir, state, candidate.name if candidate else None, decision, reason,
+        compression_dir / candidate.path if promoted and candidate and compression_dir else None,
+        candidate.sha256 if candidate else "", candidate.recipe if candidate else "",
+    )  # fmt: skip
     if steps:
         console.print(decision_table(steps, decision, reason))
     colour = {"Promoted": "green", "RolledBack": "red", "Inconclusive": "yellow"}[decision]

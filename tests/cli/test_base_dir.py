@@ -104,8 +104,8 @@ def test_evaluate_with_a_wrong_base_dir_is_exit_2_before_any_traffic(tmp_path: P
     wrong = tmp_path / "elsewhere"
     wrong.mkdir()
     args = [
-        "evaluate", str(spec), "--base-dir", str(wrong), "--baseline-url", "http://127.0.0.1:9",
-        "--candidate-url", "http://127.0.0.1:9", "--baseline-model", "baseline", "--candidate-model", "fp16",
+        "evaluate", str(spec), "--base-dir", str(wrong), "--control-url", "http://127.0.0.1:9",
+        "--candidate-url", "http://127.0.0.1:9", "--control-model", "baseline", "--candidate-model", "fp16",
         "--weight", "10", "--prometheus-url", "http://127.0.0.1:9", "--out", str(tmp_path / "report.json"),
     ]
     code = "import sys; from slimserve.cli.main import main; sys.argv = ['slimserve', *sys.argv[1:]]; main()"

@@ -51,25 +51,6 @@ def test_size_and_digest_include_external_data(tmp_path: Path) -> None:
     assert sha256(external) != before  # the digest covers the weights, not just the graph
 
 
-@pytest.mark.parametrize(
-    ("correct", "total", "low", "high"),
-    [(536, 540, 98.1, 99.7), (540, 540, 99.3, 100.0), (0, 10, 0.0, 27.8)],
-)
-def test_wilson_interval(correct: int, total: int, low: float, high: float) -> None:
-    lo, hi = measure.wilson_interval(correct, total)
-    assert lo == pytest.approx(low, abs=0.1) and hi == pytest.approx(high, abs=0.1)
-    assert lo <= 100 * correct / total <= hi
-
-
-def test_quality_with_labels_and_fidelity_without() -> None:
-    logits = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0]]
-    labels = np.array([0, 1, 2, 0, 0])
-    acc = measure.quality(logits, labels, None)
-    assert acc.metric == "accuracy" and acc.accuracy == 80.0
-    fid = measure.quality(logits, None, logits * 2)
-    assert fid.metric == "fidelity" and fid.accuracy == 100.0 and fid.cosine == pytest.approx(1.0)
-
-
 def test_speed_is_measured_for_every_variant(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32))
     path = export_onnx(net, _data((1, 8, 8)), ["x"], tmp_path / "m.onnx")

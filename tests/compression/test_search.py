@@ -18,7 +18,7 @@ from tests.compression.conftest import write_spec
 
 
 def _trial(name: str, drop: float, size: int, passed: bool = True) -> SearchTrial:
-    return SearchTrial(name=name, recipe="r", accuracy_drop=drop, size_bytes=size, latency_ms_p50=1.0,
+    return SearchTrial(name=name, recipe="r", drop=drop, drop_ci=(drop - 1, drop + 1), size_bytes=size, latency_ms_p50=1.0,
                        throughput_rps=1.0, passed=passed, reason="")
 
 
@@ -50,6 +50,7 @@ def _search_spec(folder: Path, max_trials: int) -> Path:
     return write_spec(folder, {
         "source": {"uri": "mlp.onnx", "format": "onnx"},
         "data": {"calibration": "calib.npz", "evaluation": "eval.npz"},
+        "quality": {"metric": "agreement"},
         "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4},
                         "search": {"maxAccuracyDrop": 2.0, "objective": "size", "maxTrials": max_trials}},
     })
@@ -60,15 +61,15 @@ def test_search_falls_back_to_keeping_the_most_sensitive_layer_in_float(tmp_path
     spec = _search_spec(tmp_path, max_trials=3)
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     search = report.search
-    assert search is not None and report.baseline.metric == "fidelity"
+    assert search is not None and report.baseline.metric == "agreement"
     first, fp16, fallback = search.trials
     assert first.recipe == "quantize(mode=static)" and not first.passed and "fall back" in first.reason
-    assert first.accuracy_drop > 2.0
+    assert first.drop > 2.0
     assert fp16.passed and "fp16" in fp16.recipe
     assert fallback.passed and "excludeNodes=['/0/Gemm']" in fallback.recipe
     assert search.chosen == fallback.name  # smallest passing trial
     chosen = [v for v in report.variants if v.name == search.chosen]
-    assert len(chosen) == 1 and chosen[0].passed is True and chosen[0].accuracy_drop <= 2.0
+    assert len(chosen) == 1 and chosen[0].passed is True and chosen[0].drop_ci[1] <= 2.0
     assert (tmp_path / "out" / chosen[0].path).is_file()
 
 

@@ -1,0 +1,100 @@
+"""Judge a rollout against running servers: the served quality check, then canary steps, by the policy.
+
+`Judge` holds what judging needs (the spec, the targets, Prometheus, the data); `Judge.step(weight)`
+judges one weight (0 = served quality) and is what the operator's evaluator Job runs once per step;
+`run_rollout` asks `slimserve.evaluator.policy` what to judge next until it decides, and is what
+`slimserve run` and `benchmarks.gate` run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from slimserve.api.report import Decision, StepResult
+from slimserve.api.spec import CompressedModelSpec
+from slimserve.evaluator import gate, policy
+from slimserve.evaluator.canary import Measurement, Roles, Timing, measure_step, warm_up
+from slimserve.evaluator.gate import QualityEvidence
+from slimserve.evaluator.load import LoadResult, Target
+from slimserve.evaluator.prometheus import PromClient
+from slimserve.evaluator.served import load_npz, predict, served_quality
+
+
+@dataclass
+class Judge:
+    """Everything needed to judge one weight of a rollout.
+
+    `reference` answers the quality check's baseline: a served model, or outputs computed elsewhere
+    (the operator's evaluator runs the uncompressed ONNX in-process). `health` is called after every
+    window (the local runtime checks that Triton and Prometheus are still alive).
+    """
+
+    spec: CompressedModelSpec
+    roles: Roles
+    prom: PromClient
+    data: Path
+    work_dir: Path
+    reference: Target | np.ndarray
+    base_dir: Path | None = None
+    timing: Timing | None = None
+    health: Callable[[], None] = lambda: None
+    quality: QualityEvidence | None = None
+    served_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    warmed: LoadResult | None = None
+
+    def __post_init__(self) -> None:
+        self.timing = self.timing or Timing.of(self.spec.rollout, 1.0)
+
+    def step(self, weight: int) -> tuple[StepResult, Measurement | None]:
+        if weight == policy.QUALITY_WEIGHT:
+            return gate.judge_quality(self.spec.gates, self.judge_quality()), None
+        if self.warmed is None:
+            self.warmed = warm_up(self.roles, self.data, self.spec.rollout, self.work_dir, self.timing.step_s / 2)  # type: ignore[union-attr]
+        measurement = measure_step(
+            self.prom, self.roles, weight, self.data, self.spec.rollout, self.spec.gates, self.work_dir, self.timing
+        )
+        self.health()
+        return gate.judge_step(self.spec.gates, measurement.evidence), measurement
+
+    def judge_quality(self) -> QualityEvidence:
+        arrays, labels = load_npz(self.data)
+        output = self.spec.quality.output
+        if isinstance(self.reference, Target):
+            reference = predict(self.reference.url, self.reference.model, arrays, output)
+        else:
+            reference = self.reference
+        candidate = predict(self.roles.candidate.url, self.roles.candidate.model, arrays, output)
+        self.served_outputs = {"reference": reference, "candidate": candidate}
+        self.quality = served_quality(self.spec.quality, reference, candidate, arrays, labels, self.base_dir)
+        return self.quality
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: Decision
+    reason: str
+    steps: list[StepResult]
+    measurements: list[Measurement]
+    quality: QualityEvidence | None
+
+
+def run_rollout(judge: Judge, on_step: Callable[[StepResult, Measurement | None], None] | None = None) -> Outcome:
+    """Judge weights in the policy's order until it decides."""
+    rollout = judge.spec.rollout
+    steps: list[StepResult] = []
+    measurements: list[Measurement] = []
+    while True:
+        nxt = policy.next_step(steps, rollout.steps, rollout.failure_budget, rollout.inconclusive_limit)
+        if nxt.decision is not None:
+            return Outcome(nxt.decision, nxt.reason, steps, measurements, judge.quality)
+        assert nxt.weight is not None
+        result, measurement = judge.step(nxt.weight)
+        steps.append(result)
+        if measurement is not None:
+            measurements.append(measurement)
+        if on_step is not None:
+            on_step(result, measurement)
