@@ -287,10 +287,13 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
     lengths = {name: (a.shape[0] if a.ndim else 0) for name, a in inputs.items()}
     labels = arrays.get(LABELS)
     if labels is not None:
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            problems.append(f"{where}: 'y' is {labels.dtype} {list(labels.shape)}; labels must be int64 [N] class ids")
+        if labels.ndim == 0 or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+            problems.append(
+                f"{where}: 'y' is {labels.dtype} {list(labels.shape)}; labels are int class ids [N] (or one per "
+                "position) or float regression targets [N, ...]"
+            )
         else:
-            labels = labels.astype(np.int64)
+            labels = labels.astype(np.int64 if np.issubdtype(labels.dtype, np.integer) else np.float32)
             lengths[LABELS] = len(labels)
     if len(set(lengths.values())) > 1:
         problems.append(f"{where}: arrays have different lengths {lengths}; every array needs the same N first")

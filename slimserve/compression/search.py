@@ -166,7 +166,7 @@ def run_search(bench: Workbench, baseline: Measured, search: Search) -> tuple[Se
             passed = m.within(limit)
             last_passed[fam.name] = passed
             low, high = m.drop_ci
-            shown = f"drop {m.drop:.3g} (95% CI [{low:.3g}, {high:.3g}]) {unit}"
+            shown = f"drop {m.drop:.3g} (90% CI [{low:.3g}, {high:.3g}]) {unit}"
             if passed:
                 reason = f"{shown}: within {limit}"
             else:

@@ -8,7 +8,9 @@ judges one weight (0 = served quality) and is what the operator's evaluator Job 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +44,11 @@ class Judge:
     base_dir: Path | None = None
     timing: Timing | None = None
     health: Callable[[], None] = lambda: None
+    warmup_burst_s: float | None = None  # before the first canary step; default half a step, 0 for none
     quality: QualityEvidence | None = None
     served_outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    warmed: LoadResult | None = None
+    warmed: bool = False
+    warmup_load: LoadResult | None = None
 
     def __post_init__(self) -> None:
         self.timing = self.timing or Timing.of(self.spec.rollout, 1.0)
@@ -52,8 +56,11 @@ class Judge:
     def step(self, weight: int) -> tuple[StepResult, Measurement | None]:
         if weight == policy.QUALITY_WEIGHT:
             return gate.judge_quality(self.spec.gates, self.judge_quality()), None
-        if self.warmed is None:
-            self.warmed = warm_up(self.roles, self.data, self.spec.rollout, self.work_dir, self.timing.step_s / 2)  # type: ignore[union-attr]
+        if not self.warmed:
+            assert self.timing is not None
+            burst = self.timing.step_s / 2 if self.warmup_burst_s is None else self.warmup_burst_s
+            self.warmup_load = warm_up(self.roles, self.data, self.spec.rollout, self.work_dir, burst)
+            self.warmed = True
         measurement = measure_step(
             self.prom, self.roles, weight, self.data, self.spec.rollout, self.spec.gates, self.work_dir, self.timing
         )
@@ -82,8 +89,12 @@ class Outcome:
     quality: QualityEvidence | None
 
 
-def run_rollout(judge: Judge, on_step: Callable[[StepResult, Measurement | None], None] | None = None) -> Outcome:
-    """Judge weights in the policy's order until it decides."""
+def run_rollout(
+    judge: Judge,
+    on_step: Callable[[StepResult, Measurement | None], None] | None = None,
+    stage: Callable[[int], AbstractContextManager[None]] | None = None,
+) -> Outcome:
+    """Judge weights in the policy's order until it decides; `stage(weight)` wraps each judgement."""
     rollout = judge.spec.rollout
     steps: list[StepResult] = []
     measurements: list[Measurement] = []
@@ -92,7 +103,8 @@ def run_rollout(judge: Judge, on_step: Callable[[StepResult, Measurement | None]
         if nxt.decision is not None:
             return Outcome(nxt.decision, nxt.reason, steps, measurements, judge.quality)
         assert nxt.weight is not None
-        result, measurement = judge.step(nxt.weight)
+        with stage(nxt.weight) if stage else contextlib.nullcontext():
+            result, measurement = judge.step(nxt.weight)
         steps.append(result)
         if measurement is not None:
             measurements.append(measurement)
