@@ -9,7 +9,8 @@ run with (`Gates()` and `Rollout()` as the spec defines them). Measured in one r
    quality, warm-up, canary steps, the policy. Candidates:
    - `twin`: the stable model's file under another name (A/A);
    - `slow`: the same answers plus extra compute, sized here so its served p99 is ~2x the control's;
-   - `lowcap`: the same answers plus extra compute sized so its capacity is ~0.7x the control's;
+   - `lowcap`: the same answers plus extra compute sized so its capacity (samples per CPU-second of
+     the process serving it) is ~0.7x the control's;
    - `wrecked`: weights perturbed until it loses ~3 points of accuracy on the evaluation set.
    One Triton serves every run (each run warms its pair up first); the extra-compute sizes are
    chosen by pilot windows and recorded.
@@ -46,10 +47,10 @@ from slimserve.api.report import StepResult
 from slimserve.api.resource import parse_compressed_model
 from slimserve.api.spec import CompressedModelSpec
 from slimserve.evaluator import gate, policy
-from slimserve.evaluator.canary import BLOCKS, Measurement, Roles, Timing, evidence
+from slimserve.evaluator.canary import BLOCKS, Capacity, Measurement, ProcessCpuCapacity, Roles, Timing, evidence
 from slimserve.evaluator.gate import wilson
 from slimserve.evaluator.load import Requests, Target
-from slimserve.evaluator.prometheus import SCRAPE_INTERVAL_S, PromClient, PrometheusServer
+from slimserve.evaluator.prometheus import SCRAPE_INTERVAL_S, PrometheusServer
 from slimserve.evaluator.quality import newcombe_paired
 from slimserve.evaluator.rollout import Judge, Outcome, run_rollout
 
@@ -177,7 +178,7 @@ def default_spec(folder: Path) -> CompressedModelSpec:
 @dataclass
 class Stack:
     url: str
-    prom: PromClient
+    capacity: Capacity
     spec: CompressedModelSpec
     data: Path
     work: Path
@@ -189,7 +190,7 @@ class Stack:
         spec = self.spec.model_copy(update=spec_changes) if spec_changes else self.spec
         roles = Roles(stable=self.target(STABLE, "stable"), candidate=self.target(candidate, "candidate"),
                       control=self.target(CONTROL, "control"))
-        return Judge(spec=spec, roles=roles, prom=self.prom, data=self.data, work_dir=self.work / candidate,
+        return Judge(spec=spec, roles=roles, capacity=self.capacity, data=self.data, work_dir=self.work / candidate,
                      reference=self.target(STABLE, "reference"), timing=Timing.of(spec.rollout, SCRAPE_INTERVAL_S))
 
 
@@ -413,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             PrometheusServer([triton.metrics_target], work / "prometheus") as prom_server,
         ):
             prom_server.wait_for_targets()
-            stack = Stack(triton.url, PromClient(prom_server.url), spec, DIGITS / "data" / "test.npz", work / "load")
+            stack = Stack(triton.url, ProcessCpuCapacity(triton.model_processes), spec, DIGITS / "data" / "test.npz",
+                          work / "load")
             print("pilot windows (50%, against the control):", flush=True)
             pilots = pilot(stack, list(heavy))
             slow = _closest(pilots, "p99Ratio", TARGET_SLOWDOWN)

@@ -614,9 +614,10 @@ class Gates(Model):
         default=None, gt=0, description="Absolute floor for the candidate's capacity, samples per second of compute."
     )
     min_throughput_ratio: float | None = Field(
-        default=0.9, gt=0, le=100,
-        description="Candidate capacity >= control capacity x this (samples per second of compute, from "
-        "Triton's counters, same window). Default 0.9.",
+        default=0.85, gt=0, le=100,
+        description="Candidate capacity >= control capacity x this, same window: samples per second of work "
+        "(CPU seconds of the serving processes locally; compute seconds from Triton's counters in a cluster). "
+        "Default 0.85.",
     )  # fmt: skip
     max_error_rate: float = Field(
         default=0.01, ge=0, le=1,

@@ -84,7 +84,7 @@ def evaluate(
     1 internal failure."""
     from slimserve.api.paths import RELATIVE_HINT, data_files
     from slimserve.api.report import EvaluationReport
-    from slimserve.evaluator.canary import Roles, Timing, parse_duration
+    from slimserve.evaluator.canary import PrometheusCapacity, Roles, Timing, parse_duration
     from slimserve.evaluator.load import Target
     from slimserve.evaluator.prometheus import PromClient
     from slimserve.evaluator.rollout import Judge
@@ -124,7 +124,8 @@ def evaluate(
         reference = Target(reference_url or "", reference_model, 0, "reference")
     work = out.parent / f".{out.stem}-work"
     judge = Judge(
-        spec=spec, roles=Roles(stable, candidate, control), prom=PromClient(prometheus_url or ""), data=evaluation,
+        spec=spec, roles=Roles(stable, candidate, control), data=evaluation,
+        capacity=PrometheusCapacity(PromClient(prometheus_url or ""), interval),
         work_dir=work, reference=reference, base_dir=folder, timing=timing,  # type: ignore[arg-type]
     )  # fmt: skip
     try:

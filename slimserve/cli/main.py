@@ -68,7 +68,10 @@ def handle_errors(func: F) -> F:
             err_console.print(f"[bold red]error:[/] {exc}\nnothing was promoted", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERNAL) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: nothing was promoted; partial output was removed")
+            err_console.print(
+                "[yellow]interrupted[/]: every process it started was stopped; a run's decision counts only "
+                "once its report.json is written (state.json is written after it)"
+            )
             raise typer.Exit(130) from None
         except typer.Exit:
             raise

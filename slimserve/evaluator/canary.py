@@ -8,8 +8,10 @@ copy of the stable model); the rest, if any, goes to the stable model. The candi
 against the control only, over the same seconds:
 - latency from the window's own requests (Locust's per-request file), warm-up and spawn ramp
   excluded, p99 with a time-block bootstrap interval of the candidate/control ratio;
-- throughput as capacity: samples per second of compute, from Triton's counters scraped by
-  Prometheus in the same seconds, with a bootstrap over scrape intervals;
+- throughput as capacity: samples per second of work, per interval of the same seconds — CPU
+  seconds of the processes serving each model where they can be read (the local Triton), else
+  compute seconds from Triton's counters scraped by Prometheus (the cluster) — with a bootstrap over
+  the intervals;
 - errors from the client's view (timeouts, refused connections and non-2xx answers all count).
 A step that has too few requests after `stepDuration` keeps sending load, in more windows of the same
 length, until it has `minSamples` on both sides or `maxStepDuration` is spent.
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 
@@ -89,6 +94,100 @@ class Roles:
         return [t.with_weight(w) for t, w in shares if w > 0]
 
 
+class Capacity(Protocol):
+    """Where a step's capacity samples come from: (time, samples, seconds of work) per interval."""
+
+    def start(self, targets: list[Target]) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+        ...
+
+
+@dataclass
+class PrometheusCapacity:
+    """Triton's own counters: samples (`nv_inference_count`) per second of compute
+    (`nv_inference_compute_infer_duration_us`), per scrape interval — what the cluster's pods report."""
+
+    prom: PromClient
+    scrape_interval_s: float = 1.0
+
+    def start(self, targets: list[Target]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+        return self.prom.capacity(target.labels, start, end, self.scrape_interval_s)
+
+
+@dataclass
+class ProcessCpuCapacity:
+    """Samples per CPU-second of the processes that run each model (the local Triton's backend stubs).
+
+    Wall-clock compute time counts the seconds a process waited for a core; on a shared machine
+    that is noise about the neighbours, not the model. CPU time (`/proc/<pid>/task/*/schedstat`,
+    nanoseconds) is what the model really costs. Samples are the target's successful requests
+    (batch 1) that started in each interval.
+    """
+
+    processes: Callable[[str], list[int]]
+    period_s: float = 0.5
+    _samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    _pids: dict[str, list[int]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self, targets: list[Target]) -> None:
+        self._pids = {t.key: self.processes(t.model) for t in targets}
+        self._samples = []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._samples.append((time.time(), {key: _cpu_seconds(pids) for key, pids in self._pids.items()}))
+            if self._stop.wait(self.period_s):
+                self._samples.append((time.time(), {key: _cpu_seconds(pids) for key, pids in self._pids.items()}))
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+        mine = requests.select(target.key)
+        ok = mine.start[~mine.failed]
+        out = []
+        for (t0, c0), (t1, c1) in zip(self._samples, self._samples[1:], strict=False):
+            if t0 < start or t1 > end or target.key not in c0:
+                continue
+            busy = c1[target.key] - c0[target.key]
+            count = float(((ok >= t0) & (ok < t1)).sum())
+            if busy > 0 and count > 0:
+                out.append((t1, count, busy))
+        return out
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
+
+
 @dataclass(frozen=True)
 class Measurement:
     """What one step produced: Locust's runs, the judged seconds and the evidence."""
@@ -149,21 +248,33 @@ def latency_intervals(
             interval(stats[:, 0] / stats[:, 1], point_c / point_k))
 
 
+def block_indices(n: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Circular moving-block bootstrap indices [rows, n]: blocks of about n^(1/3) consecutive intervals.
+
+    Neighbouring intervals share their noise (a busy neighbour slows several seconds in a row), so
+    resampling single intervals would make the interval too narrow.
+    """
+    length = max(1, round(n ** (1 / 3)))
+    starts = rng.integers(0, n, (rows, -(-n // length)))
+    return ((starts[:, :, None] + np.arange(length)) % n).reshape(rows, -1)[:, :n]
+
+
 def capacity_intervals(
     candidate: list[tuple[float, float, float]], control: list[tuple[float, float, float]], seed: int = 0
 ) -> tuple[Estimate, Estimate, Estimate]:
-    """Samples per second of compute for both, and their ratio, with a bootstrap over scrape intervals.
+    """Samples per second of work for both, and their ratio, with a block bootstrap over intervals.
 
-    Each entry is (scrape time, samples, seconds of compute). Intervals scraped at the same instant
-    (the same Triton, locally) are resampled together; otherwise each side is resampled on its own.
+    Each entry is (end time, samples, seconds of work). Intervals measured at the same instants (the
+    local sampler, or one Prometheus target) are resampled together; otherwise each side on its own.
     """
     if len(candidate) < MIN_SCRAPES or len(control) < MIN_SCRAPES:
         return Estimate(), Estimate(), Estimate()
-    c, k = np.asarray(candidate, dtype=np.float64), np.asarray(control, dtype=np.float64)
+    c = np.asarray(sorted(candidate), dtype=np.float64)
+    k = np.asarray(sorted(control), dtype=np.float64)
     rng = np.random.default_rng(seed)
     paired = len(c) == len(k) and np.allclose(c[:, 0], k[:, 0])
-    ci = rng.integers(0, len(c), (RESAMPLES, len(c)))
-    ki = ci if paired else rng.integers(0, len(k), (RESAMPLES, len(k)))
+    ci = block_indices(len(c), RESAMPLES, rng)
+    ki = ci if paired else block_indices(len(k), RESAMPLES, rng)
     cap_c = c[ci, 1].sum(axis=1) / np.maximum(c[ci, 2].sum(axis=1), 1e-12)
     cap_k = k[ki, 1].sum(axis=1) / np.maximum(k[ki, 2].sum(axis=1), 1e-12)
     lo, hi = 100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2
@@ -224,7 +335,7 @@ def _summary(requests: Requests, target: Target, seconds: float) -> dict[str, fl
 
 
 def measure_step(
-    prom: PromClient,
+    capacity_source: Capacity,
     roles: Roles,
     weight: int,
     data: Path,
@@ -245,10 +356,15 @@ def measure_step(
     capacity: dict[str, list[tuple[float, float, float]]] = {roles.candidate.key: [], roles.control.key: []}
     spent = 0.0
     while True:
-        load = run_locust(
-            roles.targets(weight), data, users=rollout.users, spawn_rate=rollout.spawn_rate, duration_s=timing.step_s,
-            work_dir=work_dir, name=f"step-{weight:03d}-{len(loads)}",
-        )  # fmt: skip
+        capacity_source.start([roles.candidate, roles.control])
+        try:
+            load = run_locust(
+                roles.targets(weight), data, users=rollout.users, spawn_rate=rollout.spawn_rate,
+                duration_s=timing.step_s, work_dir=work_dir, name=f"step-{weight:03d}-{len(loads)}",
+            )  # fmt: skip
+            wait_for_scrape(timing.scrape_interval_s)
+        finally:
+            capacity_source.stop()
         loads.append(load)
         spent += timing.step_s
         skip = timing.ramp_s + (timing.warmup_s if len(loads) == 1 else min(timing.warmup_s, 1.0))
@@ -257,9 +373,8 @@ def measure_step(
             start = max(load.start, end - MIN_SCRAPES * timing.scrape_interval_s)
         windows.append((start, end))
         judged.append(Requests.concat([load.requests.select(t.key, start, end) for t in (roles.candidate, roles.control)]))
-        wait_for_scrape(timing.scrape_interval_s)
         for target in (roles.candidate, roles.control):
-            capacity[target.key] += prom.capacity(target.labels, start, end, timing.scrape_interval_s)
+            capacity[target.key] += capacity_source.intervals(target, start, end, load.requests)
         pooled = Requests.concat(judged)
         fewest = min(len(pooled.select(roles.candidate.key)), len(pooled.select(roles.control.key)))
         if fewest >= gates.min_samples or spent + timing.step_s > timing.max_step_s + 1e-9:

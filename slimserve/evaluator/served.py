@@ -93,7 +93,7 @@ def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | N
         try:
             metadata = client.get_model_metadata(model)
             config = client.get_model_config(model)
-        except InferenceServerException as exc:
+        except (InferenceServerException, OSError) as exc:
             raise ServingError(f"model '{model}' is not served at {url}: {exc}") from None
         batching = int(config.get("max_batch_size", 0)) > 0
         check_inputs(model, metadata, batching, arrays)
@@ -114,7 +114,7 @@ def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | N
                 inputs.append(tensor)
             requested = [httpclient.InferRequestedOutput(wanted, binary_data=True)]
             results.append(client.infer(model, inputs, outputs=requested).as_numpy(wanted))
-    except InferenceServerException as exc:
+    except (InferenceServerException, OSError) as exc:
         raise ServingError(f"model '{model}' failed on the evaluation set: {exc}") from None
     finally:
         client.close()

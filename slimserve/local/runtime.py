@@ -217,7 +217,8 @@ def _run(
         shutil.rmtree(repo_dir, ignore_errors=True)
         build_repository(packaged, compression_dir, repo_dir, "python", None, spec.serving)
 
-    from slimserve.evaluator.prometheus import PromClient, PrometheusServer
+    from slimserve.evaluator.canary import ProcessCpuCapacity
+    from slimserve.evaluator.prometheus import PrometheusServer
     from slimserve.evaluator.rollout import Judge, run_rollout
     from slimserve.triton.server import TritonServer
 
@@ -243,7 +244,7 @@ def _run(
         judge = Judge(
             spec=spec,
             roles=Roles(stable=target(stable_name), candidate=target(candidate.name), control=target(CONTROL)),
-            prom=PromClient(prom_server.url),
+            capacity=ProcessCpuCapacity(triton.model_processes),
             data=evaluation,
             work_dir=logs / "load",
             reference=target(BASELINE),

@@ -55,3 +55,26 @@ def test_inconclusive_steps_rerun_up_to_the_limit_then_end_inconclusive() -> Non
 def test_steps_out_of_plan_are_refused() -> None:
     with pytest.raises(ValueError, match="plan expected"):
         _run((10, "Pass"))
+
+
+def test_a_candidate_that_cannot_answer_fails_the_quality_check_and_rolls_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from slimserve.api.resource import parse_compressed_model
+    from slimserve.evaluator.canary import Roles
+    from slimserve.evaluator.load import Target
+    from slimserve.evaluator.rollout import Judge
+
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=np.zeros((4, 3), np.float32), y=np.zeros(4, np.int64))
+    spec = parse_compressed_model({
+        "apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "metadata": {"name": "m"},
+        "spec": {"source": {"uri": "m.onnx"}, "data": {"evaluation": str(data)},
+                 "compression": {"variants": [{"name": "a", "steps": [{"quantize": {"mode": "dynamic"}}]}]}},
+    }).spec  # fmt: skip
+    nowhere = Target("http://127.0.0.1:9", "a", 0, "candidate")  # nothing listens on port 9
+    judge = Judge(spec=spec, roles=Roles(nowhere, nowhere, nowhere), capacity=None, data=data,  # type: ignore[arg-type]
+                  work_dir=tmp_path, reference=np.eye(3, dtype=np.float32)[[0, 1, 2, 0]])
+    step, _ = judge.step(0)
+    assert step.verdict == "Fail" and "failed to answer" in step.checks[0].detail
+    assert next_step([step], WEIGHTS, 5, 5).decision == "RolledBack"
