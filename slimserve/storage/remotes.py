@@ -5,7 +5,8 @@ changes when the content does, and downloads one file to a local path. Libraries
 when a backend is first made, so `slimserve --help` and the operator never load them.
 
 - s3://  s3fs; the standard AWS variables, AWS_ENDPOINT_URL(_S3) for MinIO and other stores.
-- gs://   gcsfs; GOOGLE_APPLICATION_CREDENTIALS (or the metadata server), STORAGE_EMULATOR_HOST.
+- gs://   gcsfs; GOOGLE_APPLICATION_CREDENTIALS (or gcloud's, or the metadata server); an emulator
+          at STORAGE_EMULATOR_HOST is read anonymously.
 - http(s):// fsspec's HTTP filesystem; one file per URI (HTTP has no folder listing).
 - hf://   huggingface_hub lists the repository at one commit (HF_ENDPOINT, HF_TOKEN); files come
           from `<endpoint>/<repo>/resolve/<commit>/<path>` through the HTTP filesystem.
@@ -78,10 +79,15 @@ class ObjectStore:
                 config_kwargs={"connect_timeout": 10, "read_timeout": 60, "retries": {"mode": "standard"}},
             )  # fmt: skip
         else:
-            import gcsfs
+            # The plain JSON-API filesystem: gcsfs' default class probes the bucket type over gRPC first.
+            from gcsfs.core import GCSFileSystem
 
-            self.endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or "gcs"
-            self.fs = gcsfs.GCSFileSystem(skip_instance_cache=True, use_listings_cache=False)
+            emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+            self.endpoint = emulator or "gcs"
+            # Credentials: GOOGLE_APPLICATION_CREDENTIALS, gcloud's, the metadata server, else anonymous;
+            # an emulator (fake-gcs-server) takes none.
+            anon = emulator and not os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+            self.fs = GCSFileSystem(token="anon" if anon else None, skip_instance_cache=True, use_listings_cache=False)
 
     def key(self, f: RemoteFile) -> str:
         return f"{self.scheme}|{self.endpoint}|{f.path}"

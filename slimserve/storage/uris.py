@@ -23,7 +23,6 @@ ENV_PVC_ROOT: Final = "SLIMSERVE_PVC_ROOT"
 PVC_MOUNT_ROOT: Final = "/mnt/pvc"
 
 
-
 @dataclass(frozen=True)
 class Location:
     """One spec URI, parsed. `path` is the local file for local URIs; `remote` the rest for remote ones."""

@@ -177,7 +177,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[http.server.ThreadingHTTPServer, str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_port}"
 
 
@@ -339,3 +339,91 @@ def count_downloads(monkeypatch: pytest.MonkeyPatch) -> Counter:
 
         monkeypatch.setattr(cls, "download", counted)
     return lambda: len(calls)
+
+
+# ---------------------------------------------------------------------------------------------
+# A mock of Google Cloud Storage's JSON API (what fake-gcs-server emulates), at STORAGE_EMULATOR_HOST
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Gcs:
+    url: str
+    objects: dict[str, bytes] = field(default_factory=dict)  # "bucket/key" → content
+    lie_md5: set[str] = field(default_factory=set)
+    requests: list[str] = field(default_factory=list)
+
+    def put(self, name: str, data: bytes) -> str:
+        self.objects[name] = data
+        return f"gs://{name}"
+
+
+def _gcs_handler(gcs: Gcs) -> type[http.server.BaseHTTPRequestHandler]:
+    import base64
+    import re
+    import urllib.parse
+
+    def meta(name: str, data: bytes) -> dict[str, Any]:
+        bucket, key = name.split("/", 1)
+        md5 = hashlib.md5(b"other" if name in gcs.lie_md5 else data, usedforsecurity=False).digest()
+        generation = str(int(hashlib.sha256(data).hexdigest()[:12], 16))
+        return {"kind": "storage#object", "bucket": bucket, "name": key, "size": str(len(data)),
+                "generation": generation, "md5Hash": base64.b64encode(md5).decode()}  # fmt: skip
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            gcs.requests.append(self.path)
+            url = urllib.parse.urlsplit(self.path)
+            query = dict(urllib.parse.parse_qsl(url.query))
+            match = re.fullmatch(r"/(download/)?storage/v1/b/([^/]+)(/o(/.+)?)?", url.path)
+            if not match:
+                return self._send(404, b"{}")
+            download, bucket, objects, key = match.groups()
+            if objects is None:
+                known = any(n.startswith(bucket + "/") for n in gcs.objects)
+                return self._send(200 if known else 404, json.dumps({"name": bucket}).encode())
+            if key is None:  # a listing
+                prefix, delimiter = query.get("prefix", ""), query.get("delimiter", "")
+                items, prefixes = [], set()
+                for name, data in sorted(gcs.objects.items()):
+                    b, k = name.split("/", 1)
+                    if b != bucket or not k.startswith(prefix):
+                        continue
+                    rest = k[len(prefix) :]
+                    if delimiter and delimiter in rest:
+                        prefixes.add(prefix + rest.split(delimiter)[0] + delimiter)
+                    else:
+                        items.append(meta(name, data))
+                items = items[: int(query.get("maxResults", 1000))]
+                return self._send(200, json.dumps({"items": items, "prefixes": sorted(prefixes)}).encode())
+            name = f"{bucket}/{urllib.parse.unquote(key[1:])}"
+            if name not in gcs.objects:
+                return self._send(404, json.dumps({"error": {"code": 404, "message": "No such object"}}).encode())
+            data = gcs.objects[name]
+            if download or query.get("alt") == "media":
+                return self._send(200, data, {"Content-Type": "application/octet-stream"})
+            return self._send(200, json.dumps(meta(name, data)).encode())
+
+    return Handler
+
+
+@pytest.fixture
+def gcs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gcs]:
+    holder = Gcs(url="")
+    server, url = serve(_gcs_handler(holder))
+    holder.url = url
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    yield holder
+    server.shutdown()
+    server.server_close()

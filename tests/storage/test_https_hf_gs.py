@@ -1,4 +1,5 @@
-"""https:// against a local HTTP server, and hf:// against a mock Hub at HF_ENDPOINT (nothing leaves loopback)."""
+"""https:// against a local HTTP server, hf:// against a mock Hub at HF_ENDPOINT, gs:// against a mock of the
+GCS JSON API at STORAGE_EMULATOR_HOST: nothing leaves loopback."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from slimserve.errors import InvalidInput
 from slimserve.storage import Cache, CorruptDownload, StorageUnavailable, fetch
-from tests.storage.conftest import Counter, Hub, HubRepo, Site, cache_files
+from tests.storage.conftest import Counter, Gcs, Hub, HubRepo, Site, cache_files
 
 pytestmark = pytest.mark.storage
 
@@ -170,3 +171,32 @@ def test_hf_small_files_are_checked_against_their_git_blob_id(hub: Hub, cache: C
         fetch("hf://acme/digits/config.json", field="spec.source.uri", base_dir=Path("."), cache=cache)
     hub.repos["models/acme/digits"].lie_blob_id.clear()
     assert fetch("hf://acme/digits/config.json", field="f", base_dir=Path("."), cache=cache).is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# gs:// (gcsfs against a mock of the JSON API at STORAGE_EMULATOR_HOST)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gcs_file_and_folder_are_fetched_once(gcs: Gcs, cache: Cache, count_downloads: Counter) -> None:
+    uri = gcs.put("models/digits/data/test.npz", b"T" * 5000)
+    gcs.put("models/digits/code/model.py", b"def build(): ...\n")
+    gcs.put("models/digits/code/layers/conv.py", b"x = 1\n")
+    path = fetch(uri, field="spec.data.evaluation", base_dir=Path("."), cache=cache, kind="file")
+    assert path.read_bytes() == b"T" * 5000
+    code = fetch("gs://models/digits/code", field="spec.source.codeUri", base_dir=Path("."), cache=cache)
+    assert sorted(p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file()) == [
+        "layers/conv.py", "model.py",
+    ]  # fmt: skip
+    assert fetch(uri, field="f", base_dir=Path("."), cache=cache) == path and count_downloads() == 3
+    assert any(r.startswith("/download/storage/v1/b/models/o/digits%2Fdata%2Ftest.npz") for r in gcs.requests)
+
+
+def test_gcs_missing_object_and_md5_mismatch(gcs: Gcs, cache: Cache) -> None:
+    with pytest.raises(InvalidInput, match=r"spec.data.train = 'gs://models/nope.npz': no object or folder there"):
+        fetch("gs://models/nope.npz", field="spec.data.train", base_dir=Path("."), cache=cache)
+    uri = gcs.put("models/bad.npz", b"B" * 100)
+    gcs.lie_md5.add("models/bad.npz")
+    with pytest.raises(CorruptDownload, match="MD5 differs"):
+        fetch(uri, field="spec.data.train", base_dir=Path("."), cache=cache)
+    assert cache_files(cache) == []
