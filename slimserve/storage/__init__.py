@@ -20,7 +20,7 @@ from typing import Final
 
 from slimserve.storage.cache import ENV_CACHE_DIR, Cache, CorruptDownload
 from slimserve.storage.errors import StorageUnavailable
-from slimserve.storage.fetch import fetch
+from slimserve.storage.fetcher import fetch
 from slimserve.storage.spec import check_reachable, fetch_into, localize, pvc_claims
 from slimserve.storage.upload import triton_repository_uri, upload_repository
 from slimserve.storage.uris import ENV_PVC_ROOT, PVC_MOUNT_ROOT, is_remote

@@ -21,7 +21,7 @@ from slimserve.api.resource import CompressedModel
 from slimserve.errors import InvalidInput
 from slimserve.storage.cache import Cache, link_or_copy
 from slimserve.storage.errors import StorageUnavailable
-from slimserve.storage.fetch import fetch, list_remote
+from slimserve.storage.fetcher import fetch, list_remote
 from slimserve.storage.uris import parse, pvc_claim, scheme_of
 
 CODE_FIELD: Final = "spec.source.codeUri"
@@ -71,6 +71,10 @@ def localize(model: CompressedModel, base_dir: Path, cache: Cache | None = None)
     code_dir = base_dir
     if CODE_FIELD in local:
         code = local[CODE_FIELD]
+        if not code.exists():
+            raise InvalidInput(
+                f"{CODE_FIELD} = {model.spec.source.code_uri!r}: {code} not found; fix the path ({RELATIVE_HINT})"
+            )
         code_dir = code if code.is_dir() or code.suffix != ".py" else code.parent
         if not code_dir.is_dir():
             raise InvalidInput(

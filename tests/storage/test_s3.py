@@ -49,6 +49,28 @@ def test_a_prefix_is_a_folder_with_its_files(s3: S3, cache: Cache, tmp_path: Pat
         fetch(uri, field="spec.source.uri", base_dir=Path("."), cache=cache, kind="file")
 
 
+def test_a_key_that_would_escape_the_folder_is_refused(s3: S3, cache: Cache) -> None:
+    s3.put("m/../../outside.py", b"x")
+    with pytest.raises(InvalidInput, match="whose name would escape the folder"):
+        fetch(f"s3://{s3.bucket}/m", field="spec.source.codeUri", base_dir=Path("."), cache=cache)
+    assert cache_files(cache) == []
+
+
+def test_a_large_download_advances_a_progress_bar(s3: S3, cache: Cache, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.progress import Progress
+
+    from slimserve.storage import fetcher
+
+    advanced: list[float] = []
+    monkeypatch.setattr(fetcher, "PROGRESS_MIN_BYTES", 100_000)
+    monkeypatch.setattr(Progress, "advance", lambda self, task, n: advanced.append(n))
+    uri = s3.put("big.npz", b"z" * 200_000)
+    assert fetch(uri, field="f", base_dir=Path("."), cache=cache).stat().st_size == 200_000
+    assert sum(advanced) == 200_000
+    fetch(s3.put("small.npz", b"z" * 1_000), field="f", base_dir=Path("."), cache=cache)
+    assert sum(advanced) == 200_000, "no bar below the threshold"
+
+
 def test_an_onnx_model_brings_its_external_data(s3: S3, cache: Cache) -> None:
     uri = s3.put("m/model.onnx", b"graph")
     s3.put("m/model.onnx.data", b"weights")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
 from slimserve.errors import InvalidInput
@@ -89,6 +89,10 @@ def fetch(
     backend, listing = list_remote(loc, siblings)
     if kind == "file" and listing.folder:
         raise InvalidInput(f"{loc.where()}: names a folder ({len(listing.files)} files); name one file in it")
+    for f in listing.files:
+        parts = PurePosixPath(f.rel).parts
+        if not parts or f.rel.startswith("/") or ".." in parts:
+            raise InvalidInput(f"{loc.where()}: holds {f.path!r}, whose name would escape the folder; rename it")
     blobs: dict[str, Blob] = {}
     todo = []
     for f in listing.files:
