@@ -35,4 +35,6 @@ def fetch(
     from slimserve.storage import fetch_into
 
     written = fetch_into(load_compressed_model(file), base_dir_for(file, base_dir), out)
-    Console().print(f"[green]fetched[/] into {written.parent}; next: slimserve compress {written} --out DIR")
+    Console(soft_wrap=True).print(
+        f"[green]fetched[/] into {written.parent}; next: slimserve compress {written} --out DIR"
+    )

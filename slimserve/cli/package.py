@@ -58,8 +58,9 @@ def package(
     ),
     uri_file: Path = typer.Option(
         None, "--uri-file",
-        help="Write the repository Triton should load to this file: the folder, or s3://bucket/prefix/<version> "
-        "(the operator passes /dev/termination-log).",
+        help="Write what Triton's --model-repository should be to this file: the folder, or "
+        "s3://bucket/prefix/<version> (s3://http://host:port/bucket/... with AWS_ENDPOINT_URL, as Triton wants "
+        "it). The operator's packaging Job passes /dev/termination-log.",
     ),
 ) -> None:
     """Build a Triton model repository: one model per variant with a config.pbtxt from its ONNX graph.
@@ -98,10 +99,11 @@ def package(
         with tempfile.TemporaryDirectory(prefix="slimserve-repository-") as staging:
             built = build(Path(staging))
             location = upload_repository(Path(staging), repository)
-        detail = f" (Triton: --model-repository={triton_repository_uri(location)} with the AWS variables)"
+        for_triton = triton_repository_uri(location)
+        detail = f" (Triton: --model-repository={for_triton} with the AWS variables)"
     else:
         built = build(Path(repository))
-        location, detail = repository, ""
+        location, for_triton, detail = repository, repository, ""
     if uri_file is not None:
-        uri_file.write_text(location + "\n")
-    Console().print(f"[green]packaged[/] {', '.join(built)} into {location} (backend {chosen}){detail}")
+        uri_file.write_text(for_triton + "\n")
+    Console(soft_wrap=True).print(f"[green]packaged[/] {', '.join(built)} into {location} (backend {chosen}){detail}")

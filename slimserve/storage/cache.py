@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from slimserve.errors import SlimserveError
+from slimserve.errors import InvalidInput, SlimserveError
 
 ENV_CACHE_DIR: Final = "SLIMSERVE_CACHE_DIR"
 STALE_TMP_S: Final = 24 * 3600
@@ -81,7 +81,13 @@ class Cache:
 
     def _dir(self, name: str) -> Path:
         path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(
+                f"{ENV_CACHE_DIR}: cannot write the download cache at {self.root} ({exc.strerror}); set "
+                f"{ENV_CACHE_DIR} to a writable folder (in a cluster, a volume such as the model PVC)"
+            ) from None
         return path
 
     def blob_path(self, sha256: str) -> Path:

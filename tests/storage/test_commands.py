@@ -136,8 +136,10 @@ def _package_to_s3(s3: S3, compression: Path, tmp_path: Path, backend: str) -> t
         "--repository", root, "--backend", backend, "--uri-file", str(tmp_path / "uri"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    location = (tmp_path / "uri").read_text().strip()
-    assert location.startswith(root + "/") and location in result.stdout
+    for_triton = (tmp_path / "uri").read_text().strip()
+    assert for_triton.startswith(f"s3://{s3.endpoint}/{s3.bucket}/digits/repository/") and for_triton in result.stdout
+    location = root + "/" + for_triton.rsplit("/", 1)[1]
+    assert f"into {location} " in result.stdout
     return location, sorted(s3.fs.find(location[len("s3://") :]))
 
 

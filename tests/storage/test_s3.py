@@ -169,6 +169,12 @@ def test_a_repository_upload_is_versioned_marked_and_idempotent(s3: S3, tmp_path
     assert upload_repository(repo, root) != location, "new content, new version: a running Triton is never rewritten"
 
 
+def test_an_unwritable_cache_names_the_variable(s3: S3, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(InvalidInput, match=r"SLIMSERVE_CACHE_DIR: cannot write the download cache at .*; set"):
+        fetch(s3.put("x.npz", b"x"), field="f", base_dir=Path("."), cache=Cache(tmp_path / "file" / "cache"))
+
+
 def test_triton_gets_the_endpoint_inside_the_uri() -> None:
     assert triton_repository_uri("s3://b/r/v1", "") == "s3://b/r/v1"
     assert triton_repository_uri("s3://b/r/v1", "http://127.0.0.1:9000") == "s3://http://127.0.0.1:9000/b/r/v1"
