@@ -67,8 +67,9 @@ def compress(
     """Compress a model into measured variants (help text: HELP)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    model = load_compressed_model(file)
-    base = base_dir_for(file, base_dir)
+    from slimserve.storage import localize
+
+    model, base = localize(load_compressed_model(file), base_dir_for(file, base_dir))
     console = Console()
     if not console.is_terminal:  # logs and pipes: keep the table on one line per variant
         console = Console(width=140)

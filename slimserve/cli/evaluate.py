@@ -89,12 +89,12 @@ def evaluate(
     from slimserve.evaluator.prometheus import PromClient
     from slimserve.evaluator.rollout import Judge
     from slimserve.evaluator.served import load_npz, predict_onnx
+    from slimserve.storage import localize
     from slimserve.triton.process import install_signal_handlers, stop_all
 
     install_signal_handlers()
-    model = load_compressed_model(file)
+    model, folder = localize(load_compressed_model(file), base_dir_for(file, base_dir))
     spec = model.spec
-    folder = base_dir_for(file, base_dir)
     evaluation = data_files(model, folder)["evaluation"]
     if not evaluation.is_file():
         raise InvalidInput(f"spec.data.evaluation = '{evaluation}': file not found; fix the path ({RELATIVE_HINT})")

@@ -36,9 +36,10 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 BASE_DIR_HELP: Final = (
-    "Folder that relative paths in the spec (source.uri, data.*) resolve against and that comes first on "
-    "sys.path for source.factory. Default: the YAML file's folder. The operator's Jobs read the YAML from "
-    "/spec and pass the folder on the model volume that holds its files."
+    "Folder that relative paths in the spec (source.uri, source.codeUri, data.*) resolve against and that "
+    "comes first on sys.path for source.factory when spec.source.codeUri is not set. Default: the YAML file's "
+    "folder. The operator's Jobs read the YAML from /spec and pass the folder on the model volume that holds "
+    "its files."
 )
 
 

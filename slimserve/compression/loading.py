@@ -108,7 +108,7 @@ def import_factory(ref: str, base_dir: Path, field_name: str) -> Callable[..., n
     except ImportError as exc:
         raise InvalidInput(
             f"{field_name} = {ref!r}: cannot import module '{module_name}' ({exc}); "
-            f"put {module_name.replace('.', '/')}.py in {base_dir.resolve()} (the YAML file's folder, or --base-dir)"
+            f"put {module_name.replace('.', '/')}.py in {base_dir.resolve()} (spec.source.codeUri, else the YAML file's folder or --base-dir)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - user code failed at import time
         raise InvalidInput(
