@@ -52,7 +52,10 @@ HELP: Final = (
     "Every variant ends as an ONNX file with a measured record: size, parameters, MACs, accuracy "
     "with a 95% CI (or fidelity to the baseline without labels), accuracy drop, onnxruntime latency "
     "p50/p99 at batch 1 and throughput.\n\n"
-    "Exit codes: 0 done, 2 invalid input (the message names the field and the fix), 1 internal failure."
+    "A variant that cannot be built is reported with its step and reason (one line each) and the run goes on. "
+    "Library warnings go to compress.log beside the report.\n\n"
+    "Exit codes: 0 done (at least one variant built), 2 invalid input (the message names the field and the fix; "
+    "also when no variant could be built from it), 1 internal failure."
 )
 
 
@@ -81,10 +84,16 @@ def compress(
         report = run_compression(model, base, out, progress=progress)
     console.print(_table(report))
     console.print(_recipes(report), highlight=False)
+    for f in report.failures:
+        console.print(f"[red]failed[/] {f.stage} [bold]{f.name}[/] at {f.step}: {f.reason}", highlight=False, soft_wrap=True)
     if report.search is not None:
         chosen = report.search.chosen
         console.print(
-            f"search ({report.search.objective}, max drop {report.search.max_accuracy_drop} pts): "
-            + (f"chose [green]{chosen}[/]" if chosen else "[yellow]no trial met the accuracy constraint[/]")
+            f"search ({report.search.objective}, max drop {report.search.max_accuracy_drop} {report.baseline.drop_unit}): "
+            + (f"chose [green]{chosen}[/]" if chosen else "[yellow]chose nothing[/]") + f" — {report.search.why}",
+            highlight=False, soft_wrap=True,
         )
-    console.print(f"wrote {out / 'report.json'}, {out / 'report.md'} and {len(report.variants) + 1} ONNX files")
+    console.print(
+        f"wrote {out / 'report.json'}, {out / 'report.md'}, {len(report.variants) + 1} ONNX files and "
+        f"{out / 'compress.log'} (library warnings)"
+    )

@@ -55,7 +55,7 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class DataSet:
-    """A `.npz` data set: one array per model input plus optional int labels `y`."""
+    """A `.npz` data set: one array per model input plus optional labels `y` (class ids or float targets)."""
 
     path: Path
     inputs: dict[str, np.ndarray]
@@ -87,6 +87,7 @@ class LoadedSource:
     onnx_path: Path | None = None
     factory: Callable[..., nn.Module] | None = None
     notes: list[str] = field(default_factory=list)
+    by_name: bool = False  # call forward() with keyword arguments (the names are its parameters)
 
 
 def import_factory(ref: str, base_dir: Path, field_name: str) -> Callable[..., nn.Module]:
@@ -137,6 +138,19 @@ def call_factory(factory: Callable[..., nn.Module], field_name: str, ref: str, *
     return module
 
 
+def binds_by_name(module: nn.Module, names: list[str]) -> bool:
+    """Whether every input name is a forward() parameter, so calls can pass them as keywords.
+
+    Keywords keep an optional argument that the data skips (BERT's token_type_ids) from shifting
+    the ones after it; `x` fed to `forward(input)` stays positional.
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        params = {a.name for a in module.forward.schema.arguments[1:]}  # type: ignore[attr-defined]
+    else:
+        params = set(inspect.signature(module.forward).parameters)
+    return all(n in params for n in names)
+
+
 def forward_input_names(module: nn.Module, available: set[str]) -> list[str]:
     """The model's inputs in forward() order; a single input is called `x` (the data contract)."""
     if isinstance(module, torch.jit.ScriptModule):
@@ -184,7 +198,8 @@ def load_source(source: Source, base_dir: Path, available_inputs: set[str]) -> L
                 f"({' '.join(first[:3])[:400]}); save it from the same architecture with torch.save(model.state_dict())"
             ) from None
         module.eval()
-        return LoadedSource(forward_input_names(module, available_inputs), module=module, factory=factory)
+        names = forward_input_names(module, available_inputs)
+        return LoadedSource(names, module=module, factory=factory, by_name=binds_by_name(module, names))
     if fmt == "torchscript":
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -193,7 +208,8 @@ def load_source(source: Source, base_dir: Path, available_inputs: set[str]) -> L
                 f"{where}: not a TorchScript file ({type(exc).__name__}); save it with torch.jit.save"
             ) from None
         module.eval()
-        return LoadedSource(forward_input_names(module, available_inputs), module=module)
+        names = forward_input_names(module, available_inputs)
+        return LoadedSource(names, module=module, by_name=binds_by_name(module, names))
     if fmt == "torch-export":
         try:
             program = torch.export.load(str(path))
@@ -287,10 +303,13 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
     lengths = {name: (a.shape[0] if a.ndim else 0) for name, a in inputs.items()}
     labels = arrays.get(LABELS)
     if labels is not None:
-        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-            problems.append(f"{where}: 'y' is {labels.dtype} {list(labels.shape)}; labels must be int64 [N] class ids")
+        if labels.ndim == 0 or labels.dtype.kind not in "iubf":
+            problems.append(
+                f"{where}: 'y' is {labels.dtype} {list(labels.shape)}; labels must be int64 class ids [N] (or one per "
+                "position), or float targets [N, ...] for regression"
+            )
         else:
-            labels = labels.astype(np.int64)
+            labels = labels.astype(np.int64) if labels.dtype.kind in "iub" else labels
             lengths[LABELS] = len(labels)
     if len(set(lengths.values())) > 1:
         problems.append(f"{where}: arrays have different lengths {lengths}; every array needs the same N first")
