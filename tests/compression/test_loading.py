@@ -86,10 +86,13 @@ def test_missing_input_array_lists_what_is_there(tmp_path: Path) -> None:
     assert "no array 'attention_mask'" in str(exc.value) and "['input_ids']" in str(exc.value)
 
 
-def test_labels_must_be_integer_class_ids(tmp_path: Path) -> None:
+def test_labels_are_class_ids_or_float_targets(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, x=np.zeros((3, 2), np.float32), y=np.zeros((3, 10), np.float32))
-    with pytest.raises(InvalidInput, match=r"'y' is float32 \[3, 10\]; labels must be int64 \[N\]"):
+    data = load_npz(path, "spec.data.evaluation", ["x"])  # regression targets, one per output value
+    assert data.labels is not None and data.labels.dtype == np.float32 and data.labels.shape == (3, 10)
+    np.savez(path, x=np.zeros((3, 2), np.float32), y=np.array(["a", "b", "c"]))
+    with pytest.raises(InvalidInput, match=r"'y' is <U1 \[3\]; labels must be int64 class ids"):
         load_npz(path, "spec.data.evaluation", ["x"])
 
 

@@ -25,6 +25,7 @@ RECORD_KEYS = {
     "qualityUnit": str, "drop": float, "dropCI": list, "dropUnit": str,
     "latencyMsP50": float, "latencyMsP99": float, "throughputRps": float, "speedup": float,
     "compressSeconds": float, "notes": list, "passed": (bool, type(None)), "served": (dict, type(None)),
+    "speedupRange": (list, type(None)), "throughputSpeedup": (float, int, type(None)),
 }
 
 
@@ -40,7 +41,10 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompressionReport
 def test_report_json_shape_is_stable(example: tuple[CompressionReport, Path]) -> None:
     _, out = example
     data: dict[str, Any] = json.loads((out / "report.json").read_text())
-    assert set(data) == {"model", "device", "baseline", "variants", "search", "environment"}
+    assert set(data) == {"model", "device", "baseline", "variants", "search", "failures", "environment"}
+    assert data["failures"] == []
+    assert (out / "compress.log").is_file()
+    assert data["environment"]["cpuInstructionSets"] != ""
     for record in [data["baseline"], *data["variants"]]:
         assert set(record) == set(RECORD_KEYS)
         for key, kind in RECORD_KEYS.items():
@@ -82,18 +86,33 @@ def test_example_variants_keep_their_promises(example: tuple[CompressionReport, 
     assert leftovers == [] and not (out / ".work").exists()
 
 
-def test_a_failing_variant_leaves_no_output_and_keeps_the_previous_one(tmp_path: Path) -> None:
+def test_a_failing_variant_is_a_result_and_the_run_goes_on(tmp_path: Path) -> None:
+    variants = [
+        {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]},
+        {"name": "bad", "steps": [{"quantize": {"mode": "fp16", "excludeNodes": ["nope"]}}]},
+    ]
+    spec = write_spec(tmp_path, digits_spec(tmp_path, variants))
+    out = tmp_path / "out"
+    report = run_compression(load_compressed_model(spec), tmp_path, out)
+    assert [v.name for v in report.variants] == ["fp16"]
+    (failure,) = report.failures
+    assert failure.name == "bad" and failure.step == "steps[0] (quantize)"
+    assert "spec.compression.variants[1].steps[0].quantize.excludeNodes" in failure.reason and "nope" in failure.reason
+    assert not (out / "bad.onnx").exists()
+    assert json.loads((out / "report.json").read_text())["failures"][0]["name"] == "bad"
+
+
+def test_when_every_variant_fails_the_run_fails_and_keeps_the_previous_output(tmp_path: Path) -> None:
     variants = [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}]
     spec = write_spec(tmp_path, digits_spec(tmp_path, variants))
     out = tmp_path / "out"
     run_compression(load_compressed_model(spec), tmp_path, out)
     before = (out / "report.json").read_bytes()
-    bad = [*variants, {"name": "bad", "steps": [{"quantize": {"mode": "fp16", "excludeNodes": ["nope"]}}]}]
+    bad = [{"name": "bad", "steps": [{"quantize": {"mode": "fp16", "excludeNodes": ["nope"]}}]}]
     spec = write_spec(tmp_path, digits_spec(tmp_path, bad))
-    with pytest.raises(InvalidInput, match=r"spec.compression.variants\[1\].steps\[0\].quantize.excludeNodes"):
+    with pytest.raises(InvalidInput, match=r"variant bad \(steps\[0\] \(quantize\)\).*excludeNodes"):
         run_compression(load_compressed_model(spec), tmp_path, out)
     assert (out / "report.json").read_bytes() == before
-    assert not (out / "bad.onnx").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
 
 
@@ -113,10 +132,13 @@ def test_recipe_crash_names_the_variant_and_step(tmp_path: Path, monkeypatch: py
         raise ZeroDivisionError("boom")
 
     monkeypatch.setitem(REGISTRY, "lowRank", broken)
-    spec = write_spec(tmp_path, digits_spec(tmp_path, [{"name": "lr", "steps": [{"lowRank": {"rank": 4}}]}]))
-    with pytest.raises(RuntimeError, match=r"variants\[0\].steps\[0\] \(lowRank\) failed: ZeroDivisionError: boom"):
-        run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    variants = [{"name": "lr", "steps": [{"lowRank": {"rank": 4}}]}, {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}]
+    spec = write_spec(tmp_path, digits_spec(tmp_path, variants))
+    report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
+    (failure,) = report.failures
+    assert failure.name == "lr" and failure.step == "steps[0] (lowRank)"
+    assert "variants[0].steps[0] (lowRank) failed: ZeroDivisionError: boom" in failure.reason
+    assert [v.name for v in report.variants] == ["fp16"]
 
 
 def _token_files(folder: Path) -> None:
@@ -162,7 +184,8 @@ def test_two_int64_inputs_from_a_factory_with_low_rank_and_fine_tune(tmp_path: P
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     (lr,) = report.variants
     assert lr.params < report.baseline.params
-    assert any("soft targets" in n for n in lr.notes)  # no labels: fine-tune distils from the model before it
+    # no labels: fine-tune distils from the baseline (the source), not from the factorized model itself
+    assert any("distilled from the baseline" in n and "KL" in n for n in lr.notes)
     names = [i.name for i in onnx.load(str(tmp_path / "out" / "baseline.onnx")).graph.input]
     assert names == ["input_ids", "attention_mask"]
 

@@ -147,9 +147,33 @@ def test_low_rank_by_rank_is_exact_on_a_low_rank_layer(make_ctx) -> None:
 def test_low_rank_never_grows_a_layer(make_ctx) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     ctx = make_ctx()
-    out = REGISTRY["lowRank"](ModelState(module=model), LowRank(energy=1.0), ctx)
+    out = REGISTRY["lowRank"](ModelState(module=model), LowRank(energy=1.0, layers=["1"]), ctx)
     assert _linear_count(out.module) == 1  # type: ignore[arg-type]
     assert "unchanged" in ctx.notes[0]
+
+
+def test_low_rank_keeps_the_final_layer_and_multihead_attention_working(make_ctx) -> None:
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flat = nn.Flatten(2)  # [N, 1, 8, 8] -> [N, 1, 64]: one token of 64 features
+            self.proj = nn.Linear(64, 64)
+            self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.proj(self.flat(x))
+            return self.head(self.attn(h, h, h)[0][:, 0])
+
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    ctx = make_ctx()
+    out = REGISTRY["lowRank"](ModelState(module=model), LowRank(rank=4), ctx)
+    assert out.module is not None
+    assert isinstance(out.module.attn.out_proj, nn.Linear) and isinstance(out.module.head, nn.Linear)
+    assert isinstance(out.module.proj, nn.Sequential)  # the plain Linear was factorized
+    out.module(torch.zeros(2, 1, 8, 8))  # MultiheadAttention still runs
+    assert any("attn.out_proj (inside nn.MultiheadAttention)" in n and "head (the final layer)" in n for n in ctx.notes)
 
 
 def test_low_rank_factorizes_1x1_convs(make_ctx) -> None:
@@ -195,7 +219,7 @@ def test_distill_without_labels_uses_soft_targets_only(trained_digits, make_ctx,
     params = Distill(student={"widthMultiplier": 0.25}, epochs=1)
     out = REGISTRY["distill"](ModelState(module=trained_digits), params, ctx)
     assert out.module is not None
-    assert any("soft targets only" in n for n in ctx.notes)
+    assert any("teacher's outputs only" in n for n in ctx.notes)
 
 
 def test_distill_width_needs_a_width_parameter(trained_digits, make_ctx) -> None:

@@ -58,18 +58,23 @@ def _search_spec(folder: Path, max_trials: int) -> Path:
 
 def test_search_falls_back_to_keeping_the_most_sensitive_layer_in_float(tmp_path: Path) -> None:
     _outlier_model(tmp_path)
-    spec = _search_spec(tmp_path, max_trials=3)
+    spec = _search_spec(tmp_path, max_trials=4)
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     search = report.search
     assert search is not None and report.baseline.metric == "agreement"
-    first, fp16, fallback = search.trials
+    first, dynamic, fp16, fallback = search.trials
     assert first.recipe == "quantize(mode=static)" and not first.passed and "fall back" in first.reason
     assert first.drop > 2.0
-    assert fp16.passed and "fp16" in fp16.recipe
+    assert dynamic.recipe == "quantize(mode=dynamic)" and "fp16" in fp16.recipe
+    # The metric-ranked fallback reverts exactly the node whose input range the outlier ruined.
     assert fallback.passed and "excludeNodes=['/0/Gemm']" in fallback.recipe
-    assert search.chosen == fallback.name  # smallest passing trial
+    top = search.sensitivity["static"][0]
+    assert top[0] == "/0/Gemm" and top[1] > 2.0  # reverting it alone recovers more than the budget
+    passing = [t for t in search.trials if t.passed]
+    assert search.chosen == min(passing, key=lambda t: t.size_bytes).name  # smallest passing trial
     chosen = [v for v in report.variants if v.name == search.chosen]
     assert len(chosen) == 1 and chosen[0].passed is True and chosen[0].drop_ci[1] <= 2.0
+    assert chosen[0].size_bytes < report.baseline.size_bytes
     assert (tmp_path / "out" / chosen[0].path).is_file()
 
 
@@ -79,7 +84,49 @@ def test_search_never_returns_a_failing_trial(tmp_path: Path) -> None:
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     assert report.search is not None
     assert [t.passed for t in report.search.trials] == [False]
-    assert report.search.chosen is None
+    assert report.search.chosen is None and "no trial held the quality budget" in report.search.why
     assert report.variants == []
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["baseline.onnx", "report.json", "report.md"]
-    assert "no trial met the constraint" in (tmp_path / "out" / "report.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "baseline.onnx", "compress.log", "report.json", "report.md"]
+    assert "no trial held the quality budget" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_search_choice_must_beat_the_baseline_on_the_objective(tmp_path: Path) -> None:
+    """On a tiny MLP every int8 graph is slower than fp32 at batch 1: a latency search chooses nothing."""
+    _outlier_model(tmp_path)
+    spec = write_spec(tmp_path, {
+        "source": {"uri": "mlp.onnx", "format": "onnx"},
+        "data": {"evaluation": "eval.npz"},
+        "quality": {"metric": "agreement"},
+        "compression": {"measure": {"latencyRuns": 40, "throughputBatch": 4},
+                        "search": {"maxAccuracyDrop": 50.0, "objective": "latency", "maxTrials": 2}},
+    })
+    report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
+    search = report.search
+    assert search is not None and [t.recipe for t in search.trials] == ["quantize(mode=dynamic)"]
+    (trial,) = search.trials
+    if trial.latency_ms_p50 >= report.baseline.latency_ms_p50:
+        assert search.chosen is None and "nothing beat the baseline on latency" in search.why
+    else:
+        assert search.chosen == trial.name
+
+
+def test_a_failing_search_trial_is_recorded_and_the_search_goes_on(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from slimserve.compression.recipes import quantize
+
+    real = quantize.dynamic_int8
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no kernel for this op")
+
+    monkeypatch.setattr(quantize, "dynamic_int8", broken)
+    _outlier_model(tmp_path)
+    spec = _search_spec(tmp_path, max_trials=3)
+    report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
+    assert real is not broken
+    (failure,) = report.failures
+    assert failure.stage == "search" and failure.step == "steps[0] (quantize)"
+    assert "RuntimeError: no kernel for this op" in failure.reason
+    assert report.search is not None
+    assert [t.recipe.split("(")[0] for t in report.search.trials] == ["quantize", "quantize", "quantize"]
+    assert "failed to build" in report.search.why
