@@ -149,13 +149,19 @@ def transformer(batch: int = 32, runs: int = 30, rounds: int = 3) -> dict[str, A
         feed = dict(data.inputs)
         cpu = _ort_session(base, ["CPUExecutionProvider"]).run(None, feed)[0]
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            sessions = {"fp32": _ort_session(base, ["CUDAExecutionProvider"]),
-                        "fp16": _ort_session(half, ["CUDAExecutionProvider"])}
+            sessions = {
+                "fp32": _ort_session(base, ["CUDAExecutionProvider"]),
+                "fp16": _ort_session(half, ["CUDAExecutionProvider"]),
+            }
             if "TensorrtExecutionProvider" in ort.get_available_providers():
                 pre, _ = preprocess(base, folder / "pre.onnx")
                 qdq = folder / "minilm-int8-qdq.onnx"
-                static_int8(pre, qdq, Quantize(mode="static", format="QDQ", activation_type="int8"),
-                            calibration_subset(calib, 64, 0))
+                static_int8(
+                    pre,
+                    qdq,
+                    Quantize(mode="static", format="QDQ", activation_type="int8"),
+                    calibration_subset(calib, 64, 0),
+                )
                 trt = ("TensorrtExecutionProvider", {"trt_int8_enable": True, "trt_fp16_enable": True})
                 sessions["int8-qdq-tensorrt"] = _ort_session(qdq, [trt, "CUDAExecutionProvider"])
             ms: dict[str, list[float]] = {k: [] for k in sessions}
@@ -166,8 +172,12 @@ def transformer(batch: int = 32, runs: int = 30, rounds: int = 3) -> dict[str, A
             for k, sess in sessions.items():
                 got = sess.run(None, feed)[0].astype(np.float64)
                 cos = (got * cpu).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(cpu, axis=-1) + 1e-12)
-                out[k] = {"msPerBatch": mid[k], "msPerRound": ms[k], "speedupVsFp32": round(mid["fp32"] / mid[k], 3),
-                          "meanTokenCosineToCpuFp32": round(float(cos[feed["attention_mask"] > 0].mean()), 5)}
+                out[k] = {
+                    "msPerBatch": mid[k],
+                    "msPerRound": ms[k],
+                    "speedupVsFp32": round(mid["fp32"] / mid[k], 3),
+                    "meanTokenCosineToCpuFp32": round(float(cos[feed["attention_mask"] > 0].mean()), 5),
+                }
             out["fp32ControlSpread"] = round(max(ms["fp32"]) / min(ms["fp32"]), 3)
             out["path"] = "onnxruntime CUDA EP on slimserve's ONNX artifacts"
         else:
@@ -184,11 +194,16 @@ def transformer(batch: int = 32, runs: int = 30, rounds: int = 3) -> dict[str, A
                 a = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
                 b = half_model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
             cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)[mask > 0].mean()
-            out.update({"path": "PyTorch eager (onnxruntime has no CUDA EP in this image): not slimserve's artifact",
-                        "fp32MsPerRound": m32, "fp16MsPerRound": m16,
-                        "fp16Speedup": round(sorted(m32)[rounds // 2] / sorted(m16)[rounds // 2], 3),
-                        "fp32ControlSpread": round(max(m32) / min(m32), 3),
-                        "meanTokenCosineFp16ToFp32": round(float(cos), 5)})
+            out.update(
+                {
+                    "path": "PyTorch eager (onnxruntime has no CUDA EP in this image): not slimserve's artifact",
+                    "fp32MsPerRound": m32,
+                    "fp16MsPerRound": m16,
+                    "fp16Speedup": round(sorted(m32)[rounds // 2] / sorted(m16)[rounds // 2], 3),
+                    "fp32ControlSpread": round(max(m32) / min(m32), 3),
+                    "meanTokenCosineFp16ToFp32": round(float(cos), 5),
+                }
+            )
     return out
 
 
@@ -219,8 +234,9 @@ def run(json_path: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="Where to write the results.")
-    parser.add_argument("--transformer-only", action="store_true",
-                        help="Only the MiniLM CUDA check (about a minute on an H100).")
+    parser.add_argument(
+        "--transformer-only", action="store_true", help="Only the MiniLM CUDA check (about a minute on an H100)."
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("skipped: no CUDA device is visible (run this on the GPU machine); nothing written", file=sys.stderr)

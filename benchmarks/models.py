@@ -64,8 +64,7 @@ def _example(name: str) -> Any:
 
 
 def _spec(folder: Path, name: str, spec: dict[str, Any]) -> Path:
-    body = {"apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "metadata": {"name": name},
-            "spec": spec}
+    body = {"apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "metadata": {"name": name}, "spec": spec}
     path = folder / "compressedmodel.yaml"
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
@@ -88,14 +87,23 @@ def minilm(folder: Path, quick: bool) -> Path:
     sizes = {"evaluation": 128 if quick else 256, "calibration": 128, "train": 64}
     prep.write_data(folder, sizes)
     prep.export_onnx(folder / "minilm.onnx")
-    variants = [*QUANT_VARIANTS,
-                {"name": "int8-static-smoothquant", "steps": [{"quantize": {"mode": "static", "smoothQuant": 0.5}}]}]
-    return _spec(folder, "minilm", {
-        "source": {"uri": "minilm.onnx", "format": "onnx"},
-        "data": {"calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
-        "compression": {"measure": _measure(), "variants": variants,
-                        "search": {"maxAccuracyDrop": 1.0, "objective": "latency"}},
-    })
+    variants = [
+        *QUANT_VARIANTS,
+        {"name": "int8-static-smoothquant", "steps": [{"quantize": {"mode": "static", "smoothQuant": 0.5}}]},
+    ]
+    return _spec(
+        folder,
+        "minilm",
+        {
+            "source": {"uri": "minilm.onnx", "format": "onnx"},
+            "data": {"calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
+            "compression": {
+                "measure": _measure(),
+                "variants": variants,
+                "search": {"maxAccuracyDrop": 1.0, "objective": "latency"},
+            },
+        },
+    )
 
 
 def minilm_factory(folder: Path, quick: bool) -> Path:
@@ -106,17 +114,37 @@ def minilm_factory(folder: Path, quick: bool) -> Path:
     torch.save(prep.pretrained().state_dict(), folder / "minilm.pt")
     shutil.copy(EXAMPLES / "minilm" / "model.py", folder / "minilm_model.py")
     tune = {"fineTune": {"epochs": 1, "lr": 5e-5, "batchSize": 16}}
-    return _spec(folder, "minilm-factory", {
-        "source": {"uri": "minilm.pt", "format": "factory", "factory": "minilm_model:build"},
-        "data": {"train": "data/train.npz", "calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
-        "compression": {"measure": _measure(), "variants": [
-            {"name": "pruned-heads-mlp", "steps": [{"prune": {"ratio": 0.25, "headRatio": 0.25, "roundTo": 8}}, tune]},
-            {"name": "pruned-int8", "steps": [{"prune": {"ratio": 0.25, "headRatio": 0.25, "roundTo": 8}}, tune,
-                                              {"quantize": {"mode": "dynamic"}}]},
-            {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.95}}, tune]},
-            {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},
-        ]},
-    })
+    return _spec(
+        folder,
+        "minilm-factory",
+        {
+            "source": {"uri": "minilm.pt", "format": "factory", "factory": "minilm_model:build"},
+            "data": {
+                "train": "data/train.npz",
+                "calibration": "data/calibration.npz",
+                "evaluation": "data/evaluation.npz",
+            },
+            "compression": {
+                "measure": _measure(),
+                "variants": [
+                    {
+                        "name": "pruned-heads-mlp",
+                        "steps": [{"prune": {"ratio": 0.25, "headRatio": 0.25, "roundTo": 8}}, tune],
+                    },
+                    {
+                        "name": "pruned-int8",
+                        "steps": [
+                            {"prune": {"ratio": 0.25, "headRatio": 0.25, "roundTo": 8}},
+                            tune,
+                            {"quantize": {"mode": "dynamic"}},
+                        ],
+                    },
+                    {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.95}}, tune]},
+                    {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},
+                ],
+            },
+        },
+    )
 
 
 def efficientnet(folder: Path, quick: bool) -> Path:
@@ -127,17 +155,28 @@ def efficientnet(folder: Path, quick: bool) -> Path:
     torch.save(prep.pretrained().state_dict(), folder / "efficientnet_lite0.pt")
     shutil.copy(EXAMPLES / "efficientnet" / "model.py", folder / "effnet_model.py")
     tune = {"fineTune": {"epochs": 1, "lr": 1e-4, "batchSize": 32}}
-    return _spec(folder, "efficientnet-lite0", {
-        "source": {"uri": "efficientnet_lite0.pt", "format": "factory", "factory": "effnet_model:build"},
-        "data": {"train": "data/train.npz", "calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
-        "quality": {"metric": "agreement"},
-        "compression": {"measure": _measure(), "variants": [
-            *QUANT_VARIANTS,
-            {"name": "pruned-20", "steps": [{"prune": {"ratio": 0.2, "roundTo": 8}}, tune]},
-            {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.98}}, tune]},
-            {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},
-        ]},
-    })
+    return _spec(
+        folder,
+        "efficientnet-lite0",
+        {
+            "source": {"uri": "efficientnet_lite0.pt", "format": "factory", "factory": "effnet_model:build"},
+            "data": {
+                "train": "data/train.npz",
+                "calibration": "data/calibration.npz",
+                "evaluation": "data/evaluation.npz",
+            },
+            "quality": {"metric": "agreement"},
+            "compression": {
+                "measure": _measure(),
+                "variants": [
+                    *QUANT_VARIANTS,
+                    {"name": "pruned-20", "steps": [{"prune": {"ratio": 0.2, "roundTo": 8}}, tune]},
+                    {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.98}}, tune]},
+                    {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},
+                ],
+            },
+        },
+    )
 
 
 def _tabular(task: str) -> Callable[[Path, bool], Path]:
@@ -145,16 +184,26 @@ def _tabular(task: str) -> Callable[[Path, bool], Path]:
         _example("tabular").main(folder)
         shutil.copy(EXAMPLES / "tabular" / "model.py", folder / "tabular_model.py")
         tune = {"fineTune": {"epochs": 20, "lr": 1e-3}}
-        return _spec(folder, task, {
-            "source": {"uri": f"{task}.pt", "format": "factory", "factory": f"tabular_model:{task}"},
-            "data": {role: f"data/{task}-{role}.npz" for role in ("train", "calibration", "evaluation")},
-            "compression": {"measure": _measure(), "variants": [
-                *QUANT_VARIANTS,
-                {"name": "pruned-50", "steps": [{"prune": {"ratio": 0.5}}, tune]},
-                {"name": "low-rank", "steps": [{"lowRank": {"rank": 8}}, tune]},
-                {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 50}}]},
-            ]},
-        })
+        return _spec(
+            folder,
+            task,
+            {
+                "source": {"uri": f"{task}.pt", "format": "factory", "factory": f"tabular_model:{task}"},
+                "data": {role: f"data/{task}-{role}.npz" for role in ("train", "calibration", "evaluation")},
+                "compression": {
+                    "measure": _measure(),
+                    "variants": [
+                        *QUANT_VARIANTS,
+                        {"name": "pruned-50", "steps": [{"prune": {"ratio": 0.5}}, tune]},
+                        {"name": "low-rank", "steps": [{"lowRank": {"rank": 8}}, tune]},
+                        {
+                            "name": "distilled",
+                            "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 50}}],
+                        },
+                    ],
+                },
+            },
+        )
 
     return make
 
@@ -199,8 +248,9 @@ def peers(baseline: Path, calibration: DataSet, out: Path, transformer: bool) ->
 
         def run_nncf(path: Path, model_type: Any = None) -> None:
             dataset = nncf.Dataset(list(calibration.batches(1)))
-            quantized = nncf.quantize(onnx.load(str(baseline)), dataset, subset_size=len(calibration),
-                                      model_type=model_type)
+            quantized = nncf.quantize(
+                onnx.load(str(baseline)), dataset, subset_size=len(calibration), model_type=model_type
+            )
             onnx.save(quantized, str(path))
 
         attempts["peer-nncf"] = run_nncf
@@ -223,16 +273,31 @@ def peers(baseline: Path, calibration: DataSet, out: Path, transformer: bool) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def _row(name: str, kind: str, recipe: str, path: Path, base_size: int, speed: measure.Speed,
-         base_speed: measure.Speed, evidence: Any, score: quality.Scored, notes: list[str] | None = None) -> dict[str, Any]:
+def _row(
+    name: str,
+    kind: str,
+    recipe: str,
+    path: Path,
+    base_size: int,
+    speed: measure.Speed,
+    base_speed: measure.Speed,
+    evidence: Any,
+    score: quality.Scored,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
     return {
-        "name": name, "kind": kind, "recipe": recipe,
-        "sizeBytes": size_bytes(path), "sizeRatio": round(base_size / size_bytes(path), 3),
-        "latencyMsP50": speed.latency_ms_p50, "speedupBatch1": round(base_speed.latency_ms_p50 / speed.latency_ms_p50, 3),
+        "name": name,
+        "kind": kind,
+        "recipe": recipe,
+        "sizeBytes": size_bytes(path),
+        "sizeRatio": round(base_size / size_bytes(path), 3),
+        "latencyMsP50": speed.latency_ms_p50,
+        "speedupBatch1": round(base_speed.latency_ms_p50 / speed.latency_ms_p50, 3),
         "speedupBatch1Range": speed.speedup_range(base_speed),
         "throughputRps": speed.throughput_rps,
         "speedupBatch32": round(speed.throughput_rps / base_speed.throughput_rps, 3),
-        "quality": round(score.value, 4), "qualityCI": [round(score.low, 4), round(score.high, 4)],
+        "quality": round(score.value, 4),
+        "qualityCI": [round(score.low, 4), round(score.high, 4)],
         "drop": round(evidence.drop, 4) if evidence else 0.0,
         "dropCI": [round(evidence.drop_low, 4), round(evidence.drop_high, 4)] if evidence else [0.0, 0.0],
         "notes": notes or [],
@@ -278,10 +343,15 @@ def bench_model(name: str, folder: Path, quick: bool) -> dict[str, Any]:
         if label == CONTROL:
             kind, recipe = "control", "the baseline file timed a second time"
         elif label.startswith("peer-"):
-            kind, recipe = "peer", {"peer-ort-dynamic": "onnxruntime quantize_dynamic(), defaults",
-                                    "peer-ort-static": "onnxruntime quantize_static(), defaults",
-                                    "peer-nncf": "nncf.quantize(), defaults",
-                                    "peer-nncf-transformer": "nncf.quantize(model_type=TRANSFORMER)"}[label]
+            kind, recipe = (
+                "peer",
+                {
+                    "peer-ort-dynamic": "onnxruntime quantize_dynamic(), defaults",
+                    "peer-ort-static": "onnxruntime quantize_static(), defaults",
+                    "peer-nncf": "nncf.quantize(), defaults",
+                    "peer-nncf-transformer": "nncf.quantize(model_type=TRANSFORMER)",
+                }[label],
+            )
         else:
             record = next(r for r in report.variants if r.name == label)
             kind, recipe = ("search" if label == chosen else "slimserve"), record.recipe
@@ -289,10 +359,19 @@ def bench_model(name: str, folder: Path, quick: bool) -> dict[str, Any]:
     base = report.baseline
     return {
         "model": name,
-        "metric": base.metric, "metricDetail": base.metric_detail, "qualityUnit": base.quality_unit,
-        "dropUnit": base.drop_unit, "evaluationSamples": len(evaluation),
-        "baseline": {"sizeBytes": base_size, "params": base.params, "macs": base.macs, "quality": base.quality,
-                     "latencyMsP50": speeds["baseline"].latency_ms_p50, "throughputRps": speeds["baseline"].throughput_rps},
+        "metric": base.metric,
+        "metricDetail": base.metric_detail,
+        "qualityUnit": base.quality_unit,
+        "dropUnit": base.drop_unit,
+        "evaluationSamples": len(evaluation),
+        "baseline": {
+            "sizeBytes": base_size,
+            "params": base.params,
+            "macs": base.macs,
+            "quality": base.quality,
+            "latencyMsP50": speeds["baseline"].latency_ms_p50,
+            "throughputRps": speeds["baseline"].throughput_rps,
+        },
         "rows": rows,
         "failures": [f.to_json_dict() for f in report.failures],
         "peersSkipped": skipped,
@@ -309,8 +388,14 @@ def bench_model(name: str, folder: Path, quick: bool) -> dict[str, Any]:
 
 def _goal(goal: str, value: float | None, op: str, threshold: float, detail: str = "") -> dict[str, Any]:
     met = value is not None and (value >= threshold if op == ">=" else value <= threshold)
-    return {"goal": goal, "value": None if value is None else round(value, 4), "op": op, "threshold": threshold,
-            "met": met, "detail": detail}
+    return {
+        "goal": goal,
+        "value": None if value is None else round(value, 4),
+        "op": op,
+        "threshold": threshold,
+        "met": met,
+        "detail": detail,
+    }
 
 
 def _beats_peers(model: str, ours: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -321,9 +406,16 @@ def _beats_peers(model: str, ours: dict[str, Any], rows: list[dict[str, Any]]) -
     goals = []
     for peer in (r for r in rows if r["kind"] == "peer" and r["drop"] <= ours["drop"]):
         ratio = ours["speedupBatch1"] / peer["speedupBatch1"]
-        goals.append(_goal(f"{model}: at least as fast as {peer['name']} (equal-or-better quality)", ratio, ">=",
-                           PEER_TOLERANCE, f"{ours['name']} {ours['speedupBatch1']}x vs {peer['speedupBatch1']}x; "
-                           f"drop {ours['drop']} vs {peer['drop']}"))
+        goals.append(
+            _goal(
+                f"{model}: at least as fast as {peer['name']} (equal-or-better quality)",
+                ratio,
+                ">=",
+                PEER_TOLERANCE,
+                f"{ours['name']} {ours['speedupBatch1']}x vs {peer['speedupBatch1']}x; "
+                f"drop {ours['drop']} vs {peer['drop']}",
+            )
+        )
     return goals
 
 
@@ -334,8 +426,15 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         control = rows.get(CONTROL, {}).get("speedupBatch1")
         noise = f"control fp32-vs-fp32 {control}x" if control else ""
         crashed = [f for f in res["failures"] if not f.get("reason")]
-        out.append(_goal(f"{name}: every recipe works or is refused with a reason", float(len(crashed)), "<=", 0,
-                         f"{len(res['rows'])} rows measured, {len(res['failures'])} refused"))
+        out.append(
+            _goal(
+                f"{name}: every recipe works or is refused with a reason",
+                float(len(crashed)),
+                "<=",
+                0,
+                f"{len(res['rows'])} rows measured, {len(res['failures'])} refused",
+            )
+        )
         if name == "minilm":
             chosen = next((r for r in res["rows"] if r["kind"] == "search"), None)
             why = res["search"]["why"] if res["search"] else ""
@@ -343,8 +442,15 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append(_goal("minilm: the search finds a variant (no hand-tuning)", None, ">=", 1, why))
                 continue
             out.append(_goal("minilm search: size ratio", chosen["sizeRatio"], ">=", 3.5, chosen["recipe"]))
-            out.append(_goal("minilm search: mean cosine x 100 drop, upper 95% bound", chosen["dropCI"][1], "<=", 1.0,
-                             f"drop {chosen['drop']} [{chosen['dropCI'][0]}, {chosen['dropCI'][1]}]"))
+            out.append(
+                _goal(
+                    "minilm search: mean cosine x 100 drop, upper 95% bound",
+                    chosen["dropCI"][1],
+                    "<=",
+                    1.0,
+                    f"drop {chosen['drop']} [{chosen['dropCI'][0]}, {chosen['dropCI'][1]}]",
+                )
+            )
             out.append(_goal("minilm search: batch-1 speedup", chosen["speedupBatch1"], ">=", 1.5, noise))
             out += _beats_peers(name, chosen, res["rows"])
         if name == "efficientnet":
@@ -354,8 +460,15 @@ def goals(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             out.append(_goal("efficientnet int8-static: size ratio", ours["sizeRatio"], ">=", 3.5))
             out.append(_goal("efficientnet int8-static: batch-1 speedup", ours["speedupBatch1"], ">=", 2.0, noise))
-            out.append(_goal("efficientnet int8-static: top-1 agreement lost, points", ours["drop"], "<=", 1.0,
-                             f"95% CI [{ours['dropCI'][0]}, {ours['dropCI'][1]}] on {res['evaluationSamples']} crops"))
+            out.append(
+                _goal(
+                    "efficientnet int8-static: top-1 agreement lost, points",
+                    ours["drop"],
+                    "<=",
+                    1.0,
+                    f"95% CI [{ours['dropCI'][0]}, {ours['dropCI'][1]}] on {res['evaluationSamples']} crops",
+                )
+            )
             out += _beats_peers(name, ours, res["rows"])
     return out
 
@@ -391,18 +504,22 @@ def run(json_path: Path, models: list[str], quick: bool) -> dict[str, Any]:
 
 def table(res: dict[str, Any]) -> str:
     """One markdown table per model (what benchmarks/README.md shows)."""
-    lines = [f"**{res['model']}** — {res['metric']} ({res['qualityUnit']}; drop in {res['dropUnit']}), "
-             f"{res['evaluationSamples']} evaluation samples, baseline {res['baseline']['sizeBytes'] / 2**20:.1f} MiB, "
-             f"{res['baseline']['latencyMsP50']:.2f} ms at batch 1",
-             "",
-             "| variant | by | size ratio | batch-1 speedup [block range] | batch-32 speedup | quality [95% CI] | drop [95% CI] |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"**{res['model']}** — {res['metric']} ({res['qualityUnit']}; drop in {res['dropUnit']}), "
+        f"{res['evaluationSamples']} evaluation samples, baseline {res['baseline']['sizeBytes'] / 2**20:.1f} MiB, "
+        f"{res['baseline']['latencyMsP50']:.2f} ms at batch 1",
+        "",
+        "| variant | by | size ratio | batch-1 speedup [block range] | batch-32 speedup | quality [95% CI] | drop [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         rng = r["speedupBatch1Range"]
         rng_text = f" [{rng[0]:.2f}, {rng[1]:.2f}]" if rng else ""
-        lines.append(f"| {r['name']} | {r['kind']} | {r['sizeRatio']:.2f}x | {r['speedupBatch1']:.2f}x{rng_text} | "
-                     f"{r['speedupBatch32']:.2f}x | {r['quality']:.4g} [{r['qualityCI'][0]:.4g}, {r['qualityCI'][1]:.4g}] | "
-                     f"{r['drop']:+.3g} [{r['dropCI'][0]:+.3g}, {r['dropCI'][1]:+.3g}] |")
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['sizeRatio']:.2f}x | {r['speedupBatch1']:.2f}x{rng_text} | "
+            f"{r['speedupBatch32']:.2f}x | {r['quality']:.4g} [{r['qualityCI'][0]:.4g}, {r['qualityCI'][1]:.4g}] | "
+            f"{r['drop']:+.3g} [{r['dropCI'][0]:+.3g}, {r['dropCI'][1]:+.3g}] |"
+        )
     for f in res["failures"]:
         lines.append(f"| {f['name']} | refused | — | — | — | — | {f['step']}: {f['reason'][:160]} |")
     for peer, why in res["peersSkipped"].items():

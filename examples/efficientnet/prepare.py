@@ -27,9 +27,29 @@ SIZES = {"evaluation": 500, "calibration": 128}
 # EfficientNet-Lite's own preprocessing (as its TF reference and the TFLite models): (pixel - 127) / 128.
 MEAN = np.float32(127.0 / 255.0)
 STD = np.float32(128.0 / 255.0)
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
-          "colorwheel", "logo", "camera", "coins", "moon", "page", "text", "clock", "grass", "gravel", "brick",
-          "horse", "cell", "microaneurysms")
+PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "logo",
+    "camera",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "clock",
+    "grass",
+    "gravel",
+    "brick",
+    "horse",
+    "cell",
+    "microaneurysms",
+)
 
 
 def photos() -> list[np.ndarray]:
@@ -84,9 +104,16 @@ def export_onnx(path: Path) -> Path:
     model = pretrained()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["x"],
-                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, SIZE, SIZE),),
+            str(path),
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return path
 
 

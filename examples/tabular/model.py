@@ -11,7 +11,11 @@ from torch import nn
 def build(features: int = 30, width: float = 1.0) -> nn.Module:
     hidden = max(4, int(round(64 * width)))
     return nn.Sequential(
-        nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1),
+        nn.Linear(features, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, 1),
     )
 
 

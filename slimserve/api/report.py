@@ -59,8 +59,9 @@ class VariantRecord(ReportModel):
     throughput_rps: float = Field(description="Samples per second at the measurement batch size.")
     speedup: float = Field(description="Baseline p50 latency / this p50 latency, batch 1.")
     speedup_range: tuple[float, float] | None = Field(
-        default=None, description="Lowest and highest batch-1 speedup over the interleaved measurement blocks "
-        "(each block's median against the baseline's in the same block): the spread over repeats."
+        default=None,
+        description="Lowest and highest batch-1 speedup over the interleaved measurement blocks "
+        "(each block's median against the baseline's in the same block): the spread over repeats.",
     )
     throughput_speedup: float | None = Field(
         default=None, description="This throughput / the baseline's, at the measurement batch size."

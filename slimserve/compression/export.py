@@ -92,8 +92,14 @@ def _shortened(tensors: list[torch.Tensor], names: list[str], dims: dict[str, di
     return out
 
 
-def export_onnx(module: nn.Module, example: DataSet, input_names: list[str], path: Path, by_name: bool = False,
-                others: list[DataSet] | None = None) -> Path:
+def export_onnx(
+    module: nn.Module,
+    example: DataSet,
+    input_names: list[str],
+    path: Path,
+    by_name: bool = False,
+    others: list[DataSet] | None = None,
+) -> Path:
     """Export `module` (moved to CPU, eval mode) to `path`.
 
     Inputs are named `input_names`; the batch, token sequences and any axis that varies between
@@ -107,17 +113,26 @@ def export_onnx(module: nn.Module, example: DataSet, input_names: list[str], pat
     with torch.no_grad():
         keys, outs = flatten_outputs(call(module, args, input_names, by_name))
         varied = any(a for d in dims.values() for a in d)
-        short = flatten_outputs(call(module, _shortened(args, input_names, dims), input_names, by_name))[1] if varied else outs
+        short = (
+            flatten_outputs(call(module, _shortened(args, input_names, dims), input_names, by_name))[1]
+            if varied
+            else outs
+        )
     outputs = keys if keys and len(keys) == len(outs) else output_names(len(outs))
-    sizes = {(axis, int(t.shape[axis])): label for n, t in zip(input_names, args, strict=True)
-             for axis, label in dims[n].items() if axis}
+    sizes = {
+        (axis, int(t.shape[axis])): label
+        for n, t in zip(input_names, args, strict=True)
+        for axis, label in dims[n].items()
+        if axis
+    }
     dynamic: dict[str, dict[int, str]] = dict(dims)
     for name, full, cut in zip(outputs, outs, short, strict=True):
         axes = {0: BATCH_DIM}
         for axis in range(1, full.dim()):
             if full.shape[axis] != cut.shape[axis]:
-                axes[axis] = next((lab for (a, n), lab in sizes.items() if n == full.shape[axis] and a == axis),
-                                  f"{name}_dim{axis}")
+                axes[axis] = next(
+                    (lab for (a, n), lab in sizes.items() if n == full.shape[axis] and a == axis), f"{name}_dim{axis}"
+                )
         dynamic[name] = axes
     # The wrapper binds inputs by name and flattens dict outputs; without either need the module is
     # exported as it is, so node names stay what the user sees in other tools (`/0/Gemm`). A
@@ -180,4 +195,3 @@ def copy_onnx(src: Path, dst: Path) -> Path:
     else:
         onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
     return dst
-

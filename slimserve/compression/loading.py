@@ -158,7 +158,8 @@ def forward_input_names(module: nn.Module, available: set[str]) -> list[str]:
         required = names
     else:
         params = [
-            p for p in inspect.signature(module.forward).parameters.values()
+            p
+            for p in inspect.signature(module.forward).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         names = [p.name for p in params]
@@ -328,9 +329,7 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
         if len(got) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, got, strict=False)):
             want = ["N", *("?" if d is None else d for d in spec.shape)]
             expects = "the model expects" if spec.declared else "spec.data.evaluation has"
-            problems.append(
-                f"{where}: '{spec.name}' has shape {list(arr.shape)} but {expects} {want}; reshape it"
-            )
+            problems.append(f"{where}: '{spec.name}' has shape {list(arr.shape)} but {expects} {want}; reshape it")
     if problems:
         raise InvalidInput(problems)
     return DataSet(path, inputs, labels)

@@ -64,8 +64,22 @@ def cpu_model() -> str:
     return line.partition(":")[2].strip()
 
 
-SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
-              "amx_int8", "amx_bf16", "asimd", "asimddp", "sve")
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+)
 
 
 def instruction_sets() -> str:
@@ -254,6 +268,7 @@ def measure_speed(
                 tput[name].append(time.perf_counter() - t0)
         if on_block:
             on_block()
+
     def blockwise(values: list[float], per: int) -> list[list[float]]:
         return [values[i : i + per] for i in range(0, len(values), per)]
 
@@ -263,7 +278,9 @@ def measure_speed(
             latency_ms_p99=round(float(np.percentile(lat[n], 99)) * 1000, 4),
             throughput_rps=round(sizes[n][1] / float(np.median(tput[n])), 2),
             block_p50_ms=tuple(round(float(np.median(b)) * 1000, 4) for b in blockwise(lat[n], per_block)),
-            block_throughput=tuple(round(sizes[n][1] / float(np.median(b)), 2) for b in blockwise(tput[n], big_per_block)),
+            block_throughput=tuple(
+                round(sizes[n][1] / float(np.median(b)), 2) for b in blockwise(tput[n], big_per_block)
+            ),
         )
         for n in names
     }

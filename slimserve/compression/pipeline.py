@@ -202,9 +202,7 @@ class Workbench:
         self.baseline_path = out / f"{BASELINE}.onnx"
         self.baseline_outputs: np.ndarray | None = None
         self.metric: quality.Metric | None = None
-        self.custom_metric = (
-            quality.load_function(spec.quality.function, base_dir) if spec.quality.function else None
-        )
+        self.custom_metric = quality.load_function(spec.quality.function, base_dir) if spec.quality.function else None
 
     # -- building -------------------------------------------------------------------------
 
@@ -212,15 +210,22 @@ class Workbench:
         t0 = time.perf_counter()
         if self.source.module is not None:
             others = [d for d in (self.train, self.calibration) if d is not None]
-            export_onnx(clone(self.source.module), self.evaluation, self.source.input_names, self.baseline_path,
-                        self.source.by_name, others)
+            export_onnx(
+                clone(self.source.module),
+                self.evaluation,
+                self.source.input_names,
+                self.baseline_path,
+                self.source.by_name,
+                others,
+            )
             recipe = f"export({self.model.spec.source.format} → onnx, fp32)"
         else:
             assert self.source.onnx_path is not None
             copy_onnx(self.source.onnx_path, self.baseline_path)
             recipe = "source (onnx)"
-        return Built(BASELINE, self.baseline_path, self.baseline_path, recipe, time.perf_counter() - t0,
-                     list(self.source.notes))
+        return Built(
+            BASELINE, self.baseline_path, self.baseline_path, recipe, time.perf_counter() - t0, list(self.source.notes)
+        )
 
     def context(self, name: str) -> RecipeContext:
         src = self.model.spec.source
@@ -259,14 +264,21 @@ class Workbench:
                 try:
                     state = REGISTRY[step.recipe](state, step.params, ctx)
                 except InvalidInput as exc:
-                    raise StepFailed(f"steps[{j}] ({step.recipe})", "; ".join(
-                        f"{where}.steps[{j}].{p}" if p.startswith(step.recipe) else f"{where}: {p}" for p in exc.problems
-                    ), invalid=True) from None
+                    raise StepFailed(
+                        f"steps[{j}] ({step.recipe})",
+                        "; ".join(
+                            f"{where}.steps[{j}].{p}" if p.startswith(step.recipe) else f"{where}: {p}"
+                            for p in exc.problems
+                        ),
+                        invalid=True,
+                    ) from None
                 except Exception as exc:  # noqa: BLE001 - a recipe that breaks on this model is this variant's result
                     log.debug("variant %s failed at step %d", name, j, exc_info=True)
                     first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
-                    raise StepFailed(f"steps[{j}] ({step.recipe})",
-                                     f"{where}.steps[{j}] ({step.recipe}) failed: {type(exc).__name__}: {first}") from exc
+                    raise StepFailed(
+                        f"steps[{j}] ({step.recipe})",
+                        f"{where}.steps[{j}] ({step.recipe}) failed: {type(exc).__name__}: {first}",
+                    ) from exc
                 advance()
             try:
                 state = ctx.onnx(state)
@@ -287,8 +299,9 @@ class Workbench:
     def measure_quality(self, built: Built) -> Measured:
         """Counts and quality; the first call must be the baseline (it resolves the metric)."""
         spec = self.model.spec
-        outputs = measure.predict(built.path, self.evaluation, threads=spec.compression.measure.threads,
-                                  output=spec.quality.output)
+        outputs = measure.predict(
+            built.path, self.evaluation, threads=spec.compression.measure.threads, output=spec.quality.output
+        )
         labels, mask = self.evaluation.labels, self.evaluation.inputs.get("attention_mask")
         if self.baseline_outputs is None:
             self.baseline_outputs = outputs
@@ -302,8 +315,9 @@ class Workbench:
             return Measured(built, counts, base_score)
         return Measured(built, counts, score, evidence)
 
-    def attempt(self, name: str, steps: Sequence[Step], where: str, stage: str = "variant",
-                keep: bool = True) -> Measured | VariantFailure:
+    def attempt(
+        self, name: str, steps: Sequence[Step], where: str, stage: str = "variant", keep: bool = True
+    ) -> Measured | VariantFailure:
         """Build and score one variant; a failure is returned as a record (and logged), never raised."""
         try:
             built = self.build(name, steps, where, keep=keep)
@@ -315,8 +329,13 @@ class Workbench:
             except Exception as exc:  # noqa: BLE001 - e.g. a graph onnxruntime cannot load, a changed output shape
                 log.debug("variant %s failed to measure", name, exc_info=True)
                 reason = exc.render() if isinstance(exc, InvalidInput) else f"{type(exc).__name__}: {exc}"
-                failure = VariantFailure(name=name, stage=stage, step="measure", recipe=describe(steps),
-                                         reason=f"{where}: measuring failed: {reason.splitlines()[0][:400]}")
+                failure = VariantFailure(
+                    name=name,
+                    stage=stage,
+                    step="measure",
+                    recipe=describe(steps),
+                    reason=f"{where}: measuring failed: {reason.splitlines()[0][:400]}",
+                )
         log.info("%s %s failed at %s: %s", stage, name, failure.step, failure.reason)  # the CLI prints one line
         return failure
 
@@ -326,13 +345,25 @@ class Workbench:
         blocks = 10
         with progress_task(self.progress, "measuring latency (interleaved)", blocks) as advance:
             return measure.measure_speed(
-                {b.name: b.path for b in items}, self.evaluation, runs, cfg.throughput_batch,
-                threads=cfg.threads, blocks=blocks, on_block=advance,
+                {b.name: b.path for b in items},
+                self.evaluation,
+                runs,
+                cfg.throughput_batch,
+                threads=cfg.threads,
+                blocks=blocks,
+                on_block=advance,
             )
 
 
-def make_record(m: Measured, speed: measure.Speed, base: Measured | None, base_speed: measure.Speed | None,
-                out: Path, metric: quality.Metric, passed: bool | None = None) -> VariantRecord:
+def make_record(
+    m: Measured,
+    speed: measure.Speed,
+    base: Measured | None,
+    base_speed: measure.Speed | None,
+    out: Path,
+    metric: quality.Metric,
+    passed: bool | None = None,
+) -> VariantRecord:
     size = size_bytes(m.built.path)
     base_size = size_bytes(base.built.path) if base else size
     base_p50 = base_speed.latency_ms_p50 if base_speed else speed.latency_ms_p50
@@ -404,8 +435,9 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_compression(model: CompressedModel, base_dir: Path, out_dir: Path,
-                    progress: Progress | None = None) -> CompressionReport:
+def run_compression(
+    model: CompressedModel, base_dir: Path, out_dir: Path, progress: Progress | None = None
+) -> CompressionReport:
     """Build, measure and write every variant of `model`; see the module docstring."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     check_files(model, base_dir)
@@ -486,7 +518,9 @@ def capture_logs(path: Path) -> Iterator[None]:
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     quiet = _QuietLibraries()
-    consoles = [h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    consoles = [
+        h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
     for h in consoles:
         h.addFilter(quiet)
     level = root.level

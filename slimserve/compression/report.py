@@ -46,8 +46,14 @@ def render_markdown(report: CompressionReport) -> str:
         "",
     ]
     if report.failures:
-        lines += ["## Failed variants", "", "| variant | stage | step | recipe | reason |", "|---|---|---|---|---|",
-                  *(f"| {f.name} | {f.stage} | {f.step} | {f.recipe} | {f.reason} |" for f in report.failures), ""]
+        lines += [
+            "## Failed variants",
+            "",
+            "| variant | stage | step | recipe | reason |",
+            "|---|---|---|---|---|",
+            *(f"| {f.name} | {f.stage} | {f.step} | {f.recipe} | {f.reason} |" for f in report.failures),
+            "",
+        ]
     notes = [(r.name, n) for r in [b, *report.variants] for n in r.notes]
     if notes:
         lines += ["## Notes", "", *(f"- **{name}**: {note}" for name, note in notes), ""]

@@ -217,14 +217,29 @@ def families(bench: Workbench, objective: str, ranking: dict[str, list[tuple[str
     if transformer:
         quant_families.reverse()  # dynamic int8 keeps transformer accuracy better
     if factory:
-        out.append(ladder("prune-int8", [[Step(prune=Prune(ratio=r, round_to=4)), *tune, Step(quantize=default_quant)]
-                                         for r in PRUNE_RATIOS], "lower the pruning ratio"))
+        out.append(
+            ladder(
+                "prune-int8",
+                [[Step(prune=Prune(ratio=r, round_to=4)), *tune, Step(quantize=default_quant)] for r in PRUNE_RATIOS],
+                "lower the pruning ratio",
+            )
+        )
     out += quant_families
     if factory:
-        out.append(ladder("pruned", [[Step(prune=Prune(ratio=r, round_to=4)), *tune] for r in PRUNE_RATIOS],
-                          "lower the pruning ratio"))
-        out.append(ladder("low-rank", [[Step(low_rank=LowRank(energy=e)), *tune] for e in ENERGIES],
-                          "keep more energy (a higher rank)"))
+        out.append(
+            ladder(
+                "pruned",
+                [[Step(prune=Prune(ratio=r, round_to=4)), *tune] for r in PRUNE_RATIOS],
+                "lower the pruning ratio",
+            )
+        )
+        out.append(
+            ladder(
+                "low-rank",
+                [[Step(low_rank=LowRank(energy=e)), *tune] for e in ENERGIES],
+                "keep more energy (a higher rank)",
+            )
+        )
     if objective == "size":  # fp16 halves the size but runs no faster on a CPU
         out.append(ladder("fp16", [[Step(quantize=Quantize(mode=QuantizeMode.fp16))]], "none left"))
     return out
@@ -243,8 +258,9 @@ def pareto(trials: list[SearchTrial], objective: str) -> list[str]:
     return pareto_front([(t.name, t.drop, _cost(t, objective)) for t in trials])
 
 
-def run_search(bench: Workbench, baseline: Measured,
-               search: Search) -> tuple[SearchReport, Measured | None, list[VariantFailure]]:
+def run_search(
+    bench: Workbench, baseline: Measured, search: Search
+) -> tuple[SearchReport, Measured | None, list[VariantFailure]]:
     """Run the trials, measure them against the baseline, and choose the best passing one that beats it."""
     objective = str(getattr(search.objective, "value", search.objective))
     limit = search.max_accuracy_drop
@@ -284,8 +300,14 @@ def run_search(bench: Workbench, baseline: Measured,
                 else:
                     reason = f"{shown}: the interval reaches past {limit}; fall back: {fam.fallback}"
                 results.append((got, reason))
-    speeds = bench.speed([baseline.built, *(m.built for m, _ in results)],
-                         runs=max(20, bench.model.spec.compression.measure.latency_runs // 4)) if results else {}
+    speeds = (
+        bench.speed(
+            [baseline.built, *(m.built for m, _ in results)],
+            runs=max(20, bench.model.spec.compression.measure.latency_runs // 4),
+        )
+        if results
+        else {}
+    )
     trials = [
         SearchTrial(
             name=m.built.name,
@@ -301,19 +323,29 @@ def run_search(bench: Workbench, baseline: Measured,
         for m, reason in results
     ]
     base_trial = SearchTrial(
-        name="baseline", recipe="", drop=0.0, drop_ci=(0.0, 0.0), size_bytes=size_bytes(baseline.built.path),
+        name="baseline",
+        recipe="",
+        drop=0.0,
+        drop_ci=(0.0, 0.0),
+        size_bytes=size_bytes(baseline.built.path),
         latency_ms_p50=speeds[baseline.built.name].latency_ms_p50 if speeds else 0.0,
-        throughput_rps=speeds[baseline.built.name].throughput_rps if speeds else 0.0, passed=True, reason="",
+        throughput_rps=speeds[baseline.built.name].throughput_rps if speeds else 0.0,
+        passed=True,
+        reason="",
     )
     passing = [t for t in trials if t.passed]
     better = [t for t in passing if _cost(t, objective) < _cost(base_trial, objective)]
     best = min(better, key=lambda t: _cost(t, objective)) if better else None
     if best is not None:
-        why = (f"{best.name}: the best {objective} of the {len(passing)} trial(s) within the budget, and better than the "
-               f"baseline's ({_cost(best, objective):.4g} vs {_cost(base_trial, objective):.4g})")
+        why = (
+            f"{best.name}: the best {objective} of the {len(passing)} trial(s) within the budget, and better than the "
+            f"baseline's ({_cost(best, objective):.4g} vs {_cost(base_trial, objective):.4g})"
+        )
     elif passing:
-        why = (f"nothing beat the baseline on {objective}: {len(passing)} trial(s) held the quality budget but none "
-               f"was better than the baseline's {_cost(base_trial, objective):.4g}")
+        why = (
+            f"nothing beat the baseline on {objective}: {len(passing)} trial(s) held the quality budget but none "
+            f"was better than the baseline's {_cost(base_trial, objective):.4g}"
+        )
     else:
         why = f"no trial held the quality budget ({limit} {unit}) in {len(trials)} measured trial(s)"
     if failures:
@@ -326,8 +358,9 @@ def run_search(bench: Workbench, baseline: Measured,
         pareto=pareto(trials, objective),
         chosen=best.name if best else None,
         why=why,
-        sensitivity={k: [(n, round(d, 4), round(e, 6)) for n, d, e in v[:SENSITIVITY_REPORTED]]
-                     for k, v in ranking.items()},
+        sensitivity={
+            k: [(n, round(d, 4), round(e, 6)) for n, d, e in v[:SENSITIVITY_REPORTED]] for k, v in ranking.items()
+        },
     )
     if best is None:
         log.warning("search: %s", why)

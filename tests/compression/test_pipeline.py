@@ -20,12 +20,32 @@ from slimserve.errors import InvalidInput
 from tests.compression.conftest import DIGITS, TokenModel, digits_spec, token_data, write_spec
 
 RECORD_KEYS = {
-    "name": str, "recipe": str, "path": str, "sha256": str, "sizeBytes": int, "compressionRatio": float,
-    "params": int, "macs": int, "metric": str, "metricDetail": str, "quality": float, "qualityCI": list,
-    "qualityUnit": str, "drop": float, "dropCI": list, "dropUnit": str,
-    "latencyMsP50": float, "latencyMsP99": float, "throughputRps": float, "speedup": float,
-    "compressSeconds": float, "notes": list, "passed": (bool, type(None)), "served": (dict, type(None)),
-    "speedupRange": (list, type(None)), "throughputSpeedup": (float, int, type(None)),
+    "name": str,
+    "recipe": str,
+    "path": str,
+    "sha256": str,
+    "sizeBytes": int,
+    "compressionRatio": float,
+    "params": int,
+    "macs": int,
+    "metric": str,
+    "metricDetail": str,
+    "quality": float,
+    "qualityCI": list,
+    "qualityUnit": str,
+    "drop": float,
+    "dropCI": list,
+    "dropUnit": str,
+    "latencyMsP50": float,
+    "latencyMsP99": float,
+    "throughputRps": float,
+    "speedup": float,
+    "compressSeconds": float,
+    "notes": list,
+    "passed": (bool, type(None)),
+    "served": (dict, type(None)),
+    "speedupRange": (list, type(None)),
+    "throughputSpeedup": (float, int, type(None)),
 }
 
 
@@ -56,7 +76,12 @@ def test_report_json_shape_is_stable(example: tuple[CompressionReport, Path]) ->
         assert len(record["qualityCI"]) == 2 and len(record["dropCI"]) == 2 and record["metric"] == "accuracy"
         assert record["dropUnit"] == "points" and record["qualityUnit"] == "% correct"
     assert [v["name"] for v in data["variants"]] == [
-        "int8-static", "fp16", "pruned-50", "low-rank", "distilled", "pruned-int8",
+        "int8-static",
+        "fp16",
+        "pruned-50",
+        "low-rank",
+        "distilled",
+        "pruned-int8",
     ]
     assert data["baseline"]["name"] == "baseline" and data["baseline"]["path"] == "baseline.onnx"
     assert CompressionReport.model_validate(data).model == "digits-cnn"
@@ -132,7 +157,10 @@ def test_recipe_crash_names_the_variant_and_step(tmp_path: Path, monkeypatch: py
         raise ZeroDivisionError("boom")
 
     monkeypatch.setitem(REGISTRY, "lowRank", broken)
-    variants = [{"name": "lr", "steps": [{"lowRank": {"rank": 4}}]}, {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}]
+    variants = [
+        {"name": "lr", "steps": [{"lowRank": {"rank": 4}}]},
+        {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]},
+    ]
     spec = write_spec(tmp_path, digits_spec(tmp_path, variants))
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     (failure,) = report.failures
@@ -155,32 +183,43 @@ def _token_files(folder: Path) -> None:
 
 def test_two_int64_inputs_from_onnx_with_dynamic_int8(tmp_path: Path) -> None:
     _token_files(tmp_path)
-    spec = write_spec(tmp_path, {
-        "source": {"uri": "tokens.onnx", "format": "onnx"},
-        "data": {"evaluation": "eval.npz"},
-        "quality": {"metric": "agreement"},
-        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4},
-                        "variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}]},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "source": {"uri": "tokens.onnx", "format": "onnx"},
+            "data": {"evaluation": "eval.npz"},
+            "quality": {"metric": "agreement"},
+            "compression": {
+                "measure": {"latencyRuns": 10, "throughputBatch": 4},
+                "variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}],
+            },
+        },
+    )
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     assert report.baseline.metric == "agreement" and report.baseline.quality == 100.0
     (int8,) = report.variants
     assert int8.quality >= 90.0 and int8.compression_ratio > 1.5
     graph = onnx.load(str(tmp_path / "out" / int8.path)).graph
     assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [
-        ("input_ids", onnx.TensorProto.INT64), ("attention_mask", onnx.TensorProto.INT64),
+        ("input_ids", onnx.TensorProto.INT64),
+        ("attention_mask", onnx.TensorProto.INT64),
     ]
 
 
 def test_two_int64_inputs_from_a_factory_with_low_rank_and_fine_tune(tmp_path: Path) -> None:
     _token_files(tmp_path)
-    spec = write_spec(tmp_path, {
-        "source": {"uri": "tokens.pt", "format": "factory", "factory": "tokenmodel:build"},
-        "data": {"train": "train.npz", "evaluation": "eval.npz"},
-        "quality": {"metric": "agreement"},
-        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4},
-                        "variants": [{"name": "lr", "steps": [{"lowRank": {"rank": 8}}, {"fineTune": {"epochs": 1}}]}]},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "source": {"uri": "tokens.pt", "format": "factory", "factory": "tokenmodel:build"},
+            "data": {"train": "train.npz", "evaluation": "eval.npz"},
+            "quality": {"metric": "agreement"},
+            "compression": {
+                "measure": {"latencyRuns": 10, "throughputBatch": 4},
+                "variants": [{"name": "lr", "steps": [{"lowRank": {"rank": 8}}, {"fineTune": {"epochs": 1}}]}],
+            },
+        },
+    )
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     (lr,) = report.variants
     assert lr.params < report.baseline.params
@@ -200,10 +239,13 @@ def test_torchscript_and_torch_export_sources(tmp_path: Path, trained_digits: to
         program = torch.export.export(trained_digits, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(program, tmp_path / "m.pt2")
         uri = "m.pt2"
-    body = digits_spec(tmp_path, [
-        {"name": "int8", "steps": [{"quantize": {"calibrationSamples": 64}}]},
-        {"name": "tuned", "steps": [{"fineTune": {"epochs": 1, "lr": 1e-4}}]},
-    ])
+    body = digits_spec(
+        tmp_path,
+        [
+            {"name": "int8", "steps": [{"quantize": {"calibrationSamples": 64}}]},
+            {"name": "tuned", "steps": [{"fineTune": {"epochs": 1, "lr": 1e-4}}]},
+        ],
+    )
     body["source"] = {"uri": uri, "format": fmt}
     report = run_compression(load_compressed_model(write_spec(tmp_path, body)), tmp_path, tmp_path / "out")
     assert report.baseline.quality > 97.5
@@ -230,6 +272,8 @@ def test_evaluation_data_the_model_cannot_take_is_an_input_error(tmp_path: Path)
         np.savez(tmp_path / "flat.npz", x=npz["x"].reshape(len(npz["x"]), -1), y=npz["y"])
     spec = digits_spec(tmp_path, [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}])
     spec["data"]["evaluation"] = str(tmp_path / "flat.npz")  # type: ignore[index]
-    with pytest.raises(InvalidInput, match=r"spec.data.evaluation = .*flat.npz.*cannot run on its samples \('x' \[540, 64\]"):
+    with pytest.raises(
+        InvalidInput, match=r"spec.data.evaluation = .*flat.npz.*cannot run on its samples \('x' \[540, 64\]"
+    ):
         run_compression(load_compressed_model(write_spec(tmp_path, spec)), tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -59,11 +59,15 @@ def test_minilm_onnx_every_quantization_recipe_holds_and_a_bad_variant_does_not_
         {"name": "int8-dynamic", "steps": [{"quantize": {"mode": "dynamic"}}]},
         {"name": "bad", "steps": [{"quantize": {"mode": "dynamic", "excludeNodes": ["no-such-node"]}}]},
     ]
-    spec = write_spec(minilm_dir, {
-        "source": {"uri": "minilm.onnx", "format": "onnx"},
-        "data": {"calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
-        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4}, "variants": variants},
-    }, name="minilm")
+    spec = write_spec(
+        minilm_dir,
+        {
+            "source": {"uri": "minilm.onnx", "format": "onnx"},
+            "data": {"calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
+            "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4}, "variants": variants},
+        },
+        name="minilm",
+    )
     _register()
     result = CliRunner().invoke(app, ["compress", str(spec), "--out", str(minilm_dir / "out")])
     assert result.exit_code == 0, result.output
@@ -95,20 +99,31 @@ def _factory_spec(folder: Path, variants: list[dict[str, object]]) -> Path:
     if not (folder / "minilm.pt").exists():
         torch.save(prep.pretrained().state_dict(), folder / "minilm.pt")
         shutil.copy(EXAMPLES / "minilm" / "model.py", folder / "minilm_model.py")
-    return write_spec(folder, {
-        "source": {"uri": "minilm.pt", "format": "factory", "factory": "minilm_model:build"},
-        "data": {"train": "data/train.npz", "calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
-        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4}, "variants": variants},
-    }, name="minilm-factory")
+    return write_spec(
+        folder,
+        {
+            "source": {"uri": "minilm.pt", "format": "factory", "factory": "minilm_model:build"},
+            "data": {
+                "train": "data/train.npz",
+                "calibration": "data/calibration.npz",
+                "evaluation": "data/evaluation.npz",
+            },
+            "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4}, "variants": variants},
+        },
+        name="minilm-factory",
+    )
 
 
 def test_minilm_factory_prunes_whole_heads_factorizes_and_distils_from_the_baseline(minilm_dir: Path) -> None:
     tune = {"fineTune": {"epochs": 1, "lr": 5e-5, "batchSize": 8}}
-    spec = _factory_spec(minilm_dir, [
-        {"name": "pruned", "steps": [{"prune": {"ratio": 0.25, "headRatio": 0.25, "roundTo": 8}}, tune]},
-        {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.95}}, tune]},
-        {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},
-    ])
+    spec = _factory_spec(
+        minilm_dir,
+        [
+            {"name": "pruned", "steps": [{"prune": {"ratio": 0.25, "headRatio": 0.25, "roundTo": 8}}, tune]},
+            {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.95}}, tune]},
+            {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},
+        ],
+    )
     report = run_compression(load_compressed_model(spec), minilm_dir, minilm_dir / "out-factory")
     v = {r.name: r for r in report.variants}
     pruned = v["pruned"]
@@ -139,19 +154,25 @@ def test_inputs_are_bound_by_name_when_an_optional_one_is_skipped(tmp_path: Path
     model = prep.pretrained()
     torch.save(model.state_dict(), tmp_path / "minilm.pt")
     shutil.copy(EXAMPLES / "minilm" / "model.py", tmp_path / "minilm_model.py")
-    spec = write_spec(tmp_path, {
-        "source": {"uri": "minilm.pt", "format": "factory", "factory": "minilm_model:build"},
-        "data": {"evaluation": "eval.npz"},
-        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 2},
-                        "variants": [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}]},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "source": {"uri": "minilm.pt", "format": "factory", "factory": "minilm_model:build"},
+            "data": {"evaluation": "eval.npz"},
+            "compression": {
+                "measure": {"latencyRuns": 10, "throughputBatch": 2},
+                "variants": [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}],
+            },
+        },
+    )
     run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     sess = ort.InferenceSession(str(tmp_path / "out" / "baseline.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["input_ids", "token_type_ids"]
     got = sess.run(None, {"input_ids": data["input_ids"], "token_type_ids": token_types})[0]
     with torch.no_grad():
-        want = model(input_ids=torch.from_numpy(data["input_ids"]),
-                     token_type_ids=torch.from_numpy(token_types)).last_hidden_state.numpy()
+        want = model(
+            input_ids=torch.from_numpy(data["input_ids"]), token_type_ids=torch.from_numpy(token_types)
+        ).last_hidden_state.numpy()
     assert np.abs(got - want).max() < 1e-3
 
 
@@ -160,15 +181,21 @@ def test_efficientnet_lite0_int8_keeps_imagenet_predictions(tmp_path: Path) -> N
     prep.write_data(tmp_path, {"evaluation": 48, "calibration": 32})
     torch.save(prep.pretrained().state_dict(), tmp_path / "effnet.pt")
     shutil.copy(EXAMPLES / "efficientnet" / "model.py", tmp_path / "effnet_model.py")
-    spec = write_spec(tmp_path, {
-        "source": {"uri": "effnet.pt", "format": "factory", "factory": "effnet_model:build"},
-        "data": {"calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
-        "quality": {"metric": "agreement"},
-        "compression": {"measure": {"latencyRuns": 20, "throughputBatch": 4}, "variants": [
-            {"name": "int8", "steps": [{"quantize": {"mode": "static"}}]},
-            {"name": "pruned", "steps": [{"prune": {"ratio": 0.2, "roundTo": 8}}]},
-        ]},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "source": {"uri": "effnet.pt", "format": "factory", "factory": "effnet_model:build"},
+            "data": {"calibration": "data/calibration.npz", "evaluation": "data/evaluation.npz"},
+            "quality": {"metric": "agreement"},
+            "compression": {
+                "measure": {"latencyRuns": 20, "throughputBatch": 4},
+                "variants": [
+                    {"name": "int8", "steps": [{"quantize": {"mode": "static"}}]},
+                    {"name": "pruned", "steps": [{"prune": {"ratio": 0.2, "roundTo": 8}}]},
+                ],
+            },
+        },
+    )
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     v = {r.name: r for r in report.variants}
     assert report.baseline.macs > 350e6  # ~0.4 GMACs at 224x224

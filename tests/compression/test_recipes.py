@@ -73,8 +73,9 @@ def test_dynamic_int8_on_an_mlp_and_exclude_op_types(make_ctx, tmp_path) -> None
     out = REGISTRY["quantize"](ModelState(module=mlp), Quantize(mode="dynamic"), ctx)
     ops = [n.op_type for n in onnx.load(str(out.onnx_path)).graph.node]
     assert "MatMulInteger" in ops
-    kept = REGISTRY["quantize"](ModelState(module=mlp), Quantize(mode="dynamic", exclude_op_types=["Gemm"]),
-                                make_ctx(variant="kept"))
+    kept = REGISTRY["quantize"](
+        ModelState(module=mlp), Quantize(mode="dynamic", exclude_op_types=["Gemm"]), make_ctx(variant="kept")
+    )
     kept_ops = [n.op_type for n in onnx.load(str(kept.onnx_path)).graph.node]
     assert "MatMulInteger" not in kept_ops and "DynamicQuantizeLinear" not in kept_ops
 
@@ -205,8 +206,9 @@ def test_fine_tune_without_train_set_is_invalid(trained_digits, make_ctx) -> Non
 @pytest.mark.slow
 def test_distill_half_width_student_learns(trained_digits, make_ctx, digits_data) -> None:
     ctx = make_ctx()
-    out = REGISTRY["distill"](ModelState(module=trained_digits),
-                              Distill(student={"widthMultiplier": 0.5}, epochs=4, lr=3e-3), ctx)
+    out = REGISTRY["distill"](
+        ModelState(module=trained_digits), Distill(student={"widthMultiplier": 0.5}, epochs=4, lr=3e-3), ctx
+    )
     student = out.module
     assert student is not None
     assert sum(p.numel() for p in student.parameters()) < 0.3 * sum(p.numel() for p in trained_digits.parameters())
@@ -242,8 +244,11 @@ def test_distill_with_a_student_factory(trained_digits, make_ctx, tmp_path) -> N
     (tmp_path / "students.py").write_text(
         "from torch import nn\ndef tiny():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
     )
-    out = REGISTRY["distill"](ModelState(module=trained_digits),
-                              Distill(student={"factory": "students:tiny"}, epochs=1), make_ctx(base_dir=tmp_path))
+    out = REGISTRY["distill"](
+        ModelState(module=trained_digits),
+        Distill(student={"factory": "students:tiny"}, epochs=1),
+        make_ctx(base_dir=tmp_path),
+    )
     assert sum(p.numel() for p in out.module.parameters()) == 650  # type: ignore[union-attr]
 
 

@@ -18,8 +18,17 @@ from tests.compression.conftest import write_spec
 
 
 def _trial(name: str, drop: float, size: int, passed: bool = True) -> SearchTrial:
-    return SearchTrial(name=name, recipe="r", drop=drop, drop_ci=(drop - 1, drop + 1), size_bytes=size, latency_ms_p50=1.0,
-                       throughput_rps=1.0, passed=passed, reason="")
+    return SearchTrial(
+        name=name,
+        recipe="r",
+        drop=drop,
+        drop_ci=(drop - 1, drop + 1),
+        size_bytes=size,
+        latency_ms_p50=1.0,
+        throughput_rps=1.0,
+        passed=passed,
+        reason="",
+    )
 
 
 def test_pareto_front_keeps_only_undominated_trials() -> None:
@@ -47,13 +56,18 @@ def _outlier_model(folder: Path) -> None:
 
 
 def _search_spec(folder: Path, max_trials: int) -> Path:
-    return write_spec(folder, {
-        "source": {"uri": "mlp.onnx", "format": "onnx"},
-        "data": {"calibration": "calib.npz", "evaluation": "eval.npz"},
-        "quality": {"metric": "agreement"},
-        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 4},
-                        "search": {"maxAccuracyDrop": 2.0, "objective": "size", "maxTrials": max_trials}},
-    })
+    return write_spec(
+        folder,
+        {
+            "source": {"uri": "mlp.onnx", "format": "onnx"},
+            "data": {"calibration": "calib.npz", "evaluation": "eval.npz"},
+            "quality": {"metric": "agreement"},
+            "compression": {
+                "measure": {"latencyRuns": 10, "throughputBatch": 4},
+                "search": {"maxAccuracyDrop": 2.0, "objective": "size", "maxTrials": max_trials},
+            },
+        },
+    )
 
 
 def test_search_falls_back_to_keeping_the_most_sensitive_layer_in_float(tmp_path: Path) -> None:
@@ -87,20 +101,29 @@ def test_search_never_returns_a_failing_trial(tmp_path: Path) -> None:
     assert report.search.chosen is None and "no trial held the quality budget" in report.search.why
     assert report.variants == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "baseline.onnx", "compress.log", "report.json", "report.md"]
+        "baseline.onnx",
+        "compress.log",
+        "report.json",
+        "report.md",
+    ]
     assert "no trial held the quality budget" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_search_choice_must_beat_the_baseline_on_the_objective(tmp_path: Path) -> None:
     """On a tiny MLP every int8 graph is slower than fp32 at batch 1: a latency search chooses nothing."""
     _outlier_model(tmp_path)
-    spec = write_spec(tmp_path, {
-        "source": {"uri": "mlp.onnx", "format": "onnx"},
-        "data": {"evaluation": "eval.npz"},
-        "quality": {"metric": "agreement"},
-        "compression": {"measure": {"latencyRuns": 40, "throughputBatch": 4},
-                        "search": {"maxAccuracyDrop": 50.0, "objective": "latency", "maxTrials": 2}},
-    })
+    spec = write_spec(
+        tmp_path,
+        {
+            "source": {"uri": "mlp.onnx", "format": "onnx"},
+            "data": {"evaluation": "eval.npz"},
+            "quality": {"metric": "agreement"},
+            "compression": {
+                "measure": {"latencyRuns": 40, "throughputBatch": 4},
+                "search": {"maxAccuracyDrop": 50.0, "objective": "latency", "maxTrials": 2},
+            },
+        },
+    )
     report = run_compression(load_compressed_model(spec), tmp_path, tmp_path / "out")
     search = report.search
     assert search is not None and [t.recipe for t in search.trials] == ["quantize(mode=dynamic)"]

@@ -28,6 +28,8 @@ def apply(state: ModelState, params: FineTune, ctx: RecipeContext) -> ModelState
         targets = soft_targets(teacher, data, ctx)
         loss, what = imitation_loss(ctx, targets, temperature=1.0)
         source = "the baseline" if ctx.teacher is not None else "the model before this step"
-        ctx.notes.append(f"fineTune: no labels; distilled from {source} ({what}), {params.epochs} epochs, lr {params.lr:g}")
+        ctx.notes.append(
+            f"fineTune: no labels; distilled from {source} ({what}), {params.epochs} epochs, lr {params.lr:g}"
+        )
     tuned = fit(module, data, loss, ctx, params.epochs, params.lr, params.batch_size, "fine-tune")
     return replace(state, module=tuned, onnx_path=None, float_onnx=None)

@@ -60,7 +60,11 @@ def _attention_blocks(module: nn.Module) -> tuple[list[_Attention], list[str]]:
             found.append(_Attention(m, layers, attr, int(getattr(m, attr))))  # type: ignore[arg-type]
             covered.update(id(x) for x in m.modules())
     for name, m in module.named_modules():
-        if "attention" in type(m).__name__.lower() and id(m) not in covered and not isinstance(m, nn.MultiheadAttention):
+        if (
+            "attention" in type(m).__name__.lower()
+            and id(m) not in covered
+            and not isinstance(m, nn.MultiheadAttention)
+        ):
             linears = [c for c in m.children() if isinstance(c, nn.Linear)]
             if len(linears) >= 3:  # projections we cannot match to heads
                 unknown.append(f"{name} ({type(m).__name__})")
@@ -112,8 +116,10 @@ def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: l
             if isinstance(getattr(a.module, "attention_head_size", None), int):
                 setattr(a.module, "attention_head_size", q.out_features // max(1, heads))  # noqa: B010
             kept.append(heads)
-        what += (f"; attention heads {attention[0].heads} → {min(kept)}-{max(kept)} per layer "
-                 f"({len(attention)} blocks), residual width kept")
+        what += (
+            f"; attention heads {attention[0].heads} → {min(kept)}-{max(kept)} per layer "
+            f"({len(attention)} blocks), residual width kept"
+        )
     ctx.notes.append(f"prune: structured, {what}; params {before} → {after}")
 
 
@@ -144,8 +150,10 @@ def apply(state: ModelState, params: Prune, ctx: RecipeContext) -> ModelState:
     module = state.require_module("prune")
     layers_of(module, "prune", _LAYERS)
     if isinstance(module, torch.jit.ScriptModule):
-        raise InvalidInput("prune: a TorchScript module cannot be restructured; give a factory source "
-                           "(source.format: factory, 'module:function' + state dict)")
+        raise InvalidInput(
+            "prune: a TorchScript module cannot be restructured; give a factory source "
+            "(source.format: factory, 'module:function' + state dict)"
+        )
     classifier = final_layer(module, ctx)
     ignored = [named_module(module, n, "prune.keepLayers") for n in params.keep_layers]
     if classifier is not None:

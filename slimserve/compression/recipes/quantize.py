@@ -112,9 +112,7 @@ def _excluded_nodes(model: onnx.ModelProto, params: Quantize) -> list[str]:
     missing = [n for n in params.exclude_nodes if n not in names]
     if missing:
         shown = sorted(n for n in names if n)[:15]
-        raise InvalidInput(
-            f"quantize.excludeNodes = {missing}: no such node in the graph; node names include {shown}"
-        )
+        raise InvalidInput(f"quantize.excludeNodes = {missing}: no such node in the graph; node names include {shown}")
     by_type = [n.name for n in model.graph.node if n.op_type in set(params.exclude_op_types)]
     chosen = set(params.exclude_nodes) | set(by_type)
     # onnxruntime rewrites Gemm as MatMul + Add before dynamic quantization, under derived names.
@@ -196,7 +194,9 @@ def static_int8(
     reader = None if cache is not None and cache.is_file() else _Reader(calibration, fixed)
     kwargs: dict[str, object] = {"calibration_cache_path": cache} if cache is not None else {}
     quantize_static(
-        str(src), str(out), reader,
+        str(src),
+        str(out),
+        reader,
         quant_format=_FORMATS[_value(params.format)],
         op_types_to_quantize=op_types(params, model),
         per_channel=params.per_channel,
@@ -214,7 +214,8 @@ def static_int8(
 def dynamic_int8(src: Path, out: Path, params: Quantize, nodes_to_exclude: list[str] | None = None) -> None:
     model = onnx.load(str(src), load_external_data=False)
     quantize_dynamic(
-        str(src), str(out),
+        str(src),
+        str(out),
         op_types_to_quantize=op_types(params, model),
         per_channel=params.per_channel,
         reduce_range=reduce_range(params)[0],
@@ -245,7 +246,10 @@ def fp16(src: Path, out: Path, params: Quantize, sample: DataSet) -> list[str]:
     for _ in range(FP16_RETRIES):
         model = onnx.load(str(src))
         converted = convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=blocked_ops, node_block_list=blocked_nodes or None,
+            model,
+            keep_io_types=True,
+            op_block_list=blocked_ops,
+            node_block_list=blocked_nodes or None,
         )
         onnx.save(converted, str(out))
         error = _runs(out, sample)
@@ -269,9 +273,11 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
         model = onnx.load(str(src), load_external_data=False)
         _excluded_nodes(model, params)
         kept = fp16(src, out, params, ctx.evaluation.head(2))
-        ctx.notes.append("quantize: fp16 weights and activations, inputs/outputs in their own types, ops without "
-                         "fp16 kernels in fp32; onnxruntime's CPU provider has few fp16 kernels, so the speedup is "
-                         "for GPUs")
+        ctx.notes.append(
+            "quantize: fp16 weights and activations, inputs/outputs in their own types, ops without "
+            "fp16 kernels in fp32; onnxruntime's CPU provider has few fp16 kernels, so the speedup is "
+            "for GPUs"
+        )
         if kept:
             ctx.notes.append(f"quantize: kept in fp32 so that the graph loads: {', '.join(kept)}")
         return replace(state, module=None, onnx_path=out, float_onnx=state.float_onnx or src)
@@ -288,11 +294,15 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
     if mode == "dynamic":
         dynamic_int8(pre, out, params, exclude)
         per_channel = "per-channel" if params.per_channel else "per-tensor"
-        ctx.notes.append(f"quantize: dynamic int8, {per_channel} weights {_value(params.weight_type)}, {what}; "
-                         f"reduce_range {rr} ({why})")
+        ctx.notes.append(
+            f"quantize: dynamic int8, {per_channel} weights {_value(params.weight_type)}, {what}; "
+            f"reduce_range {rr} ({why})"
+        )
         if any(n.op_type == "Conv" for n in model.graph.node) and (kinds is None or "Conv" in kinds):
-            ctx.notes.append("quantize: dynamic int8 turns Conv into ConvInteger, which onnxruntime runs slower "
-                             "than fp32 on CPU; use mode: static for convolutional models")
+            ctx.notes.append(
+                "quantize: dynamic int8 turns Conv into ConvInteger, which onnxruntime runs slower "
+                "than fp32 on CPU; use mode: static for convolutional models"
+            )
     else:
         if ctx.calibration is None:
             raise InvalidInput("quantize.mode = 'static': spec.data.calibration is missing; add a .npz or use dynamic")
@@ -300,8 +310,10 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
         if params.smooth_quant is not None:
             pre, inserted, groups = smooth(pre, ctx.work_dir / f"{ctx.variant}.smooth.onnx", calib, params.smooth_quant)
             exclude = sorted(set(exclude) | set(inserted))
-            ctx.notes.append(f"quantize: SmoothQuant alpha {params.smooth_quant:g} on {groups} activation(s) "
-                             "feeding MatMul/Gemm weights")
+            ctx.notes.append(
+                f"quantize: SmoothQuant alpha {params.smooth_quant:g} on {groups} activation(s) "
+                "feeding MatMul/Gemm weights"
+            )
         if bias_correction(params, model):
             pre, changed = correct(pre, ctx.work_dir / f"{ctx.variant}.bc.onnx", calib, params.per_channel, rr)
             ctx.notes.append(f"quantize: bias correction of int8 weight rounding on {changed} Conv/Gemm layers")

@@ -43,7 +43,9 @@ def _weight_layers(model: onnx.ModelProto) -> dict[str, list[tuple[onnx.NodeProt
     return groups
 
 
-def _activation_ranges(model: onnx.ModelProto, names: list[str], data: DataSet, batch: int = 16) -> dict[str, np.ndarray]:
+def _activation_ranges(
+    model: onnx.ModelProto, names: list[str], data: DataSet, batch: int = 16
+) -> dict[str, np.ndarray]:
     """Per-channel max |x| (last axis) of each named tensor over the calibration set."""
     import onnxruntime as ort
 

@@ -41,8 +41,16 @@ def soft_targets(teacher: nn.Module, data: DataSet, ctx: RecipeContext, batch_si
     return torch.cat(outs)
 
 
-def fit(module: nn.Module, data: DataSet, loss_fn: LossFn, ctx: RecipeContext, epochs: int, lr: float,
-        batch_size: int, label: str) -> nn.Module:
+def fit(
+    module: nn.Module,
+    data: DataSet,
+    loss_fn: LossFn,
+    ctx: RecipeContext,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    label: str,
+) -> nn.Module:
     """AdamW with a cosine schedule; returns the module in eval mode on the CPU."""
     torch.manual_seed(ctx.seed)
     module = module.to(ctx.device).train()
@@ -103,7 +111,9 @@ def label_loss(ctx: RecipeContext, labels: torch.Tensor) -> tuple[LossFn, str]:
     if labels.is_floating_point():
 
         def mse(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return nn.functional.mse_loss(out.reshape(len(idx), -1), labels[idx.to(labels.device)].reshape(len(idx), -1))
+            return nn.functional.mse_loss(
+                out.reshape(len(idx), -1), labels[idx.to(labels.device)].reshape(len(idx), -1)
+            )
 
         return mse, "MSE to the labels"
     if threshold is not None:
