@@ -107,7 +107,8 @@ def _export_mlp(folder: Path) -> tuple[Path, Path]:
 def _record(name: str, path: Path) -> VariantRecord:
     return VariantRecord(
         name=name, recipe=name, path=path.name, sha256="-", size_bytes=path.stat().st_size, compression_ratio=1.0,
-        params=0, macs=0, metric="fidelity", accuracy=100.0, accuracy_ci=(100.0, 100.0), accuracy_drop=0.0,
+        params=0, macs=0, metric="agreement", quality=100.0, quality_ci=(100.0, 100.0), quality_unit="%",
+        drop=0.0, drop_ci=(0.0, 0.0), drop_unit="points",
         latency_ms_p50=0.0, latency_ms_p99=0.0, throughput_rps=0.0, speedup=1.0, compress_seconds=0.0,
     )  # fmt: skip
 
@@ -141,7 +142,7 @@ def _window(prom: PromClient, url: str, model: str, data: Path, users: int, work
     )  # fmt: skip
     wait_for_scrape()
     ramp = 1.0
-    server = prom.model_window(model, max(load.duration_s - ramp, 1.0), load.end)
+    server = _server_window(prom, model, max(load.duration_s - ramp, 1.0), load.end)
     m = load.per_model[model]
     capacity = load.total.rps / load.generator_cpu if load.generator_cpu and load.generator_cpu > 0 else None
     return {
@@ -151,13 +152,28 @@ def _window(prom: PromClient, url: str, model: str, data: Path, users: int, work
         "clientP50Ms": m.p50_ms,
         "clientP99Ms": m.p99_ms,
         "failures": m.failures,
-        "serverRps": server.throughput_rps,
-        "serverP99Ms": server.p99_ms,
-        "avgBatch": server.avg_batch,
-        "queueMs": server.queue_ms,
+        "serverRps": server["rps"],
+        "avgBatch": server["avgBatch"],
+        "queueMs": server["queueMs"],
         "generatorCpu": load.generator_cpu,
         "generatorCapacityRps": capacity,
         "generatorBound": load.generator_bound,
+    }
+
+
+def _server_window(prom: PromClient, model: str, seconds: float, end: float) -> dict[str, float | None]:
+    """Triton's own rate, average batch and queue time for `model` over the window (Prometheus)."""
+    w, sel = f"{max(int(round(seconds)), 2)}s", f'model="{model}"'
+
+    def total(metric: str, fn: str = "increase") -> float | None:
+        return prom.scalar(f"sum({fn}({metric}{{{sel}}}[{w}]))", end)
+
+    ok, count, execs, queue = (total("nv_inference_request_success"), total("nv_inference_count"),
+                               total("nv_inference_exec_count"), total("nv_inference_queue_duration_us"))
+    return {
+        "rps": total("nv_inference_request_success", "rate"),
+        "avgBatch": count / execs if count is not None and execs else None,
+        "queueMs": queue / 1000.0 / ok if queue is not None and ok else None,
     }
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 from model import build  # noqa: E402
 
 SEED = 0
-TEST_SIZE = 540
+TEST_SIZE = 900
 CALIBRATION_SIZE = 256
 EPOCHS = 30
 

@@ -3,6 +3,8 @@
 Relative paths resolve against a base folder: the YAML file's folder by default, or the CLI's
 `--base-dir`, so the same YAML works locally and in the cluster (where the worker Jobs read it
 from a ConfigMap at /spec and pass the folder on the model volume that holds its files).
+Remote URIs (s3://, gs://, https://, hf://, pvc://) are fetched first by `slimserve.storage.localize`,
+which every command calls, so what reaches this module is a local path.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ RELATIVE_HINT: Final = "relative paths resolve against the YAML file's folder, o
 
 
 def resolve_uri(uri: str, base: Path, field: str) -> Path:
-    """A local path for `uri`. Models and data are files; remote schemes are refused with the fix."""
+    """A local path for `uri`; a remote URI here means `slimserve.storage.localize` was not called first."""
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     elif "://" in uri:
         scheme = uri.split("://", 1)[0]
         raise InvalidInput(
-            f"{field} = {uri!r}: {scheme}:// URIs are not read; copy the file next to the YAML (in a cluster, "
-            "to /models/<name>/inputs on the model volume) and give its path, relative to that folder or absolute"
+            f"{field} = {uri!r}: {scheme}:// is fetched by slimserve.storage.localize(model, base_dir), which "
+            "the slimserve commands call before their work; call it before reading the spec's files"
         )
     path = Path(uri)
     return path if path.is_absolute() else (base / path)

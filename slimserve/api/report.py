@@ -47,11 +47,11 @@ class VariantRecord(ReportModel):
     metric: str = Field(description="The quality metric (spec.quality.metric as resolved), e.g. accuracy, cosine.")
     metric_detail: str = Field(default="", description="What the metric reads and why it was chosen.")
     quality: float = Field(description="This variant's score, in `qualityUnit`.")
-    quality_ci: tuple[float, float] = Field(alias="qualityCI", description="95% interval of the score.")
+    quality_ci: tuple[float, float] = Field(alias="qualityCI", description="90% interval of the score.")
     quality_unit: str = Field(description="Unit of the score, e.g. '% correct', 'cosine x 100', 'MSE'.")
     drop: float = Field(description="Quality lost versus the baseline in `dropUnit` (negative = better).")
     drop_ci: tuple[float, float] = Field(
-        alias="dropCI", description="Paired 95% interval of the drop: what budgets are judged on."
+        alias="dropCI", description="Paired 90% interval of the drop: what budgets are judged on."
     )
     drop_unit: str = Field(description="Unit of the drop and of the budgets: points, or % error increase.")
     latency_ms_p50: float
@@ -132,8 +132,8 @@ class CheckResult(ReportModel):
     verdict: Verdict
     value: float | None
     threshold: float | None
-    low: float | None = Field(default=None, description="Lower bound of the value's 95% interval.")
-    high: float | None = Field(default=None, description="Upper bound of the value's 95% interval.")
+    low: float | None = Field(default=None, description="Lower bound of the value's 90% interval.")
+    high: float | None = Field(default=None, description="Upper bound of the value's 90% interval.")
     baseline: float | None = None
     detail: str = ""
 

@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP: Final = "slimserve.dev"
@@ -29,6 +29,25 @@ FACTORY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_PATTERN: Final = r"^[0-9]+(ms|s|m)$"
 CPU_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?m?$"
 MEMORY_PATTERN: Final = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"
+DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# What Triton's S3 client parses: bucket, then path segments of letters, digits, '.', '-' and '_'.
+S3_REPOSITORY_PATTERN: Final = r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/[0-9A-Za-z._-]+)*/?$"
+
+# The URIs slimserve reads (slimserve.storage fetches them): one RE2 pattern per scheme, checked by
+# pydantic and by the CRD's CEL rule alike. A value without "://" is a path.
+URI_PATTERNS: Final = {
+    "s3": r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/.*)?$",
+    "gs": r"^gs://[a-z0-9][a-z0-9._-]*[a-z0-9](/.*)?$",
+    "http": r"^https?://[^/?#]+(/.*)?$",
+    "hf": r"^hf://((models|datasets)/)?[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[^@]+)?(/.*)?$",
+    "pvc": r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$",
+    "file": r"^file:///.*$",
+}
+URI_FORMS: Final = (
+    "s3://bucket/key, gs://bucket/key, https://host/path, hf://org/repo[@revision]/path, pvc://claim/path, "
+    "file:///absolute/path, or a path relative to the YAML file's folder"
+)
+_ANY_URI: Final = "^(" + "|".join(p[1:-1] for p in URI_PATTERNS.values()) + ")$"
 
 # What each pattern means, for error messages that say how to fix the value.
 PATTERN_HINTS: Final = {
@@ -39,6 +58,9 @@ PATTERN_HINTS: Final = {
     DURATION_PATTERN: "use a duration such as 500ms, 15s or 2m",
     CPU_PATTERN: "use a Kubernetes CPU quantity such as 2 or 500m",
     MEMORY_PATTERN: "use a Kubernetes memory quantity such as 512Mi or 8Gi",
+    DNS_SUBDOMAIN_PATTERN: "use the name of a Kubernetes object: lowercase letters, digits, '-' and '.'",
+    S3_REPOSITORY_PATTERN: "use s3://bucket/prefix with path segments of letters, digits, '.', '-' and '_' "
+    "(what Triton's S3 client reads), e.g. s3://models/digits/repository",
 }
 
 
@@ -60,9 +82,36 @@ class Model(BaseModel):
     )
 
 
+def _readable_uri(uri: str) -> str:
+    """A URI names a scheme slimserve reads, in that scheme's shape (the CEL rule on `Uri` is its twin)."""
+    if "://" not in uri:
+        return uri
+    scheme = uri.split("://", 1)[0].lower()
+    key = "http" if scheme in ("http", "https") else scheme
+    if key not in URI_PATTERNS:
+        raise ValueError(f"{scheme}:// is not read by slimserve; use {URI_FORMS}")
+    if not re.fullmatch(URI_PATTERNS[key], uri):
+        shapes = {"s3": "s3://bucket/key", "gs": "gs://bucket/key", "http": f"{scheme}://host/path",
+                  "hf": "hf://org/repo[@revision][/path] or hf://datasets/org/repo[@revision][/path]",
+                  "pvc": "pvc://claim/path (a PersistentVolumeClaim name, then the path in it)",
+                  "file": "file:///absolute/path"}  # fmt: skip
+        raise ValueError(f"not a {scheme}:// URI slimserve reads; use {shapes[key]}")
+    return uri
+
+
 Uri = Annotated[
     str,
-    Field(min_length=1, max_length=1024, pattern=NO_DOTDOT_PATTERN),
+    Field(
+        min_length=1,
+        max_length=1024,
+        pattern=NO_DOTDOT_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": f"!self.contains('://') || self.matches('{_ANY_URI}')", "message": f"use {URI_FORMS}"}
+            ]
+        },
+    ),
+    AfterValidator(_readable_uri),
 ]
 
 
@@ -86,13 +135,17 @@ class Source(Model):
 
     `uri` is an ONNX file, a TorchScript file, a torch.export `.pt2` archive, or (format
     `factory`) a state-dict file loaded into the `nn.Module` that `factory` builds.
-    Relative paths resolve against the directory of the YAML file (`--base-dir` overrides it); in a
-    cluster that folder is `/models/<name>/inputs` on the model volume the worker Jobs mount.
+    Every URI in the spec is a path or one of s3://, gs://, https://, hf://, pvc://, file://
+    (fetched into a content-addressed cache by `slimserve.storage`). Relative paths resolve against
+    the directory of the YAML file (`--base-dir` overrides it); in a cluster that folder is
+    `/models/<name>/inputs` on the model volume the worker Jobs mount.
     """
 
     uri: Uri = Field(
         description="Model file: a path relative to the YAML file's folder (in a cluster /models/<name>/inputs "
-        "on the model volume), or an absolute path."
+        "on the model volume), an absolute path, or s3://bucket/key, gs://bucket/key, https://host/path, "
+        "hf://org/repo[@revision]/path, pvc://claim/path. An ONNX model's external data files beside it "
+        "(model.onnx.data) come along. Example: s3://models/digits/digits_cnn.pt."
     )
     format: SourceFormat = Field(
         default=SourceFormat.onnx,
@@ -103,14 +156,43 @@ class Source(Model):
         pattern=FACTORY_PATTERN,
         description="'module:function' returning an nn.Module; needed when format is factory.",
     )
+    code_uri: Uri | None = Field(
+        default=None,
+        description="Folder (or one .py file) holding the modules that source.factory, a distill student's "
+        "factory and quality.function import; it comes first on sys.path. Any URI form of `uri`. Default: "
+        "the YAML file's folder (--base-dir). Example: s3://models/digits/model.py.",
+    )
 
 
 class Data(Model):
-    """Data sets as `.npz` files: one array per model input (or `x`), plus `y` labels if any."""
+    """Data sets as `.npz` files: one array per model input (or `x`), plus `y` labels if any.
+
+    Each is a path or a URI, as `source.uri` is (e.g. s3://models/digits/data/test.npz).
+    """
 
     train: Uri | None = Field(default=None, description="Training set for fine-tuning and distillation.")
     calibration: Uri | None = Field(default=None, description="Calibration set for static quantization.")
     evaluation: Uri = Field(description="Evaluation set every variant is measured on.")
+
+
+class Storage(Model):
+    """Credentials for the spec's remote URIs (and an s3:// model repository) in a cluster.
+
+    Locally the same variables come from your environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL (MinIO and other S3-compatible stores),
+    GOOGLE_APPLICATION_CREDENTIALS, HF_TOKEN, HF_ENDPOINT.
+    """
+
+    secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Secret in the CompressedModel's namespace whose keys become environment variables of the "
+        "worker Jobs' storage step and of Triton (for an s3:// model repository): AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, HF_TOKEN, ... It is also mounted at "
+        "/var/run/secrets/slimserve/storage, so GOOGLE_APPLICATION_CREDENTIALS can name a key file in it. "
+        "Default: none (workload identity, or public data). Example: model-storage.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,7 +627,14 @@ class ModelRepository(Model):
     """Where the Triton model repository lives in a cluster: a PVC (default) or an s3:// URI."""
 
     pvc: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN)
-    uri: str | None = Field(default=None, pattern=r"^s3://[^ ]+$")
+    uri: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=S3_REPOSITORY_PATTERN,
+        description="s3://bucket/prefix: `slimserve package` uploads each repository to <uri>/<version>/ (a "
+        "content hash), then writes <uri>/<version>.complete; Triton reads it natively with the credentials "
+        "of spec.storage.secretName (AWS_ENDPOINT_URL for MinIO). Example: s3://models/digits/repository.",
+    )
     size: str = Field(default="5Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
 
 
@@ -624,17 +713,46 @@ class Rollout(Model):
 
 
 class Gates(Model):
-    """What the candidate must show against the baseline measured in the same run."""
+    """What the candidate must show, judged on intervals (each end a one-sided 95% bound).
 
-    max_accuracy_drop: float = Field(default=1.0, ge=0, le=100, description="Points, judged on the 95% CI.")
-    max_p99_ms: float | None = Field(default=None, gt=0, description="Absolute p99 budget in milliseconds.")
-    p99_tolerance: float | None = Field(default=0.1, ge=0, le=10, description="Candidate p99 <= baseline x (1 + this).")
-    min_throughput_rps: float | None = Field(default=None, gt=0)
-    min_throughput_ratio: float | None = Field(
-        default=0.9, gt=0, le=100, description="Candidate rps >= baseline x this."
+    A check passes when its whole interval is on the good side of the threshold, fails when the whole
+    interval is on the bad side, and is inconclusive otherwise. Latency, throughput and errors compare
+    the candidate with a fresh copy of the stable model (the control) that gets the same share of the
+    load in the same seconds; quality compares it with the uncompressed baseline. The defaults are
+    calibrated with `python -m benchmarks.gate` (see benchmarks/README.md).
+    """
+
+    max_accuracy_drop: float = Field(
+        default=1.0, ge=0, le=100,
+        description="Largest quality drop versus the baseline, in the metric's unit (spec.quality): points of "
+        "a 0-100 score, or % error increase for mse/mae. Judged on the paired interval of the drop. Default 1.0.",
+    )  # fmt: skip
+    max_p99_ms: float | None = Field(
+        default=None, gt=0, description="Absolute budget for the candidate's client-side p99, in milliseconds."
     )
-    max_error_rate: float = Field(default=0.01, ge=0, le=1)
-    min_samples: int = Field(default=100, ge=1, le=10_000_000, description="Fewer requests is Inconclusive.")
+    p99_tolerance: float | None = Field(
+        default=0.25, ge=0, le=10,
+        description="Candidate p99 <= control p99 x (1 + this), same window, client side. Default 0.25.",
+    )  # fmt: skip
+    min_throughput_rps: float | None = Field(
+        default=None, gt=0, description="Absolute floor for the candidate's capacity, samples per second of compute."
+    )
+    min_throughput_ratio: float | None = Field(
+        default=0.85, gt=0, le=100,
+        description="Candidate capacity >= control capacity x this, same window: samples per second of work "
+        "(CPU seconds of the serving processes locally; compute seconds from Triton's counters in a cluster). "
+        "Default 0.85.",
+    )  # fmt: skip
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1,
+        description="Largest share of failed candidate requests (timeouts, refused connections and non-2xx "
+        "answers count). Default 0.01.",
+    )  # fmt: skip
+    min_samples: int = Field(
+        default=500, ge=1, le=10_000_000,
+        description="Fewer judged requests on the candidate or the control (or fewer evaluation samples) is "
+        "Inconclusive, never a failure. Default 500.",
+    )  # fmt: skip
 
 
 class CompressedModelSpec(Model):
@@ -645,6 +763,7 @@ class CompressedModelSpec(Model):
     serving: Serving = Field(default_factory=Serving)
     rollout: Rollout = Field(default_factory=Rollout)
     gates: Gates = Field(default_factory=Gates)
+    storage: Storage = Field(default_factory=Storage)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> CompressedModelSpec:

@@ -3,6 +3,7 @@
 from slimserve.cli import (
     compress,  # noqa: F401
     evaluate,  # noqa: F401
+    fetch,  # noqa: F401
     package,  # noqa: F401
     run,  # noqa: F401
     validate,  # noqa: F401

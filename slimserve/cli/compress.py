@@ -66,7 +66,7 @@ def _recipes(report: object) -> str:
 HELP: Final = (
     "Compress a model into the variants its spec lists, and measure each against the baseline.\n\n"
     "Every variant ends as an ONNX file with a measured record: size, parameters, MACs, accuracy "
-    "with a 95% CI (or fidelity to the baseline without labels), accuracy drop, onnxruntime latency "
+    "with a 90% CI (or fidelity to the baseline without labels), accuracy drop, onnxruntime latency "
     "p50/p99 at batch 1 and throughput.\n\n"
     "A variant that cannot be built is reported with its step and reason (one line each) and the run goes on. "
     "Library warnings go to compress.log beside the report.\n\n"
@@ -93,8 +93,9 @@ def compress(
     """Compress a model into measured variants (help text: HELP)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    model = load_compressed_model(file)
-    base = base_dir_for(file, base_dir)
+    from slimserve.storage import localize
+
+    model, base = localize(load_compressed_model(file), base_dir_for(file, base_dir))
     console = Console()
     if not console.is_terminal:  # logs and pipes: keep the table on one line per variant
         console = Console(width=140)

@@ -84,17 +84,17 @@ def evaluate(
     1 internal failure."""
     from slimserve.api.paths import RELATIVE_HINT, data_files
     from slimserve.api.report import EvaluationReport
-    from slimserve.evaluator.canary import Roles, Timing, parse_duration
+    from slimserve.evaluator.canary import PrometheusCapacity, Roles, Timing, parse_duration
     from slimserve.evaluator.load import Target
     from slimserve.evaluator.prometheus import PromClient
     from slimserve.evaluator.rollout import Judge
     from slimserve.evaluator.served import load_npz, predict_onnx
+    from slimserve.storage import localize
     from slimserve.triton.process import install_signal_handlers, stop_all
 
     install_signal_handlers()
-    model = load_compressed_model(file)
+    model, folder = localize(load_compressed_model(file), base_dir_for(file, base_dir))
     spec = model.spec
-    folder = base_dir_for(file, base_dir)
     evaluation = data_files(model, folder)["evaluation"]
     if not evaluation.is_file():
         raise InvalidInput(f"spec.data.evaluation = '{evaluation}': file not found; fix the path ({RELATIVE_HINT})")
@@ -124,7 +124,8 @@ def evaluate(
         reference = Target(reference_url or "", reference_model, 0, "reference")
     work = out.parent / f".{out.stem}-work"
     judge = Judge(
-        spec=spec, roles=Roles(stable, candidate, control), prom=PromClient(prometheus_url or ""), data=evaluation,
+        spec=spec, roles=Roles(stable, candidate, control), data=evaluation,
+        capacity=PrometheusCapacity(PromClient(prometheus_url or ""), interval),
         work_dir=work, reference=reference, base_dir=folder, timing=timing,  # type: ignore[arg-type]
     )  # fmt: skip
     try:

@@ -36,9 +36,10 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 BASE_DIR_HELP: Final = (
-    "Folder that relative paths in the spec (source.uri, data.*) resolve against and that comes first on "
-    "sys.path for source.factory. Default: the YAML file's folder. The operator's Jobs read the YAML from "
-    "/spec and pass the folder on the model volume that holds its files."
+    "Folder that relative paths in the spec (source.uri, source.codeUri, data.*) resolve against and that "
+    "comes first on sys.path for source.factory when spec.source.codeUri is not set. Default: the YAML file's "
+    "folder. The operator's Jobs read the YAML from /spec and pass the folder on the model volume that holds "
+    "its files."
 )
 
 
@@ -68,7 +69,10 @@ def handle_errors(func: F) -> F:
             err_console.print(f"[bold red]error:[/] {exc}\nnothing was promoted", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERNAL) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]: nothing was promoted; partial output was removed")
+            err_console.print(
+                "[yellow]interrupted[/]: every process it started was stopped; a run's decision counts only "
+                "once its report.json is written (state.json is written after it)"
+            )
             raise typer.Exit(130) from None
         except typer.Exit:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import typer
@@ -37,7 +38,12 @@ def parse_variants(text: str) -> tuple[list[str], dict[str, str]]:
 def package(
     file: Path = typer.Argument(..., help="The CompressedModel YAML file (its spec.serving shapes the configs)."),
     report: Path = typer.Option(..., "--report", help="report.json written by `slimserve compress`."),
-    repository: Path = typer.Option(..., "--repository", help="Folder to write the Triton model repository into."),
+    repository: str = typer.Option(
+        ..., "--repository",
+        help="Folder to write the Triton model repository into, or s3://bucket/prefix: uploaded to "
+        "<prefix>/<version>/ (a content hash), then <prefix>/<version>.complete is written; credentials from "
+        "the AWS variables (AWS_ENDPOINT_URL for MinIO).",
+    ),
     backend: str = typer.Option(
         None,
         "--backend",
@@ -49,6 +55,12 @@ def package(
         help="Comma-separated variants to package (the baseline is always included). Default: all. "
         "VARIANT=MODEL packages a variant as Triton model MODEL (the operator does this when a new "
         "generation's candidate has the name of the variant already serving).",
+    ),
+    uri_file: Path = typer.Option(
+        None, "--uri-file",
+        help="Write what Triton's --model-repository should be to this file: the folder, or "
+        "s3://bucket/prefix/<version> (s3://http://host:port/bucket/... with AWS_ENDPOINT_URL, as Triton wants "
+        "it). The operator's packaging Job passes /dev/termination-log.",
     ),
 ) -> None:
     """Build a Triton model repository: one model per variant with a config.pbtxt from its ONNX graph.
@@ -74,8 +86,24 @@ def package(
     except ValueError as exc:
         raise InvalidInput(f"--report = '{report}': not a slimserve compression report ({exc})") from None
     names, model_names = parse_variants(variants)
-    built = build_repository(
-        parsed, report.parent, repository, chosen, names or None, model.spec.serving,  # type: ignore[arg-type]
-        tensorrt=model.spec.serving.instance_kind == "gpu", model_names=model_names,
-    )  # fmt: skip
-    Console().print(f"[green]packaged[/] {', '.join(built)} into {repository} (backend {chosen})")
+
+    def build(folder: Path) -> dict[str, Path]:
+        return build_repository(
+            parsed, report.parent, folder, chosen, names or None, model.spec.serving,  # type: ignore[arg-type]
+            tensorrt=model.spec.serving.instance_kind == "gpu", model_names=model_names,
+        )  # fmt: skip
+
+    if "://" in repository:
+        from slimserve.storage import triton_repository_uri, upload_repository
+
+        with tempfile.TemporaryDirectory(prefix="slimserve-repository-") as staging:
+            built = build(Path(staging))
+            location = upload_repository(Path(staging), repository)
+        for_triton = triton_repository_uri(location)
+        detail = f" (Triton: --model-repository={for_triton} with the AWS variables)"
+    else:
+        built = build(Path(repository))
+        location, for_triton, detail = repository, repository, ""
+    if uri_file is not None:
+        uri_file.write_text(for_triton + "\n")
+    Console(soft_wrap=True).print(f"[green]packaged[/] {', '.join(built)} into {location} (backend {chosen}){detail}")

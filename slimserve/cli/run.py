@@ -32,15 +32,16 @@ def run(
     from rich.console import Console
 
     from slimserve.local.runtime import run_local
+    from slimserve.storage import localize
     from slimserve.triton.process import install_signal_handlers, stop_all
 
     install_signal_handlers()
-    model = load_compressed_model(file)
+    model, base = localize(load_compressed_model(file), file.resolve().parent)
     try:
         console = Console()
         if not console.is_terminal:  # logs and pipes: one line per table row
             console = Console(width=140)
-        result = run_local(model, file.resolve().parent, out, console)
+        result = run_local(model, base, out, console)
     finally:
         stop_all()
     raise typer.Exit(result.exit_code)

@@ -17,10 +17,11 @@ def validate(
     file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),
     base_dir: Path = typer.Option(None, "--base-dir", help=BASE_DIR_HELP),
 ) -> None:
-    """Validate a CompressedModel file: fields, values, and that the files it names exist."""
-    from slimserve.api.paths import check_files
+    """Validate a CompressedModel file: fields, values, and that the files and URIs it names exist
+    (remote ones are listed, not downloaded)."""
+    from slimserve.storage import check_reachable
 
     model = load_compressed_model(file)
-    check_files(model, base_dir_for(file, base_dir))
+    check_reachable(model, base_dir_for(file, base_dir))
     variants = ", ".join(v.name for v in model.spec.compression.variants) or "(search only)"
     Console().print(f"[green]valid[/]: {model.metadata.name} with variants {variants}")

@@ -109,7 +109,7 @@ def import_factory(ref: str, base_dir: Path, field_name: str) -> Callable[..., n
     except ImportError as exc:
         raise InvalidInput(
             f"{field_name} = {ref!r}: cannot import module '{module_name}' ({exc}); "
-            f"put {module_name.replace('.', '/')}.py in {base_dir.resolve()} (the YAML file's folder, or --base-dir)"
+            f"put {module_name.replace('.', '/')}.py in {base_dir.resolve()} (spec.source.codeUri, else the YAML file's folder or --base-dir)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - user code failed at import time
         raise InvalidInput(
@@ -304,13 +304,15 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
     lengths = {name: (a.shape[0] if a.ndim else 0) for name, a in inputs.items()}
     labels = arrays.get(LABELS)
     if labels is not None:
-        if labels.ndim == 0 or labels.dtype.kind not in "iubf":
+        if labels.ndim == 0 or not (
+            np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+        ):
             problems.append(
-                f"{where}: 'y' is {labels.dtype} {list(labels.shape)}; labels must be int64 class ids [N] (or one per "
-                "position), or float targets [N, ...] for regression"
+                f"{where}: 'y' is {labels.dtype} {list(labels.shape)}; labels are int class ids [N] (or one per "
+                "position) or float regression targets [N, ...]"
             )
         else:
-            labels = labels.astype(np.int64) if labels.dtype.kind in "iub" else labels
+            labels = labels.astype(np.int64 if np.issubdtype(labels.dtype, np.integer) else np.float32)
             lengths[LABELS] = len(labels)
     if len(set(lengths.values())) > 1:
         problems.append(f"{where}: arrays have different lengths {lengths}; every array needs the same N first")

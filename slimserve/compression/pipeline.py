@@ -101,7 +101,7 @@ class Measured:
         return (self.evidence.drop_low, self.evidence.drop_high) if self.evidence else (0.0, 0.0)
 
     def within(self, budget: float) -> bool:
-        """The drop's whole 95% interval is within `budget` (how the gate passes it too)."""
+        """The drop's whole 90% interval is within `budget` (how the gate passes it too)."""
         return self.evidence is not None and self.evidence.drop_high <= budget
 
 

@@ -32,14 +32,14 @@ def render_markdown(report: CompressionReport) -> str:
         f"# Compression report: {report.model}",
         "",
         f"Metric: **{b.metric}** on the evaluation set — {b.metric_detail}. Score in {b.quality_unit} with its "
-        f"95% interval; drop versus the baseline in {b.drop_unit} with its paired 95% interval (what budgets "
+        f"90% interval; drop versus the baseline in {b.drop_unit} with its paired 90% interval: each end a one-sided 95% bound (what budgets "
         "are judged on). "
         "Latency: in-process onnxruntime at batch 1, variants measured interleaved; "
         f"throughput: samples/s at batch {report.environment.get('throughputBatch', '?')}. "
         f"Training device: {report.device}.",
         "",
         "| variant | recipe | size | ratio | params | MACs | "
-        f"{b.metric} [95% CI] | drop [95% CI] | p50 ms | p99 ms | samples/s | speedup |",
+        f"{b.metric} [90% CI] | drop [90% CI] | p50 ms | p99 ms | samples/s | speedup |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         _row(b),
         *(_row(r) for r in report.variants),
@@ -63,10 +63,10 @@ def render_markdown(report: CompressionReport) -> str:
             "## Search",
             "",
             f"Objective: {s.objective}; allowed drop: {s.max_accuracy_drop} {b.drop_unit} (upper end of the "
-            "paired 95% interval); "
+            "paired 90% interval, the one-sided 95% bound); "
             f"chosen: {s.chosen or 'none'} — {s.why}; Pareto front: {', '.join(s.pareto) or '-'}.",
             "",
-            "| trial | recipe | drop [95% CI] | size | p50 ms | samples/s | passed | why |",
+            "| trial | recipe | drop [90% CI] | size | p50 ms | samples/s | passed | why |",
             "|---|---|---|---|---|---|---|---|",
             *(
                 f"| {t.name} | {t.recipe} | {t.drop:+.3g} [{t.drop_ci[0]:+.3g}, {t.drop_ci[1]:+.3g}] | "

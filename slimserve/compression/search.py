@@ -294,7 +294,7 @@ def run_search(
                 passed = got.within(limit)
                 last[fam.name] = passed
                 low, high = got.drop_ci
-                shown = f"drop {got.drop:.3g} (95% CI [{low:.3g}, {high:.3g}]) {unit}"
+                shown = f"drop {got.drop:.3g} (90% CI [{low:.3g}, {high:.3g}]) {unit}"
                 if passed:
                     reason = f"{shown}: within {limit}"
                 else:

@@ -7,9 +7,11 @@ A step sends `weight`% of its requests to the candidate and the same share to th
 copy of the stable model); the rest, if any, goes to the stable model. The candidate is judged
 against the control only, over the same seconds:
 - latency from the window's own requests (Locust's per-request file), warm-up and spawn ramp
-  excluded, p99 with a bootstrap interval of the candidate/control ratio;
-- throughput as capacity: samples per second of compute, from Triton's counters scraped by
-  Prometheus in the same seconds, with a block bootstrap over scrape intervals;
+  excluded, p99 with a time-block bootstrap interval of the candidate/control ratio;
+- throughput as capacity: samples per second of work, per interval of the same seconds — CPU
+  seconds of the processes serving each model where they can be read (the local Triton), else
+  compute seconds from Triton's counters scraped by Prometheus (the cluster) — with a bootstrap over
+  the intervals;
 - errors from the client's view (timeouts, refused connections and non-2xx answers all count).
 A step that has too few requests after `stepDuration` keeps sending load, in more windows of the same
 length, until it has `minSamples` on both sides or `maxStepDuration` is spent.
@@ -19,23 +21,26 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 
 from slimserve.api.spec import Gates, Rollout
 from slimserve.errors import InvalidInput
-from slimserve.evaluator.gate import Estimate, StepEvidence
+from slimserve.evaluator.gate import CONFIDENCE, Estimate, StepEvidence
 from slimserve.evaluator.load import LoadResult, Requests, Target, run_locust
 from slimserve.evaluator.prometheus import PromClient, wait_for_scrape
-from slimserve.evaluator.quality import bootstrap
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m)$")
 MIN_SCRAPES: Final = 4  # rate-like evidence needs several scrapes inside the judged window
 P99: Final = 0.99
 RESAMPLES: Final = 1000
+BLOCKS: Final = 30  # time blocks per window for the latency bootstrap
 
 
 def parse_duration(text: str, field: str = "spec.rollout.stepDuration") -> float:
@@ -89,6 +94,100 @@ class Roles:
         return [t.with_weight(w) for t, w in shares if w > 0]
 
 
+class Capacity(Protocol):
+    """Where a step's capacity samples come from: (time, samples, seconds of work) per interval."""
+
+    def start(self, targets: list[Target]) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+        ...
+
+
+@dataclass
+class PrometheusCapacity:
+    """Triton's own counters: samples (`nv_inference_count`) per second of compute
+    (`nv_inference_compute_infer_duration_us`), per scrape interval — what the cluster's pods report."""
+
+    prom: PromClient
+    scrape_interval_s: float = 1.0
+
+    def start(self, targets: list[Target]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+        return self.prom.capacity(target.labels, start, end, self.scrape_interval_s)
+
+
+@dataclass
+class ProcessCpuCapacity:
+    """Samples per CPU-second of the processes that run each model (the local Triton's backend stubs).
+
+    Wall-clock compute time counts the seconds a process waited for a core; on a shared machine
+    that is noise about the neighbours, not the model. CPU time (`/proc/<pid>/task/*/schedstat`,
+    nanoseconds) is what the model really costs. Samples are the target's successful requests
+    (batch 1) that started in each interval.
+    """
+
+    processes: Callable[[str], list[int]]
+    period_s: float = 0.5
+    _samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
+    _pids: dict[str, list[int]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self, targets: list[Target]) -> None:
+        self._pids = {t.key: self.processes(t.model) for t in targets}
+        self._samples = []
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._samples.append((time.time(), {key: _cpu_seconds(pids) for key, pids in self._pids.items()}))
+            if self._stop.wait(self.period_s):
+                self._samples.append((time.time(), {key: _cpu_seconds(pids) for key, pids in self._pids.items()}))
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+        mine = requests.select(target.key)
+        ok = mine.start[~mine.failed]
+        out = []
+        for (t0, c0), (t1, c1) in zip(self._samples, self._samples[1:], strict=False):
+            if t0 < start or t1 > end or target.key not in c0:
+                continue
+            busy = c1[target.key] - c0[target.key]
+            count = float(((ok >= t0) & (ok < t1)).sum())
+            if busy > 0 and count > 0:
+                out.append((t1, count, busy))
+        return out
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
+
+
 @dataclass(frozen=True)
 class Measurement:
     """What one step produced: Locust's runs, the judged seconds and the evidence."""
@@ -98,58 +197,95 @@ class Measurement:
     windows: list[tuple[float, float]]
     evidence: StepEvidence
     summary: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    requests: Requests = field(default_factory=Requests.empty, repr=False)  # judged candidate + control requests
+    capacity: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict, repr=False)
 
     @property
     def generator_bound(self) -> bool:
         return any(load.generator_bound for load in self.loads)
 
 
-def p99_interval(latencies: np.ndarray, seed: int = 0) -> Estimate:
-    if len(latencies) < 2:
-        return Estimate()
-    low, high = bootstrap(lambda idx: np.quantile(latencies[idx], P99, axis=1), len(latencies), seed, RESAMPLES)
-    return Estimate(float(np.quantile(latencies, P99)), low, high)
+def _blocks(times: np.ndarray, start: float, length: float) -> np.ndarray:
+    return np.floor((times - start) / length).astype(np.int64)
 
 
-def p99_ratio(candidate: np.ndarray, control: np.ndarray, seed: int = 0) -> Estimate:
-    """Bootstrap interval of p99(candidate)/p99(control), the two groups resampled independently."""
-    if len(candidate) < 2 or len(control) < 2:
-        return Estimate()
+def latency_intervals(
+    cand_t: np.ndarray, cand_ms: np.ndarray, ctrl_t: np.ndarray, ctrl_ms: np.ndarray, seed: int = 0
+) -> tuple[Estimate, Estimate, Estimate]:
+    """p99 of candidate and control, and their ratio, with time-block bootstrap intervals.
+
+    Latencies are not independent from request to request: a burst of contention slows both models
+    for a while. Requests are therefore resampled in blocks of time (about 1/BLOCKS of the window),
+    candidate and control together, so the interval carries the window's real noise and the ratio
+    keeps the pairing of the two sides.
+    """
+    if len(cand_ms) < 2 or len(ctrl_ms) < 2:
+        return Estimate(), Estimate(), Estimate()
+    t0 = float(min(cand_t.min(), ctrl_t.min()))
+    length = max((float(max(cand_t.max(), ctrl_t.max())) - t0) / BLOCKS, 1e-3)
+    cb, kb = _blocks(cand_t, t0, length), _blocks(ctrl_t, t0, length)
+    ids = np.union1d(cb, kb)
+    cand_by = {b: cand_ms[cb == b] for b in ids}
+    ctrl_by = {b: ctrl_ms[kb == b] for b in ids}
     rng = np.random.default_rng(seed)
+    stats = np.full((RESAMPLES, 2), np.nan)
+    empty = np.zeros(0)
+    for r in range(RESAMPLES):
+        pick = rng.choice(ids, len(ids))
+        c = np.concatenate([cand_by.get(b, empty) for b in pick])
+        k = np.concatenate([ctrl_by.get(b, empty) for b in pick])
+        if len(c) and len(k):
+            stats[r] = (np.quantile(c, P99), np.quantile(k, P99))
+    stats = stats[np.isfinite(stats).all(axis=1)]
+    lo, hi = 100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2
+    point_c, point_k = float(np.quantile(cand_ms, P99)), float(np.quantile(ctrl_ms, P99))
 
-    def p99(values: np.ndarray, rows: int) -> np.ndarray:
-        return np.quantile(values[rng.integers(0, len(values), (rows, len(values)))], P99, axis=1)
+    def interval(values: np.ndarray, point: float) -> Estimate:
+        low, high = np.percentile(values, [lo, hi])
+        return Estimate(point, float(low), float(high))
 
-    values = np.concatenate([p99(candidate, 250) / p99(control, 250) for _ in range(RESAMPLES // 250)])
-    point = float(np.quantile(candidate, P99) / np.quantile(control, P99))
-    low, high = np.percentile(values[np.isfinite(values)], [2.5, 97.5])
-    return Estimate(point, float(low), float(high))
-
-
-def capacity_interval(intervals: list[tuple[float, float]], seed: int = 0) -> tuple[Estimate, np.ndarray]:
-    """Samples per second of compute over scrape intervals, with a block-bootstrap interval."""
-    if len(intervals) < MIN_SCRAPES:
-        return Estimate(), np.zeros((0, 2))
-    pairs = np.asarray(intervals, dtype=np.float64)
-    low, high = bootstrap(
-        lambda idx: pairs[idx, 0].sum(axis=1) / np.maximum(pairs[idx, 1].sum(axis=1), 1e-12), len(pairs), seed, RESAMPLES
-    )
-    return Estimate(float(pairs[:, 0].sum() / pairs[:, 1].sum()), low, high), pairs
+    return (interval(stats[:, 0], point_c), interval(stats[:, 1], point_k),
+            interval(stats[:, 0] / stats[:, 1], point_c / point_k))
 
 
-def capacity_ratio(candidate: np.ndarray, control: np.ndarray, seed: int = 0) -> Estimate:
+def block_indices(n: int, rows: int, rng: np.random.Generator) -> np.ndarray:
+    """Circular moving-block bootstrap indices [rows, n]: blocks of about n^(1/3) consecutive intervals.
+
+    Neighbouring intervals share their noise (a busy neighbour slows several seconds in a row), so
+    resampling single intervals would make the interval too narrow.
+    """
+    length = max(1, round(n ** (1 / 3)))
+    starts = rng.integers(0, n, (rows, -(-n // length)))
+    return ((starts[:, :, None] + np.arange(length)) % n).reshape(rows, -1)[:, :n]
+
+
+def capacity_intervals(
+    candidate: list[tuple[float, float, float]], control: list[tuple[float, float, float]], seed: int = 0
+) -> tuple[Estimate, Estimate, Estimate]:
+    """Samples per second of work for both, and their ratio, with a block bootstrap over intervals.
+
+    Each entry is (end time, samples, seconds of work). Intervals measured at the same instants (the
+    local sampler, or one Prometheus target) are resampled together; otherwise each side on its own.
+    """
     if len(candidate) < MIN_SCRAPES or len(control) < MIN_SCRAPES:
-        return Estimate()
+        return Estimate(), Estimate(), Estimate()
+    c = np.asarray(sorted(candidate), dtype=np.float64)
+    k = np.asarray(sorted(control), dtype=np.float64)
     rng = np.random.default_rng(seed)
+    paired = len(c) == len(k) and np.allclose(c[:, 0], k[:, 0])
+    ci = block_indices(len(c), RESAMPLES, rng)
+    ki = ci if paired else block_indices(len(k), RESAMPLES, rng)
+    cap_c = c[ci, 1].sum(axis=1) / np.maximum(c[ci, 2].sum(axis=1), 1e-12)
+    cap_k = k[ki, 1].sum(axis=1) / np.maximum(k[ki, 2].sum(axis=1), 1e-12)
+    lo, hi = 100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2
+    point_c, point_k = c[:, 1].sum() / c[:, 2].sum(), k[:, 1].sum() / k[:, 2].sum()
 
-    def capacity(pairs: np.ndarray, rows: int) -> np.ndarray:
-        idx = rng.integers(0, len(pairs), (rows, len(pairs)))
-        return pairs[idx, 0].sum(axis=1) / np.maximum(pairs[idx, 1].sum(axis=1), 1e-12)
+    def interval(values: np.ndarray, point: float) -> Estimate:
+        values = values[np.isfinite(values)]
+        low, high = np.percentile(values, [lo, hi])
+        return Estimate(float(point), float(low), float(high))
 
-    values = np.concatenate([capacity(candidate, 250) / capacity(control, 250) for _ in range(RESAMPLES // 250)])
-    point = (candidate[:, 0].sum() / candidate[:, 1].sum()) / (control[:, 0].sum() / control[:, 1].sum())
-    low, high = np.percentile(values[np.isfinite(values)], [2.5, 97.5])
-    return Estimate(float(point), float(low), float(high))
+    return interval(cap_c, point_c), interval(cap_k, point_k), interval(cap_c / cap_k, point_c / point_k)
 
 
 def evidence(
@@ -157,28 +293,30 @@ def evidence(
     requests: Requests,
     candidate: str,
     control: str,
-    candidate_capacity: list[tuple[float, float]],
-    control_capacity: list[tuple[float, float]],
+    candidate_capacity: list[tuple[float, float, float]],
+    control_capacity: list[tuple[float, float, float]],
     generator_bound: bool = False,
     seconds: float = 0.0,
 ) -> StepEvidence:
     """The judged requests and scrape intervals of a step, turned into estimates with intervals."""
     cand, ctrl = requests.select(candidate), requests.select(control)
-    cand_ok, ctrl_ok = cand.latency_ms[~cand.failed], ctrl.latency_ms[~ctrl.failed]
-    cand_cap, cand_pairs = capacity_interval(candidate_capacity)
-    ctrl_cap, ctrl_pairs = capacity_interval(control_capacity)
+    cand_ok, ctrl_ok = ~cand.failed, ~ctrl.failed
+    cand_p99, ctrl_p99, ratio = latency_intervals(
+        cand.start[cand_ok], cand.latency_ms[cand_ok], ctrl.start[ctrl_ok], ctrl.latency_ms[ctrl_ok]
+    )
+    cand_cap, ctrl_cap, cap_ratio = capacity_intervals(candidate_capacity, control_capacity)
     return StepEvidence(
         weight=weight,
         candidate_requests=len(cand),
         control_requests=len(ctrl),
         candidate_errors=int(cand.failed.sum()),
         control_errors=int(ctrl.failed.sum()),
-        candidate_p99_ms=p99_interval(cand_ok),
-        control_p99_ms=p99_interval(ctrl_ok),
-        p99_ratio=p99_ratio(cand_ok, ctrl_ok),
+        candidate_p99_ms=cand_p99,
+        control_p99_ms=ctrl_p99,
+        p99_ratio=ratio,
         candidate_capacity_rps=cand_cap,
         control_capacity_rps=ctrl_cap,
-        capacity_ratio=capacity_ratio(cand_pairs, ctrl_pairs),
+        capacity_ratio=cap_ratio,
         generator_bound=generator_bound,
         seconds=seconds,
     )
@@ -197,7 +335,7 @@ def _summary(requests: Requests, target: Target, seconds: float) -> dict[str, fl
 
 
 def measure_step(
-    prom: PromClient,
+    capacity_source: Capacity,
     roles: Roles,
     weight: int,
     data: Path,
@@ -215,13 +353,18 @@ def measure_step(
     loads: list[LoadResult] = []
     windows: list[tuple[float, float]] = []
     judged: list[Requests] = []
-    capacity: dict[str, list[tuple[float, float]]] = {roles.candidate.key: [], roles.control.key: []}
+    capacity: dict[str, list[tuple[float, float, float]]] = {roles.candidate.key: [], roles.control.key: []}
     spent = 0.0
     while True:
-        load = run_locust(
-            roles.targets(weight), data, users=rollout.users, spawn_rate=rollout.spawn_rate, duration_s=timing.step_s,
-            work_dir=work_dir, name=f"step-{weight:03d}-{len(loads)}",
-        )  # fmt: skip
+        capacity_source.start([roles.candidate, roles.control])
+        try:
+            load = run_locust(
+                roles.targets(weight), data, users=rollout.users, spawn_rate=rollout.spawn_rate,
+                duration_s=timing.step_s, work_dir=work_dir, name=f"step-{weight:03d}-{len(loads)}",
+            )  # fmt: skip
+            wait_for_scrape(timing.scrape_interval_s)
+        finally:
+            capacity_source.stop()
         loads.append(load)
         spent += timing.step_s
         skip = timing.ramp_s + (timing.warmup_s if len(loads) == 1 else min(timing.warmup_s, 1.0))
@@ -230,9 +373,8 @@ def measure_step(
             start = max(load.start, end - MIN_SCRAPES * timing.scrape_interval_s)
         windows.append((start, end))
         judged.append(Requests.concat([load.requests.select(t.key, start, end) for t in (roles.candidate, roles.control)]))
-        wait_for_scrape(timing.scrape_interval_s)
         for target in (roles.candidate, roles.control):
-            capacity[target.key] += prom.capacity(target.labels, start, end, timing.scrape_interval_s)
+            capacity[target.key] += capacity_source.intervals(target, start, end, load.requests)
         pooled = Requests.concat(judged)
         fewest = min(len(pooled.select(roles.candidate.key)), len(pooled.select(roles.control.key)))
         if fewest >= gates.min_samples or spent + timing.step_s > timing.max_step_s + 1e-9:
@@ -244,7 +386,7 @@ def measure_step(
         capacity[roles.control.key], generator_bound=any(x.generator_bound for x in loads), seconds=seconds,
     )  # fmt: skip
     summary = {t.key: _summary(pooled, t, seconds) for t in (roles.candidate, roles.control)}
-    return Measurement(weight, loads, windows, step_evidence, summary)
+    return Measurement(weight, loads, windows, step_evidence, summary, pooled, capacity)
 
 
 def warm_up(roles: Roles, data: Path, rollout: Rollout, work_dir: Path, seconds: float) -> LoadResult | None:

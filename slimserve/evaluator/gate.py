@@ -1,12 +1,15 @@
-"""The rollout gate: pure functions from evidence (estimates with 95% intervals) to verdicts.
+"""The rollout gate: pure functions from evidence (estimates with intervals) to verdicts.
 
 Pure python on purpose (no numpy): the evidence is computed where the data is (the evaluator, with
 numpy), and the verdicts must be reproducible from the numbers in a report.
 
 Every check compares an interval with a threshold, as Kayenta and Argo Rollouts judge canaries:
-- **Pass** when the whole 95% interval is on the good side of the threshold,
+- **Pass** when the whole interval is on the good side of the threshold,
 - **Fail** when the whole interval is on the bad side,
 - **Inconclusive** when it straddles the threshold, or when a value is missing or not finite.
+Intervals are 90% two-sided, so each end is a one-sided 95% bound: a Pass claims "within the
+threshold" at 95% confidence and a Fail claims "beyond it" at 95% confidence — the non-inferiority
+test of clinical trials and of TOST, applied to a canary.
 A step with too few samples (fewer than `minSamples` requests on the candidate or on the control) is
 Inconclusive whatever its other checks say: noise from a handful of requests is never a Fail.
 
@@ -31,7 +34,8 @@ from typing import Final
 from slimserve.api.report import CheckResult, StepResult, Verdict
 from slimserve.api.spec import Gates
 
-Z95: Final = 1.959963984540054
+CONFIDENCE: Final = 0.90  # two-sided; each end is a one-sided 95% bound
+Z: Final = 1.6448536269514722  # the normal quantile of that one-sided 95%
 QUALITY_CHECK: Final = "qualityDrop"
 SAMPLES_CHECK: Final = "samples"
 HARD_CHECKS: Final = frozenset({QUALITY_CHECK})  # a failure here rolls back at once, whatever the budget
@@ -39,7 +43,7 @@ HARD_CHECKS: Final = frozenset({QUALITY_CHECK})  # a failure here rolls back at 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A measured value with its 95% interval; None where nothing was measured."""
+    """A measured value with its 90% interval (one-sided 95% bounds); None where nothing was measured."""
 
     value: float | None = None
     low: float | None = None
@@ -101,7 +105,7 @@ def _check(
     detail: str = "",
 ) -> CheckResult:
     """Pass/Fail only when the whole interval is on one side of the threshold."""
-    bounds = f"95% CI [{_fmt(estimate.low)}, {_fmt(estimate.high)}]"
+    bounds = f"90% CI [{_fmt(estimate.low)}, {_fmt(estimate.high)}]"
     text = f"{detail}; {bounds}" if detail else bounds
     if not estimate.known or threshold is None or not math.isfinite(threshold):
         verdict: Verdict = "Inconclusive"
@@ -122,12 +126,11 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.3g}"
 
 
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """Wilson score interval of a proportion (0-1); (0, 1) for n = 0."""
+def wilson(successes: int, n: int, z: float = Z) -> tuple[float, float]:
+    """Wilson score interval of a proportion (0-1), 90% by default; (0, 1) for n = 0."""
     if n <= 0:
         return (0.0, 1.0)
     p = successes / n
-    z = Z95
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom

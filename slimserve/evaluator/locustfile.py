@@ -144,7 +144,7 @@ class CanaryUser(FastHttpUser):
         body, header_length = random.choice(self.bodies)
         self.client.post(
             url,
-            data=body,
+            data=body,  # type: ignore[arg-type]  # FastHttpSession sends bytes as they are
             headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(header_length)},
             name=target.get("name") or target["model"],
         )

@@ -167,10 +167,10 @@ class PromClient:
         """A range-vector query (`metric{...}[Ns]`) at `at`: each series' labels and raw samples."""
         out = []
         for item in self._query(expr, at):
-            metric = item.get("metric") if isinstance(item, dict) else None
-            labels = {str(k): str(v) for k, v in (metric or {}).items() if k != "__name__"}  # type: ignore[union-attr]
-            values = [(float(t), float(v)) for t, v in item.get("values") or []]  # type: ignore[union-attr]
-            out.append((labels, values))
+            metric: dict[str, object] = item.get("metric") or {}  # type: ignore[assignment]
+            labels = {str(k): str(v) for k, v in metric.items() if k != "__name__"}
+            samples: list[list[object]] = item.get("values") or []  # type: ignore[assignment]
+            out.append((labels, [(float(t), float(v)) for t, v in samples]))  # type: ignore[arg-type]
         return out
 
     def increments(self, metric: str, labels: Sequence[tuple[str, str]], start: float, end: float,
@@ -190,8 +190,8 @@ class PromClient:
         return out
 
     def capacity(self, labels: Sequence[tuple[str, str]], start: float, end: float,
-                 scrape_interval_s: float) -> list[tuple[float, float]]:
-        """(samples inferred, seconds of compute) per scrape interval in [start, end], from Triton's counters.
+                 scrape_interval_s: float) -> list[tuple[float, float, float]]:
+        """(scrape time, samples inferred, seconds of compute) per scrape interval in [start, end].
 
         `nv_inference_count` over `nv_inference_compute_infer_duration_us` is what one model instance
         can sustain: it does not depend on how the load was split between models, so a candidate and
@@ -202,7 +202,7 @@ class PromClient:
         pairs = []
         for key, steps in counts.items():
             busy = dict(compute.get(key, []))
-            pairs += [(n, busy[t] / 1e6) for t, n in steps if t in busy and busy[t] > 0]
+            pairs += [(t, n, busy[t] / 1e6) for t, n in steps if t in busy and busy[t] > 0]
         return pairs
 
 

@@ -4,8 +4,9 @@
 it infers the task from the output's shape and the labels' dtype, and says why; an ambiguous case is
 an `InvalidInput` naming `spec.quality.metric`). `compare` scores the baseline and a candidate on the
 same samples and returns `QualityEvidence`: both scores, the drop in the budgets' unit and a *paired*
-95% interval of that drop — Newcombe's hybrid score interval (method 10) for 0/1 outcomes, so it is
-never zero-width just because few samples disagree, and a paired bootstrap for everything else.
+interval of that drop (90% two-sided, so each end is the one-sided 95% bound the gate tests) —
+Newcombe's hybrid score interval (method 10) for 0/1 outcomes, so it is never zero-width just because
+few samples disagree, and a paired bootstrap for everything else.
 
 Units (what `gates.maxAccuracyDrop` and `search.maxAccuracyDrop` are measured in):
 - accuracy, topk, agreement: points of % correct; cosine and r2: points of the value x 100;
@@ -27,7 +28,7 @@ import numpy as np
 
 from slimserve.api.spec import Quality
 from slimserve.errors import InvalidInput
-from slimserve.evaluator.gate import QualityEvidence, wilson
+from slimserve.evaluator.gate import CONFIDENCE, QualityEvidence, wilson
 
 FIELD: Final = "spec.quality.metric"
 BINARY_METRICS: Final = frozenset({"accuracy", "topk", "agreement"})
@@ -143,11 +144,11 @@ def resolve(quality: Quality, baseline: np.ndarray, labels: np.ndarray | None, o
     if name in ("accuracy", "agreement") and _one_column(baseline):
         threshold, reason = _binary_threshold(baseline, quality)
         why = f"{why}; binary classifier, {reason}"
-    if name in ("mse", "mae", "r2") and labels is not None:
-        if labels.dtype.kind not in "iubf" or labels.reshape(len(labels), -1).shape[1] != int(
-            np.prod(shape[1:], dtype=np.int64)
-        ):
-            raise InvalidInput(
+    per_sample = int(np.prod(shape[1:], dtype=np.int64))
+    if name in ("mse", "mae", "r2") and labels is not None and (
+        labels.dtype.kind not in "iubf" or labels.reshape(len(labels), -1).shape[1] != per_sample
+    ):
+        raise InvalidInput(
                 f"spec.data.evaluation 'y' has shape {list(labels.shape)} but output '{output}' has shape {shape}: "
                 f"metric {name} compares them value by value; give one label per output value"
             )
@@ -288,7 +289,7 @@ def _custom_scores(func: Callable[..., np.ndarray], out: np.ndarray, baseline: n
 
 
 def newcombe_paired(both: int, first_only: int, second_only: int, neither: int) -> tuple[float, float]:
-    """95% interval of p1 - p2 for paired proportions (Newcombe 1998, method 10; 0-1 scale).
+    """Interval of p1 - p2 for paired proportions (Newcombe 1998, method 10; 0-1 scale; 90% two-sided).
 
     p1 = (both + first_only)/n, p2 = (both + second_only)/n. Wilson limits for each margin combined
     with the phi correlation (continuity-corrected when positive). With no discordant pairs at all it
@@ -303,7 +304,7 @@ def newcombe_paired(both: int, first_only: int, second_only: int, neither: int) 
     margins = (both + first_only) * (second_only + neither) * (both + second_only) * (first_only + neither)
     phi = 0.0
     if margins > 0:
-        cross = both * neither - first_only * second_only
+        cross = float(both * neither - first_only * second_only)
         cross = max(cross - n / 2, 0.0) if cross > 0 else cross
         phi = cross / math.sqrt(margins)
     delta = p1 - p2
@@ -314,7 +315,7 @@ def newcombe_paired(both: int, first_only: int, second_only: int, neither: int) 
 
 def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, seed: int = 0,
               resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
-    """Percentile interval of `statistic(indices)`, vectorised over a [resamples, n] index matrix."""
+    """Percentile interval (90%) of `statistic(indices)`, vectorised over a [resamples, n] index matrix."""
     if n < 2:
         return (math.nan, math.nan)
     rng = np.random.default_rng(seed)
@@ -326,7 +327,7 @@ def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, seed: int =
     stats = stats[np.isfinite(stats)]
     if not len(stats):
         return (math.nan, math.nan)
-    low, high = np.percentile(stats, [100 * (1 - 0.95) / 2, 100 * (1 + 0.95) / 2])
+    low, high = np.percentile(stats, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
     return (float(low), float(high))
 
 
@@ -337,11 +338,15 @@ def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, seed: int =
 
 @dataclass(frozen=True)
 class Scored:
-    """One model's score with its own 95% interval (for reports; decisions use the paired drop)."""
+    """One model's score with its own 90% interval (for reports; decisions use the paired drop)."""
 
     value: float
     low: float
     high: float
+
+
+def _mean_interval(values: np.ndarray, seed: int) -> Scored:
+    return Scored(float(values.mean()), *bootstrap(lambda idx: values[idx].mean(axis=1), len(values), seed))
 
 
 def _error_terms(metric: Metric, out: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -392,7 +397,7 @@ def compare(
         diff = sb - sc
         ci = bootstrap(lambda idx: diff[idx].mean(axis=1), n, seed)
         method = "paired bootstrap"
-        own = [Scored(float(s.mean()), *bootstrap(lambda idx, s=s: s[idx].mean(axis=1), n, seed)) for s in (sb, sc)]
+        own = [_mean_interval(sb, seed), _mean_interval(sc, seed)]
     evidence = QualityEvidence(
         metric=metric.name, unit=metric.unit, n=n, baseline=own[0].value, candidate=own[1].value, drop=drop,
         drop_low=ci[0], drop_high=ci[1], method=method, detail=metric.describe(),
@@ -411,15 +416,15 @@ def _compare_errors(
         flat = _flat(reference)
         centred = ((flat - flat.mean(axis=0)) ** 2).mean(axis=1)  # per-sample share of the total variance
 
-        def r2(e: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray | float:
-            if idx is None:
-                return 100.0 * (1 - e.sum() / max(centred.sum(), 1e-300))
+        def r2(e: np.ndarray, idx: np.ndarray) -> np.ndarray:
             return 100.0 * (1 - e[idx].sum(axis=1) / np.maximum(centred[idx].sum(axis=1), 1e-300))
 
-        value_b, value_c = float(r2(eb)), float(r2(ec))
+        everything = np.arange(n)[None]
+        value_b, value_c = float(r2(eb, everything)[0]), float(r2(ec, everything)[0])
         drop = value_b - value_c
-        ci = bootstrap(lambda idx: r2(eb, idx) - r2(ec, idx), n, seed)  # type: ignore[operator]
-        own = [Scored(v, *bootstrap(lambda idx, e=e: r2(e, idx), n, seed)) for v, e in ((value_b, eb), (value_c, ec))]  # type: ignore[misc]
+        ci = bootstrap(lambda idx: r2(eb, idx) - r2(ec, idx), n, seed)
+        own = [Scored(value_b, *bootstrap(lambda idx: r2(eb, idx), n, seed)),
+               Scored(value_c, *bootstrap(lambda idx: r2(ec, idx), n, seed))]
     else:
         scale = float(eb.mean()) if labels is not None and eb.mean() > 0 else _spread(metric, reference)
         relative = labels is not None and eb.mean() > 0
@@ -431,7 +436,7 @@ def _compare_errors(
 
         drop = 100.0 * float(ec.mean() - eb.mean()) / denominator
         ci = bootstrap(increase, n, seed)
-        own = [Scored(float(e.mean()), *bootstrap(lambda idx, e=e: e[idx].mean(axis=1), n, seed)) for e in (eb, ec)]
+        own = [_mean_interval(eb, seed), _mean_interval(ec, seed)]
         if not relative:
             metric = Metric(**{**metric.__dict__, "labelled": False})
     evidence = QualityEvidence(

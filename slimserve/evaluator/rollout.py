@@ -1,6 +1,6 @@
 """Judge a rollout against running servers: the served quality check, then canary steps, by the policy.
 
-`Judge` holds what judging needs (the spec, the targets, Prometheus, the data); `Judge.step(weight)`
+`Judge` holds what judging needs (the spec, the targets, where capacity comes from, the data); `Judge.step(weight)`
 judges one weight (0 = served quality) and is what the operator's evaluator Job runs once per step;
 `run_rollout` asks `slimserve.evaluator.policy` what to judge next until it decides, and is what
 `slimserve run` and `benchmarks.gate` run.
@@ -8,20 +8,26 @@ judges one weight (0 = served quality) and is what the operator's evaluator Job 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from slimserve.api.report import Decision, StepResult
+from slimserve.api.report import CheckResult, Decision, StepResult
 from slimserve.api.spec import CompressedModelSpec
 from slimserve.evaluator import gate, policy
-from slimserve.evaluator.canary import Measurement, Roles, Timing, measure_step, warm_up
+from slimserve.evaluator.canary import Capacity, Measurement, Roles, Timing, measure_step, warm_up
 from slimserve.evaluator.gate import QualityEvidence
 from slimserve.evaluator.load import LoadResult, Target
-from slimserve.evaluator.prometheus import PromClient
 from slimserve.evaluator.served import load_npz, predict, served_quality
+from slimserve.triton.process import ServingError
+
+
+class CandidateFailed(Exception):
+    """The candidate could not answer (its server said so): the quality check fails."""
 
 
 @dataclass
@@ -35,27 +41,37 @@ class Judge:
 
     spec: CompressedModelSpec
     roles: Roles
-    prom: PromClient
+    capacity: Capacity
     data: Path
     work_dir: Path
     reference: Target | np.ndarray
     base_dir: Path | None = None
     timing: Timing | None = None
     health: Callable[[], None] = lambda: None
+    warmup_burst_s: float | None = None  # before the first canary step; default half a step, 0 for none
     quality: QualityEvidence | None = None
     served_outputs: dict[str, np.ndarray] = field(default_factory=dict)
-    warmed: LoadResult | None = None
+    warmed: bool = False
+    warmup_load: LoadResult | None = None
 
     def __post_init__(self) -> None:
         self.timing = self.timing or Timing.of(self.spec.rollout, 1.0)
 
     def step(self, weight: int) -> tuple[StepResult, Measurement | None]:
         if weight == policy.QUALITY_WEIGHT:
-            return gate.judge_quality(self.spec.gates, self.judge_quality()), None
-        if self.warmed is None:
-            self.warmed = warm_up(self.roles, self.data, self.spec.rollout, self.work_dir, self.timing.step_s / 2)  # type: ignore[union-attr]
+            try:
+                return gate.judge_quality(self.spec.gates, self.judge_quality()), None
+            except CandidateFailed as exc:  # a candidate that cannot answer is a worse model, not a crash
+                check = CheckResult(name=gate.QUALITY_CHECK, verdict="Fail", value=None,
+                                    threshold=self.spec.gates.max_accuracy_drop, detail=str(exc))
+                return StepResult(weight=0, verdict="Fail", checks=[check]), None
+        if not self.warmed:
+            assert self.timing is not None
+            burst = self.timing.step_s / 2 if self.warmup_burst_s is None else self.warmup_burst_s
+            self.warmup_load = warm_up(self.roles, self.data, self.spec.rollout, self.work_dir, burst)
+            self.warmed = True
         measurement = measure_step(
-            self.prom, self.roles, weight, self.data, self.spec.rollout, self.spec.gates, self.work_dir, self.timing
+            self.capacity, self.roles, weight, self.data, self.spec.rollout, self.spec.gates, self.work_dir, self.timing
         )
         self.health()
         return gate.judge_step(self.spec.gates, measurement.evidence), measurement
@@ -67,7 +83,10 @@ class Judge:
             reference = predict(self.reference.url, self.reference.model, arrays, output)
         else:
             reference = self.reference
-        candidate = predict(self.roles.candidate.url, self.roles.candidate.model, arrays, output)
+        try:
+            candidate = predict(self.roles.candidate.url, self.roles.candidate.model, arrays, output)
+        except ServingError as exc:
+            raise CandidateFailed(f"the candidate failed to answer the evaluation set: {exc}") from exc
         self.served_outputs = {"reference": reference, "candidate": candidate}
         self.quality = served_quality(self.spec.quality, reference, candidate, arrays, labels, self.base_dir)
         return self.quality
@@ -82,8 +101,12 @@ class Outcome:
     quality: QualityEvidence | None
 
 
-def run_rollout(judge: Judge, on_step: Callable[[StepResult, Measurement | None], None] | None = None) -> Outcome:
-    """Judge weights in the policy's order until it decides."""
+def run_rollout(
+    judge: Judge,
+    on_step: Callable[[StepResult, Measurement | None], None] | None = None,
+    stage: Callable[[int], AbstractContextManager[None]] | None = None,
+) -> Outcome:
+    """Judge weights in the policy's order until it decides; `stage(weight)` wraps each judgement."""
     rollout = judge.spec.rollout
     steps: list[StepResult] = []
     measurements: list[Measurement] = []
@@ -92,7 +115,8 @@ def run_rollout(judge: Judge, on_step: Callable[[StepResult, Measurement | None]
         if nxt.decision is not None:
             return Outcome(nxt.decision, nxt.reason, steps, measurements, judge.quality)
         assert nxt.weight is not None
-        result, measurement = judge.step(nxt.weight)
+        with stage(nxt.weight) if stage else contextlib.nullcontext():
+            result, measurement = judge.step(nxt.weight)
         steps.append(result)
         if measurement is not None:
             measurements.append(measurement)

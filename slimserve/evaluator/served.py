@@ -1,9 +1,9 @@
 """Served quality: the evaluation set sent through Triton, so the deployed artifact is the one scored.
 
-Every sample goes through the KServe v2 API (tritonclient over HTTP) as its own batch-1 request, a
-few at a time, as production traffic arrives — so Triton's dynamic batcher merges them as it would
-under load, and a batch-dependent variant (dynamic int8) is scored the way it serves. The answers of
-the baseline and of the candidate are then compared sample by sample with the spec's metric
+Every sample goes through the KServe v2 API (tritonclient over HTTP) as its own batch-1 request, the
+shape production clients send — so a batch-dependent variant (dynamic int8 computes its activation
+scales per call) is scored the way it answers a user, not on batch-32 chunks. The answers of the
+baseline and of the candidate are then compared sample by sample with the spec's metric
 (`slimserve.evaluator.quality`).
 """
 
@@ -82,21 +82,18 @@ def check_inputs(model: str, metadata: dict[str, Any], batching: bool, arrays: d
         raise InvalidInput(problems)
 
 
-def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | None = None,
-            concurrency: int = 8) -> np.ndarray:
+def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
     """One output of the model (`output`, default the first) for every sample, one request per sample."""
     import numpy as np
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    client = httpclient.InferenceServerClient(
-        url.removeprefix("http://").removeprefix("https://"), network_timeout=120, concurrency=concurrency
-    )
+    client = httpclient.InferenceServerClient(url.removeprefix("http://").removeprefix("https://"), network_timeout=120)
     try:
         try:
             metadata = client.get_model_metadata(model)
             config = client.get_model_config(model)
-        except InferenceServerException as exc:
+        except (InferenceServerException, OSError) as exc:
             raise ServingError(f"model '{model}' is not served at {url}: {exc}") from None
         batching = int(config.get("max_batch_size", 0)) > 0
         check_inputs(model, metadata, batching, arrays)
@@ -107,7 +104,7 @@ def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | N
             )
         wanted = output or names[0]
         count = len(next(iter(arrays.values())))
-        pending = []
+        results = []
         for i in range(count):
             inputs = []
             for name, array in arrays.items():
@@ -116,9 +113,8 @@ def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | N
                 tensor.set_data_from_numpy(sample, binary_data=True)
                 inputs.append(tensor)
             requested = [httpclient.InferRequestedOutput(wanted, binary_data=True)]
-            pending.append(client.async_infer(model, inputs, outputs=requested))
-        results = [p.get_result().as_numpy(wanted) for p in pending]
-    except InferenceServerException as exc:
+            results.append(client.infer(model, inputs, outputs=requested).as_numpy(wanted))
+    except (InferenceServerException, OSError) as exc:
         raise ServingError(f"model '{model}' failed on the evaluation set: {exc}") from None
     finally:
         client.close()

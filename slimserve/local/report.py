@@ -29,17 +29,18 @@ def write_markdown(path: Path, doc: dict[str, Any], steps: list[StepResult]) -> 
         lines += [
             f"Served quality: candidate {quality['candidate']:.4g} vs baseline {quality['baseline']:.4g} on "
             f"{quality['n']} samples; drop {quality['drop']:+.3g} {quality['unit']} "
-            f"(95% CI [{quality['drop_low']:+.3g}, {quality['drop_high']:+.3g}], {quality['method']}).",
+            f"(90% CI [{quality['drop_low']:+.3g}, {quality['drop_high']:+.3g}], {quality['method']}).",
             "",
         ]
     lines += [
         "## Gate evidence",
         "",
-        "How to read it: a check passes only when its whole 95% interval is on the good side of the threshold,",
+        "How to read it: intervals are 90% two-sided (each end a one-sided 95% bound). A check passes only",
+        "when its whole interval is on the good side of the threshold,",
         "fails only when the whole interval is on the bad side, and is inconclusive otherwise. A step with",
         "too few requests is inconclusive whatever else it shows.",
         "",
-        "| step | check | verdict | value | 95% interval | threshold | detail |",
+        "| step | check | verdict | value | 90% interval | threshold | detail |",
         "|---:|---|---|---:|---:|---:|---|",
     ]
     for step in steps:
@@ -64,7 +65,7 @@ def write_markdown(path: Path, doc: dict[str, Any], steps: list[StepResult]) -> 
                 f"{' (generator-bound)' if window['generatorBound'] else ''} |"
             )
     lines += ["", "## Variants (offline)", ""]
-    lines += ["| variant | quality | drop [95% CI] | size ratio | speedup |", "|---|---:|---:|---:|---:|"]
+    lines += ["| variant | quality | drop [90% CI] | size ratio | speedup |", "|---|---:|---:|---:|---:|"]
     for v in doc["variants"]:
         low, high = v["dropCI"]
         lines.append(

@@ -88,7 +88,7 @@ def choose_candidate(
 ) -> VariantRecord | None:
     """The variant to roll out: the named one, or (auto) the best one within the accuracy budget.
 
-    Within the budget means the upper end of the drop's paired 95% interval is (as the gate will judge
+    Within the budget means the upper end of the drop's paired 90% interval is (as the gate will judge
     it). 'Best' follows the search objective when the spec has a search (else the smallest file). After a
     promotion, auto only offers a variant that beats the stable model on that objective (judged on
     this run's record of the same file, or on its size): rolling out something worse than what users
@@ -191,7 +191,7 @@ def _run(
             f"{state.stable.variant if state.stable else ''}; nothing new to roll out"
             if within
             else f"no variant's drop is within maxAccuracyDrop {budget} {report.baseline.drop_unit} "
-            "(upper end of its 95% interval) offline; nothing to roll out"
+            "(upper end of its 90% interval) offline; nothing to roll out"
         )
         return _finish(console, out_dir, model, report, state, None, None, "Inconclusive", reason)
     console.print(f"candidate: [bold]{candidate.name}[/] ({candidate.recipe})")
@@ -217,7 +217,8 @@ def _run(
         shutil.rmtree(repo_dir, ignore_errors=True)
         build_repository(packaged, compression_dir, repo_dir, "python", None, spec.serving)
 
-    from slimserve.evaluator.prometheus import PromClient, PrometheusServer
+    from slimserve.evaluator.canary import ProcessCpuCapacity
+    from slimserve.evaluator.prometheus import PrometheusServer
     from slimserve.evaluator.rollout import Judge, run_rollout
     from slimserve.triton.server import TritonServer
 
@@ -243,7 +244,7 @@ def _run(
         judge = Judge(
             spec=spec,
             roles=Roles(stable=target(stable_name), candidate=target(candidate.name), control=target(CONTROL)),
-            prom=PromClient(prom_server.url),
+            capacity=ProcessCpuCapacity(triton.model_processes),
             data=evaluation,
             work_dir=logs / "load",
             reference=target(BASELINE),
@@ -262,24 +263,10 @@ def _run(
         def judged(step: StepResult, _: Measurement | None) -> None:
             _print_step(console, step)
 
-        outcome = run_rollout(_Staged(judge, stages, stage_title), on_step=judged)
+        outcome = run_rollout(judge, on_step=judged, stage=lambda weight: stages.stage(stage_title(weight)))
     # Every child is stopped here (ExitStack), before anything is written as final.
     return _finish(console, out_dir, model, report, state, candidate, outcome, outcome.decision, outcome.reason,
                    compression_dir)
-
-
-class _Staged:
-    """A Judge whose every step is shown as a stage with a spinner and its duration."""
-
-    def __init__(self, judge: Any, stages: Stages, title: Callable[[int], str]) -> None:
-        self.judge, self.stages, self.title = judge, stages, title
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.judge, name)
-
-    def step(self, weight: int) -> Any:
-        with self.stages.stage(self.title(weight)):
-            return self.judge.step(weight)
 
 
 def _print_step(console: Console, step: StepResult) -> None:
@@ -294,7 +281,7 @@ def _num(value: float | None) -> str:
 
 def decision_table(steps: list[StepResult], decision: str, reason: str) -> Table:
     table = Table(title="Gate evidence (details in report.md)", header_style="bold", title_justify="left")
-    for col in ("step", "check", "verdict", "value", "95% interval", "threshold"):
+    for col in ("step", "check", "verdict", "value", "90% interval", "threshold"):
         table.add_column(col, justify="left" if col in ("check", "verdict") else "right")
     colours = {"Pass": "green", "Fail": "red", "Inconclusive": "yellow"}
     for step in steps:

@@ -207,6 +207,25 @@ class TritonServer:
             tail = self.process.log_tail(15) if self.process else ""
             raise ServingError(f"Triton is no longer running; log {self.log_path}:\n{tail}")
 
+    def model_processes(self, model: str) -> list[int]:
+        """Pids of the Python-backend stubs that run `model`'s instances (children of this Triton)."""
+        if self.process is None:
+            return []
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent != self.process.pid or len(argv) < 2 or not argv[0].endswith(b"triton_python_backend_stub"):
+                continue
+            if Path(argv[1].decode(errors="replace")).parent.parent.name == model:
+                found.append(int(entry.name))
+        return found
+
     def model_metadata(self, model: str) -> dict[str, object]:
         status, body = self._get(f"/v2/models/{model}")
         if status != 200:

@@ -202,10 +202,10 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(info.value.problems) == 2
 
 
-def test_remote_uris_are_refused_with_the_fix(tmp_path: Path) -> None:
+def test_remote_uris_must_be_localized_first(tmp_path: Path) -> None:
     from slimserve.api.paths import resolve_uri
 
-    with pytest.raises(InvalidInput, match=r"spec.source.uri = 's3://bucket/m.onnx': s3:// URIs are not read; copy"):
+    with pytest.raises(InvalidInput, match=r"spec.source.uri = 's3://bucket/m.onnx': s3:// is fetched by slimserve"):
         resolve_uri("s3://bucket/m.onnx", tmp_path, "spec.source.uri")
     assert resolve_uri("file:///abs/m.onnx", tmp_path, "f") == Path("/abs/m.onnx")
     assert resolve_uri("m.onnx", tmp_path, "f") == tmp_path / "m.onnx"

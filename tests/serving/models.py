@@ -3,7 +3,8 @@
 `make_compression_output` writes what `slimserve compress` would (report.json, baseline.onnx, one
 ONNX per variant), so the serving stack is tested on its own, without the compression engine.
 Variants: `int8` (onnxruntime dynamic quantization, same accuracy), `noisy` (weights corrupted:
-accuracy drops), `slow` (same answers, plus heavy extra compute: latency and throughput suffer).
+accuracy drops), `slow` (same answers, plus heavy extra compute: latency and throughput suffer),
+`twin` (the baseline's own file under another name: an A/A candidate).
 """
 
 from __future__ import annotations
@@ -99,9 +100,12 @@ def _record(name: str, path: Path, base_size: int, base_acc: float, acc: float) 
         params=0,
         macs=0,
         metric="accuracy",
-        accuracy=acc,
-        accuracy_ci=(acc - 1.5, acc + 1.5),
-        accuracy_drop=base_acc - acc,
+        quality=acc,
+        quality_ci=(acc - 1.5, acc + 1.5),
+        quality_unit="% correct",
+        drop=base_acc - acc,
+        drop_ci=(base_acc - acc - 0.5, base_acc - acc + 0.5),
+        drop_unit="points",
         latency_ms_p50=0.1,
         latency_ms_p99=0.2,
         throughput_rps=1000.0,
@@ -110,7 +114,9 @@ def _record(name: str, path: Path, base_size: int, base_acc: float, acc: float) 
     )
 
 
-def make_compression_output(out_dir: Path, variants: tuple[str, ...] = ("int8", "noisy", "slow")) -> CompressionReport:
+def make_compression_output(
+    out_dir: Path, variants: tuple[str, ...] = ("int8", "noisy", "slow", "twin")
+) -> CompressionReport:
     """report.json, baseline.onnx, <variant>.onnx and data/test.npz under `out_dir`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -139,6 +145,8 @@ def make_compression_output(out_dir: Path, variants: tuple[str, ...] = ("int8", 
             slow = MLP(extra_work=12)
             slow.net.load_state_dict(model.net.state_dict())
             export(slow.eval(), path)
+        elif name == "twin":
+            path.write_bytes(baseline.read_bytes())
         else:
             raise ValueError(name)
         records.append(_record(name, path, baseline.stat().st_size, base_acc, _accuracy(path, xte, yte)))

@@ -126,7 +126,7 @@ def test_build_repository_layout_for_both_backends(compression_output: Path, tmp
         assert (tmp_path / "py" / name / "1" / "model.py").is_file()
         assert f'name: "{name}"' in (tmp_path / "py" / name / "config.pbtxt").read_text()
     ort = build_repository(report, compression_output, tmp_path / "ort", "onnxruntime")
-    assert sorted(ort) == ["baseline", "int8", "noisy", "slow"]
+    assert sorted(ort) == ["baseline", "int8", "noisy", "slow", "twin"]
     assert not (tmp_path / "ort" / "int8" / "1" / "model.py").exists()
     with pytest.raises(InvalidInput, match="'nope' is not in the report"):
         build_repository(report, compression_output, tmp_path / "x", "python", ["nope"])
@@ -147,7 +147,7 @@ def test_external_data_files_travel_with_the_model(tmp_path: Path) -> None:
 
     rec = VariantRecord(
         name="baseline", recipe="-", path="v.onnx", sha256="0", size_bytes=1, compression_ratio=1, params=0, macs=0,
-        metric="accuracy", accuracy=1, accuracy_ci=(0, 1), accuracy_drop=0, latency_ms_p50=1, latency_ms_p99=1,
+        metric="accuracy", quality=1, quality_ci=(0, 1), quality_unit="%", drop=0, drop_ci=(0, 0), drop_unit="points", latency_ms_p50=1, latency_ms_p99=1,
         throughput_rps=1, speedup=1, compress_seconds=0,
     )  # fmt: skip
     report = CompressionReport(model="m", device="cpu", baseline=rec, variants=[])

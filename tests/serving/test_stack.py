@@ -56,60 +56,96 @@ def run(spec: Path, out: Path, compression_output: Path, mutate: object = None):
     )
 
 
-def test_promotion_then_second_run_starts_from_it_and_a_slow_candidate_rolls_back(
+STEPS = {"steps": [30, 100], "stepDuration": "8s", "users": 4, "spawnRate": 4}
+
+
+def _checks(report: dict[str, object]) -> dict[tuple[int, str], str]:
+    return {(s["weight"], c["name"]): c["verdict"] for s in report["steps"] for c in s["checks"]}  # type: ignore[index, union-attr]
+
+
+def test_a_twin_is_not_rolled_back_with_the_default_gates(compression_output: Path, no_orphans: Path) -> None:
+    """A/A: the stable model's own file as the candidate, judged against a fresh copy of the stable."""
+    spec = write_spec(no_orphans / "spec", compression_output, rollout={"candidate": "twin", **STEPS})
+    out = no_orphans / "run"
+    result = run(spec, out, compression_output)
+    report = json.loads((out / "report.json").read_text())
+    assert result.decision != "RolledBack", result.reason
+    assert not [k for k, v in _checks(report).items() if v == "Fail"], _checks(report)
+    assert report["servedQuality"]["drop"] == 0.0 and report["servedQuality"]["drop_high"] > 0  # never zero-width
+    for window in report["load"]:
+        shares = window["perTarget"]
+        assert shares["candidate"]["requests"] >= 500 and shares["control"]["requests"] >= 500
+
+
+def test_promotion_then_second_run_compares_with_it_and_a_slowed_candidate_rolls_back(
     compression_output: Path, no_orphans: Path
 ) -> None:
     out = no_orphans / "run"
-    spec = write_spec(no_orphans / "spec", compression_output)
+    spec = write_spec(no_orphans / "spec", compression_output, rollout={"candidate": "int8", **STEPS})
     first = run(spec, out, compression_output)
     assert first.decision == "Promoted", first.reason
     report = json.loads((out / "report.json").read_text())
-    assert report["decision"] == "Promoted" and report["candidate"] == "int8"
+    assert report["decision"] == "Promoted" and report["candidate"] == "int8" and report["metric"] == "accuracy"
     assert [s["weight"] for s in report["steps"]] == [0, 30, 100]
     checks = {c["name"]: c for s in report["steps"] for c in s["checks"]}
-    assert {"accuracyDrop", "samples", "errorRate", "p99VsBaseline", "throughputVsBaseline"} <= set(checks)
-    assert all(c["threshold"] is not None for c in checks.values())
-    served = {v["name"]: v["served"] for v in report["variants"] if v["served"]}
-    assert served["int8"]["throughputRps"] > 0 and served["int8"]["p99Ms"] > 0
-    assert served["int8"]["accuracy"] == pytest.approx(served["baseline"]["accuracy"], abs=1.0)
-    assert served["int8"]["samples"] >= 50
-    for name in ("report.md", "throughput_vs_p99.png", "accuracy_vs_size.png"):
+    assert {"qualityDrop", "samples", "errorRate", "p99VsBaseline", "throughputVsBaseline"} <= set(checks)
+    assert all(c["threshold"] is not None and c["verdict"] == "Pass" for c in checks.values())
+    assert all(c["low"] is not None and c["high"] is not None for n, c in checks.items() if n != "samples")
+    # 30% of the requests on the candidate, 30% on the control, 40% on the stable: exactly, not on average.
+    thirty = report["load"][0]["perTarget"]
+    assert abs(thirty["candidate"]["requests"] - thirty["control"]["requests"]) <= 0.02 * thirty["control"]["requests"]
+    for name in ("report.md", "throughput_vs_p99.png", "quality_vs_size.png"):
         assert (out / name).stat().st_size > 0
     state = json.loads((out / "state.json").read_text())
     assert state["stable"]["variant"] == "int8"
     assert (out / state["stable"]["path"]).is_file()
 
-    # Second run: the promoted int8 is now what the candidate is compared against (served as 'stable').
-    slow_spec = write_spec(
-        no_orphans / "spec2", compression_output,
-        rollout={"candidate": "slow", "steps": [30, 100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
-    )  # fmt: skip
+    # Second run: the promoted int8 is now the stable model, and the control is a copy of it.
+    slow_spec = write_spec(no_orphans / "spec2", compression_output, rollout={"candidate": "slow", **STEPS})
     second = run(slow_spec, out, compression_output)
     assert second.decision == "RolledBack", second.reason
     report = json.loads((out / "report.json").read_text())
-    assert report["baseline"] == "stable"
-    failed = {c["name"] for s in report["steps"] for c in s["checks"] if c["verdict"] == "Fail"}
-    assert failed & {"p99VsBaseline", "throughputVsBaseline"}
+    assert report["stable"] == "int8"
+    failed = {name for (_, name), verdict in _checks(report).items() if verdict == "Fail"}
+    assert failed & {"p99VsBaseline", "throughputVsBaseline"}, _checks(report)
+    assert [s["weight"] for s in report["steps"]] == [0, 30]  # rolled back at the first canary step
     state = json.loads((out / "state.json").read_text())
     assert state["stable"]["variant"] == "int8"  # a rollback leaves the stable model untouched
     assert [h["decision"] for h in state["history"]] == ["Promoted", "RolledBack"]
-    assert (out / "repository" / "stable" / "config.pbtxt").is_file()
+    assert (out / "repository" / "stable_current" / "config.pbtxt").is_file()
+    assert (out / "repository" / "stable_control" / "config.pbtxt").is_file()
     assert not live_processes()
 
 
-def test_less_accurate_candidate_is_rolled_back_before_any_traffic(compression_output: Path, no_orphans: Path) -> None:
-    spec = write_spec(
-        no_orphans / "spec", compression_output,
-        rollout={"candidate": "noisy", "steps": [50, 100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
-    )  # fmt: skip
+def test_an_accuracy_wrecked_candidate_is_rolled_back_before_any_traffic(
+    compression_output: Path, no_orphans: Path
+) -> None:
+    spec = write_spec(no_orphans / "spec", compression_output, rollout={"candidate": "noisy", **STEPS})
     result = run(spec, no_orphans / "run", compression_output)
     assert result.decision == "RolledBack" and result.exit_code == 3
     report = json.loads((no_orphans / "run" / "report.json").read_text())
     assert [s["weight"] for s in report["steps"]] == [0]
     check = report["steps"][0]["checks"][0]
-    assert check["name"] == "accuracyDrop" and check["verdict"] == "Fail" and check["value"] > 10
+    assert check["name"] == "qualityDrop" and check["verdict"] == "Fail" and check["low"] > 1.0
+    # The served baseline accuracy is the real one, computed here without slimserve.
+    data = np.load(spec.parent / "data" / "test.npz")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(compression_output / "baseline.onnx"), providers=["CPUExecutionProvider"])
+    expected = 100 * float((session.run(None, {"x": data["x"]})[0].argmax(1) == data["y"]).mean())
+    assert report["servedQuality"]["baseline"] == pytest.approx(expected)
     assert report["load"] == []
     assert not (no_orphans / "run" / "state.json").read_text().count('"variant"')  # nothing became stable
+
+
+def test_a_second_run_on_the_same_folder_is_refused_and_loses_nothing(compression_output: Path, tmp_path: Path) -> None:
+    from slimserve.local import registry
+
+    out = tmp_path / "run"
+    spec = write_spec(tmp_path / "spec", compression_output)
+    with registry.exclusive(out), pytest.raises(InvalidInput, match=r"another slimserve run \(pid \d+\) is using"):
+        run(spec, out, compression_output)
+    assert not (out / "report.json").exists() and not (out / "compression").exists()
 
 
 def test_input_shape_mismatch_is_invalid_input_and_stops_everything(compression_output: Path, no_orphans: Path) -> None:
@@ -154,17 +190,16 @@ def test_corrupted_onnx_is_invalid_input_before_anything_starts(compression_outp
 def test_a_component_dying_mid_run_is_an_error_and_nothing_is_promoted(
     compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch, victim: str, message: str
 ) -> None:
-    import slimserve.local.runtime as runtime
+    import slimserve.evaluator.rollout as rollout
 
-    real = runtime.measure_window
+    real = rollout.measure_step
 
-    def kill_then_measure(prom, baseline, candidate, weight, *args, **kwargs):  # noqa: ANN001, ANN202
-        if weight > 0:
-            process = next(p for p in live_processes() if p.name == victim)
-            os.killpg(process.pid, signal.SIGKILL)
-        return real(prom, baseline, candidate, weight, *args, **kwargs)
+    def kill_then_measure(prom, roles, weight, *args, **kwargs):  # noqa: ANN001, ANN202
+        process = next(p for p in live_processes() if p.name == victim)
+        os.killpg(process.pid, signal.SIGKILL)
+        return real(prom, roles, weight, *args, **kwargs)
 
-    monkeypatch.setattr(runtime, "measure_window", kill_then_measure)
+    monkeypatch.setattr(rollout, "measure_step", kill_then_measure)
     spec = write_spec(no_orphans / "spec", compression_output)
     with pytest.raises(ServingError, match=message):
         run(spec, no_orphans / "run", compression_output)
@@ -224,7 +259,7 @@ def test_cli_run_with_real_compression_then_triton_missing(compression_output: P
             "variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}],
             "measure": {"latencyRuns": 10, "throughputBatch": 8, "threads": 1},
         },
-        rollout={"candidate": "auto", "steps": [50, 100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
+        rollout={"candidate": "auto", **STEPS},
     )  # fmt: skip
     out = no_orphans / "out"
     proc = _cli(["run", str(spec), "--out", str(out)])
@@ -233,7 +268,7 @@ def test_cli_run_with_real_compression_then_triton_missing(compression_output: P
     report = json.loads((out / "report.json").read_text())
     expected = {"Promoted": 0, "RolledBack": 3, "Inconclusive": 4}[report["decision"]]
     assert proc.returncode == expected and report["candidate"] == "int8"
-    assert report["decision"] in text and "accuracyDrop" in text
+    assert report["decision"] in text and "qualityDrop" in text
     again = _cli(["run", str(spec), "--out", str(out)])
     text, _ = again.communicate(timeout=240)
     if report["decision"] == "Promoted":  # the second run starts from the promoted int8: nothing new to roll out
@@ -260,7 +295,7 @@ def test_ctrl_c_stops_every_process(compression_output: Path, no_orphans: Path) 
     while time.monotonic() < deadline:  # wait until Locust is running a window
         line = proc.stdout.readline()
         seen += line
-        if "served accuracy" in line or not line:
+        if "served quality" in line or not line:
             break
     time.sleep(4)
     proc.send_signal(signal.SIGINT)
@@ -269,16 +304,18 @@ def test_ctrl_c_stops_every_process(compression_output: Path, no_orphans: Path) 
     assert "interrupted" in text
 
 
-def test_cli_evaluate_judges_one_step_against_running_servers(compression_output: Path, no_orphans: Path) -> None:
-    """What the operator's evaluator Job runs: one canary step, an EvaluationReport, the exit code."""
+def test_cli_evaluate_judges_one_weight_against_running_servers(compression_output: Path, no_orphans: Path) -> None:
+    """What the operator's evaluator Job runs: one weight, an EvaluationReport, the step's exit code."""
     from slimserve.api.report import EvaluationReport
     from slimserve.evaluator.prometheus import PrometheusServer
     from slimserve.triton.repository import build_repository
     from slimserve.triton.server import TritonServer
 
     report = CompressionReport.model_validate_json((compression_output / "report.json").read_text())
+    control = report.baseline.model_copy(update={"name": "stable_control"})
+    report = report.model_copy(update={"variants": [*report.variants, control]})
     repo = no_orphans / "repo"
-    build_repository(report, compression_output, repo, "python", ["int8", "noisy"])
+    build_repository(report, compression_output, repo, "python", ["noisy", "slow", "stable_control"])
     spec = write_spec(no_orphans / "spec", compression_output)
     with (
         TritonServer(repo, no_orphans / "triton") as triton,
@@ -286,25 +323,22 @@ def test_cli_evaluate_judges_one_step_against_running_servers(compression_output
     ):
         prom.wait_for_targets()
         results = {}
-        for candidate in ("int8", "noisy"):
-            out = no_orphans / f"{candidate}.json"
+        for name, candidate, weight in (("quality", "noisy", 0), ("canary", "slow", 30)):
+            out = no_orphans / f"{name}.json"
             proc = _cli([
-                "evaluate", str(spec), "--baseline-url", triton.url, "--candidate-url", triton.url,
-                "--baseline-model", "baseline", "--candidate-model", candidate, "--weight", "50",
+                "evaluate", str(spec), "--weight", str(weight), "--candidate-url", triton.url,
+                "--candidate-model", candidate, "--control-url", triton.url, "--control-model", "stable_control",
+                "--stable-url", triton.url, "--stable-model", "baseline",
+                "--reference-onnx", str(compression_output / "baseline.onnx"),
                 "--prometheus-url", prom.url, "--out", str(out),
             ])  # fmt: skip
             text, _ = proc.communicate(timeout=120)
-            results[candidate] = (proc.returncode, EvaluationReport.model_validate_json(out.read_text()), text)
-    code, noisy, text = results["noisy"]
-    assert code == 3 and noisy.decision == "RolledBack", text
-    assert {c.name: c.verdict for c in noisy.steps[0].checks}["accuracyDrop"] == "Fail"
-    code, int8, text = results["int8"]
-    assert code == {"Promoted": 0, "RolledBack": 3, "Inconclusive": 4}[int8.decision], text
-    assert int8.steps[0].weight == 50
-    assert {c.name for c in int8.steps[0].checks} >= {
-        "accuracyDrop",
-        "samples",
-        "p99VsBaseline",
-        "throughputVsBaseline",
-    }
-    assert {c.name: c.verdict for c in int8.steps[0].checks}["accuracyDrop"] == "Pass"
+            results[name] = (proc.returncode, EvaluationReport.model_validate_json(out.read_text()), text)
+    code, quality, text = results["quality"]
+    assert code == 3 and quality.step.verdict == "Fail" and quality.weight == 0, text
+    assert quality.quality is not None and quality.quality["drop_low"] > 1.0
+    code, canary, text = results["canary"]
+    assert code == 3 and canary.step.verdict == "Fail", text
+    verdicts = {c.name: c.verdict for c in canary.step.checks}
+    assert verdicts["samples"] == "Pass" and "Fail" in (verdicts["p99VsBaseline"], verdicts["throughputVsBaseline"])
+    assert canary.load is not None and set(canary.load) == {"candidate", "control"}

@@ -1,4 +1,4 @@
-"""Pure pieces of the evaluator and the runtime: statistics parsing, evidence, registry, Pareto front."""
+"""Pure pieces of the evaluator and the runtime: statistics parsing, windows, registry, Pareto front."""
 
 from __future__ import annotations
 
@@ -10,30 +10,12 @@ import pytest
 
 from slimserve.api.report import pareto_front
 from slimserve.errors import InvalidInput
-from slimserve.evaluator.accuracy import check_inputs, evidence
 from slimserve.evaluator.canary import parse_duration
 from slimserve.evaluator.load import parse_stats, percentile
 from slimserve.evaluator.prometheus import scrape_config
+from slimserve.evaluator.served import check_inputs
 from slimserve.local import registry
 from slimserve.triton.server import parse_load_failures
-
-
-def test_evidence_with_labels_counts_disagreements_pairwise() -> None:
-    labels = np.array([0, 1, 2, 3])
-    base = np.eye(4)[[0, 1, 2, 0]]  # right, right, right, wrong
-    cand = np.eye(4)[[0, 1, 0, 3]]  # right, right, wrong, right
-    ev = evidence(base, cand, labels)
-    assert (ev.metric, ev.n, ev.baseline_correct, ev.candidate_correct) == ("accuracy", 4, 3, 3)
-    assert (ev.baseline_only, ev.candidate_only) == (1, 1)
-    assert ev.drop == 0.0
-
-
-def test_evidence_without_labels_is_fidelity_to_the_baseline() -> None:
-    base = np.eye(3)[[0, 1, 2, 2]]
-    cand = np.eye(3)[[0, 1, 2, 1]]
-    ev = evidence(base, cand, None)
-    assert ev.metric == "fidelity" and ev.baseline_pct == 100.0 and ev.candidate_pct == 75.0
-    assert ev.drop == 25.0
 
 
 def test_check_inputs_names_shape_and_dtype_problems() -> None:
@@ -112,7 +94,8 @@ def _variant(name: str, size: int, drop: float, sha: str | None = None) -> objec
 
     return VariantRecord(
         name=name, recipe=name, path=f"{name}.onnx", sha256=sha or name, size_bytes=size, compression_ratio=1.0,
-        params=0, macs=0, metric="accuracy", accuracy=99.0, accuracy_ci=(98.0, 99.5), accuracy_drop=drop,
+        params=0, macs=0, metric="accuracy", quality=99.0, quality_ci=(98.0, 99.5), quality_unit="% correct",
+        drop=drop, drop_ci=(drop - 0.4, drop + 0.4), drop_unit="points",
         latency_ms_p50=1.0, latency_ms_p99=2.0, throughput_rps=100.0, speedup=1.0, compress_seconds=0.0,
     )  # fmt: skip
 
@@ -149,3 +132,42 @@ def test_auto_candidate_is_the_smallest_within_budget_and_must_beat_the_stable()
         }
     )
     assert choose_candidate(named, report, "int8").name == "fp16"  # type: ignore[union-attr]
+
+
+def test_requests_file_round_trip_and_window_selection(tmp_path: Path) -> None:
+    from slimserve.evaluator.load import Requests
+
+    path = tmp_path / "requests.csv"
+    path.write_text("100.0,candidate,2.5,0\n100.5,control,2.0,0\n101.0,candidate,9.0,1\n102.0,stable,1.0,0\n")
+    requests = Requests.read(path)
+    assert len(requests) == 4
+    window = requests.select("candidate", 100.2, 101.5)
+    assert window.latency_ms.tolist() == [9.0] and window.failed.tolist() == [True]
+    assert len(Requests.read(tmp_path / "missing.csv")) == 0
+
+
+def test_deterministic_split_gives_exact_shares() -> None:
+    import importlib.util
+    import sys
+
+    # The locustfile imports locust (gevent monkey-patching) at module level: load only the Split class.
+    source = Path(__file__).resolve().parents[2] / "slimserve" / "evaluator" / "locustfile.py"
+    text = source.read_text()
+    namespace: dict[str, object] = {}
+    exec(text[text.index("class Split:") : text.index("class CanaryUser")], namespace)  # noqa: S102
+    split = namespace["Split"]([10.0, 10.0, 80.0])  # type: ignore[operator]
+    picks = [split.next() for _ in range(1000)]  # type: ignore[attr-defined]
+    assert [picks.count(i) for i in range(3)] == [100, 100, 800]
+    first = picks[:10]
+    assert first.count(0) == 1 and first.count(1) == 1  # interleaved, not in runs
+    assert importlib.util.find_spec("locust") is not None and "locust" not in sys.modules
+
+
+def test_step_timing_refuses_windows_shorter_than_four_scrapes() -> None:
+    from slimserve.api.spec import Rollout
+    from slimserve.evaluator.canary import Timing
+
+    timing = Timing.of(Rollout(step_duration="15s"), scrape_interval_s=1.0)
+    assert timing.max_step_s == 60.0 and timing.warmup_s == 2.0
+    with pytest.raises(InvalidInput, match=r"stepDuration = '15s'.*fewer than 4 scrapes of 30 s; use at least 123s"):
+        Timing.of(Rollout(step_duration="15s"), scrape_interval_s=30.0)
