@@ -273,7 +273,7 @@ def test_evaluation_data_the_model_cannot_take_is_an_input_error(tmp_path: Path)
     spec = digits_spec(tmp_path, [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}])
     spec["data"]["evaluation"] = str(tmp_path / "flat.npz")  # type: ignore[index]
     with pytest.raises(
-        InvalidInput, match=r"spec.data.evaluation = .*flat.npz.*cannot run on its samples \('x' \[540, 64\]"
+        InvalidInput, match=r"spec.data.evaluation = .*flat.npz.*cannot run on its samples \('x' \[\d+, 64\]"
     ):
         run_compression(load_compressed_model(write_spec(tmp_path, spec)), tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
