@@ -138,27 +138,35 @@ def name_nodes(model: onnx.ModelProto) -> int:
 def preprocess(src: Path, dst: Path) -> tuple[Path, str | None]:
     """Shape inference so every tensor gets a range, unnamed nodes named; node names stay.
 
-    Symbolic shape inference fails on some dynamic-sequence graphs; then ONNX's own inference is
-    used, and the returned note says so.
+    On a convolutional graph onnxruntime's basic (hardware-independent) optimizations run first:
+    they fold shape arithmetic into constants — e.g. TF-style "same" padding computed at run time,
+    whose float Pad between two int8 convolutions would otherwise cost a dequantize/quantize pair
+    each — and keep the names of the nodes that remain. Symbolic shape inference fails on some
+    dynamic-sequence graphs; then ONNX's own inference is used, and the returned note says so.
     """
-    note = None
+    notes = []
     src, dst = src.resolve(), dst.resolve()
-    try:
-        # onnxruntime's symbolic pass saves its partial model (plus external data) into the working folder
-        # when it fails: keep that in the variant's work folder, not wherever the user ran slimserve.
-        with contextlib.chdir(dst.parent):
-            quant_pre_process(str(src), str(dst), skip_optimization=True)
-    except Exception as exc:  # noqa: BLE001 - retry without the symbolic pass
+    optimize = any(n.op_type == "Conv" for n in onnx.load(str(src), load_external_data=False).graph.node)
+    if optimize:
+        notes.append("constant subgraphs folded by onnxruntime's basic optimizations")
+    # onnxruntime's symbolic pass saves its partial model (plus external data) into the working folder when
+    # it fails: keep that in the variant's work folder, not wherever the user ran slimserve.
+    with contextlib.chdir(dst.parent):
         try:
-            quant_pre_process(str(src), str(dst), skip_optimization=True, skip_symbolic_shape=True)
-            note = f"symbolic shape inference failed ({str(exc).splitlines()[0][:120]}); used ONNX shape inference"
-        except Exception as exc2:  # noqa: BLE001 - preprocessing is an optimization, not a requirement
-            note = f"pre-processing skipped ({str(exc2).splitlines()[0][:160]})"
-            onnx.save(onnx.load(str(src)), str(dst))
+            quant_pre_process(str(src), str(dst), skip_optimization=not optimize)
+        except Exception as exc:  # noqa: BLE001 - retry without the symbolic pass
+            try:
+                quant_pre_process(str(src), str(dst), skip_optimization=not optimize, skip_symbolic_shape=True)
+                notes.append(
+                    f"symbolic shape inference failed ({str(exc).splitlines()[0][:120]}); used ONNX shape inference"
+                )
+            except Exception as exc2:  # noqa: BLE001 - preprocessing is an optimization, not a requirement
+                notes = [f"pre-processing skipped ({str(exc2).splitlines()[0][:160]})"]
+                onnx.save(onnx.load(str(src)), str(dst))
     model = onnx.load(str(dst))
     if name_nodes(model):
         onnx.save(model, str(dst))
-    return dst, note
+    return dst, "; ".join(notes) or None
 
 
 def calibration_subset(data: DataSet, n: int, seed: int) -> DataSet:
