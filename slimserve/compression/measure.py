@@ -202,6 +202,12 @@ def take(data: DataSet, start: int, n: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v[idx]) for k, v in data.inputs.items()}
 
 
+def first_output_name(path: Path) -> str:
+    """The name of a graph's first output (what is read when spec.quality.output is unset)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return str(model.graph.output[0].name)
+
+
 def output_name(sess: ort.InferenceSession, wanted: str | None) -> str:
     names = [o.name for o in sess.get_outputs()]
     if wanted is None:

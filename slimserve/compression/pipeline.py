@@ -305,7 +305,8 @@ class Workbench:
         labels, mask = self.evaluation.labels, self.evaluation.inputs.get("attention_mask")
         if self.baseline_outputs is None:
             self.baseline_outputs = outputs
-            self.metric = quality.resolve(spec.quality, outputs, labels, spec.quality.output)
+            read = spec.quality.output or measure.first_output_name(built.path)
+            self.metric = quality.resolve(spec.quality, outputs, labels, spec.quality.output, read)
         assert self.metric is not None
         evidence, base_score, score = quality.compare(
             self.metric, self.baseline_outputs, outputs, labels, mask, self.custom_metric, seed=self.seed

@@ -113,14 +113,20 @@ def _one_column(out: np.ndarray) -> bool:
     return out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)
 
 
-def resolve(quality: Quality, baseline: np.ndarray, labels: np.ndarray | None, output: str | None) -> Metric:
-    """The metric to use: `spec.quality` as written, or (auto) inferred, with the reason stated."""
+def resolve(
+    quality: Quality, baseline: np.ndarray, labels: np.ndarray | None, output: str | None, read: str | None = None
+) -> Metric:
+    """The metric to use: `spec.quality` as written, or (auto) inferred, with the reason stated.
+
+    `output` is spec.quality.output; `read` is the name of the output that was read when that is unset
+    (the graph's first output), so that auto's name hints ('logits', 'embeddings', ...) still apply.
+    """
     name = str(getattr(quality.metric, "value", quality.metric))
     shape = list(baseline.shape)
     labelled = labels is not None
     common = {"output": output, "k": quality.top_k, "function": quality.function, "labelled": labelled}
     if name == "auto":
-        name, why = _infer(baseline, labels, output)
+        name, why = _infer(baseline, labels, output or read)
     else:
         why = "set in spec.quality.metric"
     if name in ("accuracy", "topk") and labels is None:

@@ -22,7 +22,7 @@ from slimserve.evaluator import gate, policy
 from slimserve.evaluator.canary import Capacity, Measurement, Roles, Timing, measure_step, warm_up
 from slimserve.evaluator.gate import QualityEvidence
 from slimserve.evaluator.load import LoadResult, Target
-from slimserve.evaluator.served import load_npz, predict, served_quality
+from slimserve.evaluator.served import load_npz, output_names, predict, served_quality
 from slimserve.triton.process import ServingError
 
 
@@ -88,7 +88,10 @@ class Judge:
         except ServingError as exc:
             raise CandidateFailed(f"the candidate failed to answer the evaluation set: {exc}") from exc
         self.served_outputs = {"reference": reference, "candidate": candidate}
-        self.quality = served_quality(self.spec.quality, reference, candidate, arrays, labels, self.base_dir)
+        read = output
+        if read is None and str(getattr(self.spec.quality.metric, "value", self.spec.quality.metric)) == "auto":
+            read = output_names(self.roles.candidate.url, self.roles.candidate.model)[0]  # for auto's name hints
+        self.quality = served_quality(self.spec.quality, reference, candidate, arrays, labels, self.base_dir, read)
         return self.quality
 
 

@@ -82,6 +82,20 @@ def check_inputs(model: str, metadata: dict[str, Any], batching: bool, arrays: d
         raise InvalidInput(problems)
 
 
+def output_names(url: str, model: str) -> list[str]:
+    """The served model's output names, in order (one metadata request)."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url.removeprefix("http://").removeprefix("https://"), network_timeout=120)
+    try:
+        return [o["name"] for o in client.get_model_metadata(model)["outputs"]]
+    except (InferenceServerException, OSError) as exc:
+        raise ServingError(f"model '{model}' is not served at {url}: {exc}") from None
+    finally:
+        client.close()
+
+
 def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | None = None) -> np.ndarray:
     """One output of the model (`output`, default the first) for every sample, one request per sample."""
     import numpy as np
@@ -128,11 +142,15 @@ def served_quality(
     arrays: dict[str, np.ndarray],
     labels: np.ndarray | None,
     base_dir: Path | None = None,
+    read: str | None = None,
 ) -> QualityEvidence:
-    """The spec's metric on two models' served outputs, paired sample by sample."""
+    """The spec's metric on two models' served outputs, paired sample by sample.
+
+    `read`: the name of the output compared when spec.quality.output is unset (auto's name hints use it).
+    """
     from slimserve.evaluator import quality as q
 
-    metric = q.resolve(quality, baseline, labels, quality.output)
+    metric = q.resolve(quality, baseline, labels, quality.output, read)
     custom = q.load_function(metric.function, base_dir) if metric.function else None
     evidence, _, _ = q.compare(metric, baseline, candidate, labels, arrays.get("attention_mask"), custom)
     return evidence

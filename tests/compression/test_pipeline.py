@@ -267,6 +267,31 @@ def test_onnx_source_with_a_fixed_batch_is_measured_at_that_batch(tmp_path: Path
     assert report.variants[0].drop <= 1.0
 
 
+def test_auto_reads_the_onnx_output_name_when_quality_output_is_unset(tmp_path: Path) -> None:
+    """Regression: an unlabelled ONNX classifier whose output is named 'logits' (EfficientNet as exported by
+    examples/efficientnet/prepare.py) made `auto` fail, since only spec.quality.output was consulted."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    torch.onnx.export(
+        net,
+        (torch.zeros(2, 1, 8, 8),),
+        str(tmp_path / "cls.onnx"),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    with np.load(DIGITS / "data" / "test.npz") as npz:
+        np.savez(tmp_path / "unlabelled.npz", x=npz["x"][:100])
+    body = digits_spec(tmp_path, [{"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]}])
+    body["source"] = {"uri": "cls.onnx", "format": "onnx"}
+    body["data"] = {"evaluation": "unlabelled.npz"}
+    report = run_compression(load_compressed_model(write_spec(tmp_path, body)), tmp_path, tmp_path / "out")
+    assert report.baseline.metric == "agreement"
+    assert "output named 'logits'" in report.baseline.metric_detail
+    assert report.variants[0].drop <= 1.0
+
+
 def test_evaluation_data_the_model_cannot_take_is_an_input_error(tmp_path: Path) -> None:
     with np.load(DIGITS / "data" / "test.npz") as npz:
         np.savez(tmp_path / "flat.npz", x=npz["x"].reshape(len(npz["x"]), -1), y=npz["y"])
