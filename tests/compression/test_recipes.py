@@ -284,3 +284,15 @@ def test_static_calibration_methods_and_formats(trained_digits, make_ctx, digits
     assert expected_op in {n.op_type for n in onnx.load(str(out.onnx_path)).graph.node}
     drop = _accuracy(base.onnx_path, digits_data["evaluation"]) - _accuracy(out.onnx_path, digits_data["evaluation"])
     assert drop <= 1.0
+
+
+def test_round_to_that_prunes_far_more_than_the_ratio_is_noted(trained_digits, make_ctx) -> None:
+    """torch-pruning rounds the kept width down: at roundTo 32 the 32-channel conv keeps 32 or nothing,
+    the 64-channel one 32 (50% for ratio 0.1). EfficientNet-Lite0's 16-channel layers lost half this way."""
+    ctx = make_ctx()
+    REGISTRY["prune"](ModelState(module=copy.deepcopy(trained_digits)), Prune(ratio=0.1, round_to=32), ctx)
+    note = next(n for n in ctx.notes if "rounds kept channels down" in n)
+    assert "64 → 32" in note and "keepLayers" in note
+    plain = make_ctx()
+    REGISTRY["prune"](ModelState(module=copy.deepcopy(trained_digits)), Prune(ratio=0.1, round_to=4), plain)
+    assert not any("rounds kept channels down" in n for n in plain.notes)

@@ -91,6 +91,7 @@ def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: l
             "prune_head_dims": False,
             "head_pruning_ratio": head_ratio,
         }
+    widths = {name: _width(layer) for name, layer in module.named_modules() if isinstance(layer, _LAYERS)}
     wrapped = Bound(module, ctx.input_names, ctx.by_name)
     pruner = tp.pruner.MetaPruner(
         wrapped,
@@ -121,6 +122,29 @@ def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: l
             f"({len(attention)} blocks), residual width kept"
         )
     ctx.notes.append(f"prune: structured, {what}; params {before} → {after}")
+    if params.round_to:
+        _note_rounding(module, widths, params, ctx)
+
+
+def _width(layer: nn.Module) -> int:
+    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)  # type: ignore[arg-type]
+
+
+def _note_rounding(module: nn.Module, widths: dict[str, int], params: Prune, ctx: RecipeContext) -> None:
+    """Say where roundTo removed much more than `ratio`: torch-pruning rounds the kept width *down*, so
+    a 16-channel layer at roundTo 8 keeps 8 (50%) for any ratio. Narrow layers of mobile CNNs suffer most."""
+    over = []
+    for name, layer in module.named_modules():
+        if name in widths and isinstance(layer, _LAYERS):
+            old, new = widths[name], _width(layer)
+            if old and (old - new) / old > params.ratio + 0.1:
+                over.append(f"{name} {old} → {new}")
+    if over:
+        ctx.notes.append(
+            f"prune: roundTo {params.round_to} rounds kept channels down, so {len(over)} layer(s) lost more than "
+            f"{params.ratio:.0%}+10 points: {', '.join(over[:4])}{' …' if len(over) > 4 else ''}; lower roundTo "
+            "or list them in keepLayers"
+        )
 
 
 def _unstructured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: list[nn.Module]) -> None:
