@@ -3,7 +3,7 @@
 `python examples/efficientnet/prepare.py [FOLDER]` writes (next to this file by default):
 - `efficientnet_lite0.pt`: the pretrained weights as a state dict (factory source `model:build`);
 - `efficientnet_lite0.onnx`: the same model exported with a dynamic batch (for ONNX-source runs);
-- `data/{calibration,evaluation}.npz`: `x` float32 [N, 3, 224, 224], [-1, 1]-scaled random
+- `data/{calibration,evaluation,train}.npz`: `x` float32 [N, 3, 224, 224], [-1, 1]-scaled random
   crops (seeded) of the real photographs scikit-image ships in its wheel. No labels: the metric is
   top-1 agreement with the fp32 model, over 1000 ImageNet classes.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 from model import pretrained  # noqa: E402
 
 SIZE = 224
-SIZES = {"evaluation": 500, "calibration": 128}
+SIZES = {"evaluation": 500, "calibration": 128, "train": 128}
 # EfficientNet-Lite's own preprocessing (as its TF reference and the TFLite models): (pixel - 127) / 128.
 MEAN = np.float32(127.0 / 255.0)
 STD = np.float32(128.0 / 255.0)
