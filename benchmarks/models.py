@@ -326,7 +326,9 @@ def bench_model(name: str, folder: Path, quick: bool) -> dict[str, Any]:
     speeds = measure.measure_speed(paths, evaluation, runs=SPEED_RUNS, throughput_batch=THROUGHPUT_BATCH)
     output = model.spec.quality.output
     base_out = measure.predict(baseline_path, evaluation, output=output)
-    metric = quality.resolve(model.spec.quality, base_out, evaluation.labels, output)
+    metric = quality.resolve(
+        model.spec.quality, base_out, evaluation.labels, output, output or measure.first_output_name(baseline_path)
+    )
     mask = evaluation.inputs.get("attention_mask")
     base_size = size_bytes(baseline_path)
     rows = []
