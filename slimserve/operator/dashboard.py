@@ -1,7 +1,9 @@
 """The Grafana dashboard SREs watch during a rollout, built as data (and checked by tests).
 
-Triton's metrics carry `model` = the variant (the Triton model name) and, through the chart's
-PodMonitor, `slimserve_dev_model` = the CompressedModel. The operator's own gauges carry
+Every variant serves under one client-facing Triton model name, so Triton's own `model` label does not
+tell variants apart: the chart's PodMonitor adds the pods' labels, `slimserve_dev_model` = the
+CompressedModel, `slimserve_dev_variant` = the variant and `app_kubernetes_io_component` (`triton`, or
+`triton-control` for the evaluator's control copy, left out here). The operator's own gauges carry
 `model` = the CompressedModel (canary weight, gate thresholds, variant roles).
 `python -m slimserve.operator.manifests` writes it into the chart.
 """
@@ -11,19 +13,19 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-TRITON: Final = 'namespace=~"$namespace", slimserve_dev_model=~"$model"'
+TRITON: Final = 'namespace=~"$namespace", slimserve_dev_model=~"$model", app_kubernetes_io_component="triton"'
 OPERATOR: Final = 'namespace=~"$namespace", model=~"$model"'
 RATE: Final = "$__rate_interval"
 
 
 def _rate(metric: str) -> str:
-    return f"sum by (model) (rate({metric}{{{TRITON}}}[{RATE}]))"
+    return f"sum by (slimserve_dev_variant) (rate({metric}{{{TRITON}}}[{RATE}]))"
 
 
 QUERIES: Final = {
     "throughput": _rate("nv_inference_request_success"),
-    "p50": f'max by (model) (nv_inference_request_summary_us{{{TRITON}, quantile="0.5"}}) / 1000',
-    "p99": f'max by (model) (nv_inference_request_summary_us{{{TRITON}, quantile="0.99"}}) / 1000',
+    "p50": f'max by (slimserve_dev_variant) (nv_inference_request_summary_us{{{TRITON}, quantile="0.5"}}) / 1000',
+    "p99": f'max by (slimserve_dev_variant) (nv_inference_request_summary_us{{{TRITON}, quantile="0.99"}}) / 1000',
     "error_rate": (
         f"{_rate('nv_inference_request_failure')} / "
         f"({_rate('nv_inference_request_success')} + {_rate('nv_inference_request_failure')})"
@@ -87,21 +89,21 @@ def build_dashboard() -> dict[str, Any]:
     q = QUERIES
     panels = [
         _timeseries(1, "Throughput per variant", "reqps", [
-            _target(q["throughput"], "{{model}}", "A"),
+            _target(q["throughput"], "{{slimserve_dev_variant}}", "A"),
             _target(_threshold("min_throughput_rps"), "gate: min throughput", "T"),
-        ], 0, 0, "Successful inferences per second, by variant (Triton model).", ("T",)),
+        ], 0, 0, "Successful inferences per second, by variant (the pods' slimserve.dev/variant).", ("T",)),
         _timeseries(2, "Latency p50 / p99 per variant", "ms", [
-            _target(q["p50"], "{{model}} p50", "A"),
-            _target(q["p99"], "{{model}} p99", "B"),
+            _target(q["p50"], "{{slimserve_dev_variant}} p50", "A"),
+            _target(q["p99"], "{{slimserve_dev_variant}} p99", "B"),
             _target(_threshold("max_p99_ms"), "gate: max p99", "T"),
         ], 12, 0, "Server-side request latency summary (summary_latencies=true).", ("T",)),
         _timeseries(3, "Error rate per variant", "percentunit", [
-            _target(q["error_rate"], "{{model}}", "A"),
+            _target(q["error_rate"], "{{slimserve_dev_variant}}", "A"),
             _target(_threshold("max_error_rate"), "gate: max error rate", "T"),
         ], 0, 8, "Failed / all requests.", ("T",)),
-        _timeseries(4, "Queue time per request", "ms", [_target(q["queue_ms"], "{{model}}", "A")], 12, 8,
+        _timeseries(4, "Queue time per request", "ms", [_target(q["queue_ms"], "{{slimserve_dev_variant}}", "A")], 12, 8,
                     "Time requests wait for a batch: rising queue time means too few instances."),
-        _timeseries(5, "Average batch size", "short", [_target(q["batch_size"], "{{model}}", "A")], 0, 16,
+        _timeseries(5, "Average batch size", "short", [_target(q["batch_size"], "{{slimserve_dev_variant}}", "A")], 0, 16,
                     "Inferences per model execution (dynamic batching at work)."),
         _timeseries(6, "Replicas", "short", [_target(q["replicas"], "{{deployment}}", "A")], 12, 16,
                     "Available Triton replicas per variant (kube-state-metrics)."),
@@ -117,7 +119,7 @@ def build_dashboard() -> dict[str, Any]:
             "targets": [
                 _target(
                     'label_replace(label_replace(slimserve_variant_role{namespace=~"$namespace", model=~"$model"},'
-                    ' "slimserve_dev_model", "$1", "model", "(.*)"), "model", "$1", "variant", "(.*)")',
+                    ' "slimserve_dev_model", "$1", "model", "(.*)"), "slimserve_dev_variant", "$1", "variant", "(.*)")',
                     "", "ROLE", instant=True),
                 _target(q["throughput"], "", "RPS", instant=True),
                 _target(q["p99"], "", "P99", instant=True),
@@ -128,8 +130,8 @@ def build_dashboard() -> dict[str, Any]:
                 {"id": "merge", "options": {}},
                 {"id": "organize", "options": {
                     "excludeByName": {"Time": True, "namespace": True, "slimserve_dev_model": True,
-                                      "__name__": True, "variant": True, "Value #ROLE": True},
-                    "renameByName": {"model": "variant", "Value #RPS": "req/s", "Value #P99": "p99 ms",
+                                      "__name__": True, "model": True, "variant": True, "Value #ROLE": True},
+                    "renameByName": {"slimserve_dev_variant": "variant", "Value #RPS": "req/s", "Value #P99": "p99 ms",
                                      "Value #ERR": "error rate", "Value #QUEUE": "queue ms"},
                 }},
             ],

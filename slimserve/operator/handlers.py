@@ -10,6 +10,7 @@ the pure `slimserve.operator.reconcile`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -21,20 +22,23 @@ from slimserve.api.status import TERMINAL_PHASES, now_rfc3339
 from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
 from slimserve.operator import metrics
-from slimserve.operator.kube import APIError, KubeApi
+from slimserve.operator.builders import BASELINE
+from slimserve.operator.kube import APIError, KubeApi, MissingAPI, NotFound
 from slimserve.operator.reconcile import (
-    BASELINE,
+    DeploymentState,
     JobState,
     Observed,
-    deployment_ready,
-    invalid_spec_status,
-    parse_report,
-    parse_summary,
+    Plan,
+    RouteState,
+    invalid_api_status,
+    invalid_spec,
     plan,
+    spec_problems,
 )
 from slimserve.operator.settings import ANNOTATION_PREFIX, FINALIZER, OperatorSettings
 
 TEMPORARY_DELAY_SECONDS = 5.0
+MISSING_API_DELAY_SECONDS = 60.0
 
 
 @kopf.on.startup()
@@ -70,49 +74,93 @@ def _state(memo: kopf.Memo) -> tuple[asyncio.Lock, dict[str, Any]]:
     return memo["lock"], memo["written"]
 
 
+async def _job(kube: KubeApi, namespace: str, name: str, late: bool, logger: Any) -> JobState | None:
+    """A Job, with its pods once it finished (their termination messages) or is late (why it waits)."""
+    job = await kube.get("batch/v1", "Job", namespace, name, logger)
+    if job is None:
+        return None
+    state = JobState.from_objects(job)
+    if state.finished or late:
+        state = JobState.from_objects(job, await kube.list("v1", "Pod", namespace, {"job-name": name}, logger))
+    return state
+
+
+async def _deployment(kube: KubeApi, namespace: str, name: str, logger: Any) -> DeploymentState | None:
+    deployment = await kube.get("apps/v1", "Deployment", namespace, name, logger)
+    if deployment is None:
+        return None
+    state = DeploymentState.from_objects(deployment)
+    if not state.ready:  # say why: the pods' waiting reasons
+        selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        state = DeploymentState.from_objects(deployment, await kube.list("v1", "Pod", namespace, selector, logger))
+    return state
+
+
+async def _route(kube: KubeApi, model: Any, owner: b.Owner, ops: OperatorSettings, logger: Any) -> RouteState | None:
+    route = await kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", owner.namespace, b.route_name(owner), logger)
+    if route is None:
+        return None
+    state = RouteState.from_objects(route, None)
+    if state.accepted is None:  # nobody reported: is the Gateway there at all?
+        parent = (route.get("spec") or {}).get("parentRefs", [{}])[0]
+        gateway = await kube.get("gateway.networking.k8s.io/v1", "Gateway", parent.get("namespace") or owner.namespace,
+                                 parent.get("name", ""), logger)  # fmt: skip
+        state = RouteState.from_objects(route, gateway is not None)
+    return state
+
+
 async def observe(
-    kube: KubeApi, owner: b.Owner, status: dict[str, Any], logger: Any
+    kube: KubeApi, model: Any, owner: b.Owner, status: dict[str, Any], ops: OperatorSettings, api_error: str,
+    logger: Any,
 ) -> Observed:
     """Read only the children the current phase waits on (few requests per pass)."""
     phase = status.get("phase")
     ns = owner.namespace
     if status.get("observedGeneration") != owner.generation or phase in (None, *[p.value for p in TERMINAL_PHASES]):
         return Observed()
+    deadline = status.get("deadline")
+    late = bool(deadline) and now_rfc3339() > str(deadline)  # same format: string order is time order
     if phase == Phase.compressing.value:
-        name = b.compression_job_name(owner)
-        job = await kube.get("batch/v1", "Job", ns, name, logger)
-        state = JobState.from_job(job) if job is not None else None
-        summary = None
-        if state is not None and state.succeeded:
-            pods = await kube.list("v1", "Pod", ns, {"job-name": name}, logger)
-            for pod in pods:
-                for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                    terminated = (cs.get("state") or {}).get("terminated") or {}
-                    if terminated.get("exitCode") == 0:
-                        summary = parse_summary(terminated.get("message")) or summary
-        return Observed(compression_job=state, compression_summary=summary)
+        return Observed(compression_job=await _job(kube, ns, b.compression_job_name(owner), late, logger),
+                        api_error=api_error)  # fmt: skip
     if phase == Phase.packaging.value:
-        job = await kube.get("batch/v1", "Job", ns, b.packaging_job_name(owner), logger)
-        return Observed(packaging_job=JobState.from_job(job) if job is not None else None)
-    stable = status.get("stableVariant") or BASELINE
-    candidate = b.canary_variant(status, owner.generation) or ""
+        return Observed(packaging_job=await _job(kube, ns, b.packaging_job_name(owner), late, logger),
+                        api_error=api_error)  # fmt: skip
     if phase == Phase.deploying.value:
-        ready = {}
-        for variant in (stable, candidate):
-            deployment = await kube.get("apps/v1", "Deployment", ns, b.triton_name(owner, variant), logger)
-            if deployment is not None:
-                ready[variant] = deployment_ready(deployment)
-        return Observed(deployments_ready=ready)
-    step, attempt = int(status.get("canaryStep") or 0), int(status.get("failedSteps") or 0)
-    report_cm = await kube.get("v1", "ConfigMap", ns, b.report_config_map_name(owner, step, attempt), logger)
-    report = parse_report(report_cm)
-    job = None
-    if report is None:
-        job = await kube.get("batch/v1", "Job", ns, b.evaluator_job_name(owner, step, attempt), logger)
-    return Observed(
-        evaluator_job=JobState.from_job(job) if job is not None else (JobState() if report_cm else None),
-        report=report,
-    )
+        stable = status.get("stableVariant") or BASELINE
+        candidate = b.canary_variant(status, owner.generation) or ""
+        states = {}
+        for name in (b.triton_name(owner, stable), b.triton_name(owner, candidate), b.control_name(owner)):
+            state = await _deployment(kube, ns, name, logger)
+            if state is not None:
+                states[name] = state
+        route = await _route(kube, model, owner, ops, logger) if model.spec.rollout.traffic_split == "gateway" \
+            else None
+        return Observed(deployments=states, route=route, api_error=api_error)
+    index = len(status.get("steps") or [])
+    return Observed(evaluator_job=await _job(kube, ns, b.evaluator_job_name(owner, index), late, logger),
+                    api_error=api_error)  # fmt: skip
+
+
+async def _execute(kube: KubeApi, owner: b.Owner, result: Plan, logger: Any) -> None:
+    """Delete, reset the route, apply, scale: in that order (see Plan)."""
+    ns = owner.namespace
+    for api_version, kind, name in result.delete:
+        if await kube.delete(api_version, kind, ns, name, logger):
+            logger.debug("deleted %s %s", kind, name)
+    if result.route_reset is not None:
+        service, served = result.route_reset
+        with contextlib.suppress(NotFound):
+            await kube.patch("gateway.networking.k8s.io/v1", "HTTPRoute", ns, b.route_name(owner),
+                             b.route_to_stable_patch(service, served), logger)  # fmt: skip
+    for manifest in result.apply:
+        outcome = await kube.apply(manifest, logger)
+        metrics.CHILDREN_APPLIED.labels(manifest["kind"], outcome).inc()
+        if outcome != "unchanged":  # debug: not posted as a Kubernetes Event (one per child is noise)
+            logger.debug("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+    for name, replicas in result.scale:
+        if await kube.scale(ns, name, replicas, logger):
+            logger.debug("scaled Deployment %s to %d", name, replicas)
 
 
 async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str:
@@ -132,28 +180,36 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
                 {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")} | {"metadata": {
                     "name": owner.name, "namespace": owner.namespace}}
             )
+            problems = spec_problems(model, status, ops)
         except InvalidInput as exc:
             problems = exc.problems
+        if problems:
             if not (status.get("observedGeneration") == owner.generation and status.get("phase") == Phase.failed.value):
-                new = invalid_spec_status(status, owner.generation, problems, now_rfc3339())
-                await _write_status(kube, owner, status, new, written, logger)
+                result = invalid_spec(owner, status, problems, now_rfc3339())
+                try:
+                    await _execute(kube, owner, result, logger)
+                except APIError as exc:
+                    raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=TEMPORARY_DELAY_SECONDS) from exc
+                await _write_status(kube, owner, status, result.status, written, logger)
             metrics.RECONCILES.labels("invalid").inc()
             raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}") from None
         try:
-            observed = await observe(kube, owner, status, logger)
+            observed = await observe(kube, model, owner, status, ops, written.get("api_error", ""), logger)
             result = plan(model, owner, status, observed, ops, now_rfc3339())
-            for api_version, kind, name in result.delete:  # autoscalers first: see Plan
-                if await kube.delete(api_version, kind, owner.namespace, name, logger):
-                    logger.debug("deleted %s %s", kind, name)
-            for manifest in result.apply:
-                outcome = await kube.apply(manifest, logger)
-                metrics.CHILDREN_APPLIED.labels(manifest["kind"], outcome).inc()
-                if outcome != "unchanged":  # debug: not posted as a Kubernetes Event (one per child is noise)
-                    logger.debug("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+            await _execute(kube, owner, result, logger)
+            written.pop("api_error", None)
             if result.gate_decision:
                 metrics.GATE_DECISIONS.labels(result.gate_decision).inc()
             await _write_status(kube, owner, status, result.status, written, logger)
+        except MissingAPI as exc:
+            # Say so in the status (a condition a person reads), not only in a retry loop's events.
+            kind = "TrafficReady" if exc.kind == "HTTPRoute" else "Deployed"
+            flagged = invalid_api_status(status, owner.generation, kind, str(exc), now_rfc3339())
+            await _write_status(kube, owner, status, flagged, written, logger)
+            metrics.RECONCILES.labels("retry").inc()
+            raise kopf.TemporaryError(str(exc), delay=MISSING_API_DELAY_SECONDS) from exc
         except APIError as exc:
+            written["api_error"] = f"{type(exc).__name__}: {exc}"
             metrics.RECONCILES.labels("retry").inc()
             raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=TEMPORARY_DELAY_SECONDS) from exc
         metrics.observe_model(model, owner.namespace, result.status)
@@ -181,7 +237,8 @@ async def _write_status(
         now = time.monotonic()
         metrics.PHASE_SECONDS.labels(before).observe(now - written.get("entered", now))
         written["entered"] = now
-        logger.info("phase %s → %s: %s", before, after, new.get("message") or "")
+        bad = after in (Phase.failed.value, Phase.rolled_back.value)  # a Warning Event: someone should look
+        (logger.warning if bad else logger.info)("phase %s → %s: %s", before, after, new.get("message") or "")
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
