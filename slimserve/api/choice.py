@@ -105,8 +105,13 @@ def summary(model: CompressedModel, report: CompressionReport, stable_onnx: Path
         record = chosen.to_json_dict()
         out["candidate"] = {k: record[k] for k in SUMMARY_KEYS}
         searched = report.search is not None and report.search.chosen == chosen.name
-        out["reason"] = ("named by spec.rollout.candidate" if model.spec.rollout.candidate != "auto"
-                         else "chosen by the search" if searched else "best within spec.gates.maxAccuracyDrop")
+        out["reason"] = (
+            "named by spec.rollout.candidate"
+            if model.spec.rollout.candidate != "auto"
+            else "chosen by the search"
+            if searched
+            else "best within spec.gates.maxAccuracyDrop"
+        )
     return json.dumps(out, separators=(",", ":"))
 
 
@@ -115,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m slimserve.api.choice", description=__doc__)
     parser.add_argument("spec", type=Path)
     parser.add_argument("--report", type=Path, required=True)
-    parser.add_argument("--stable-onnx", type=Path, help="The ONNX file the stable variant serves, if not the baseline.")
+    parser.add_argument(
+        "--stable-onnx", type=Path, help="The ONNX file the stable variant serves, if not the baseline."
+    )
     parser.add_argument("--stable", help="The stable variant's name (for the message).")
     args = parser.parse_args(argv)
     try:

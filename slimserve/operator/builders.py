@@ -24,8 +24,7 @@ import yaml
 
 from slimserve.api import API_GROUP, API_VERSION, KIND, CompressedModel
 from slimserve.operator.settings import ANNOTATION_PREFIX, OperatorSettings, seconds
-from slimserve.storage.spec import pvc_claims
-from slimserve.storage.uris import PVC_MOUNT_ROOT
+from slimserve.storage.uris import PVC_MOUNT_ROOT, pvc_claim, scheme_of
 
 Manifest = dict[str, Any]
 # `previous`: the stable variant before the last promotion, kept at 0 replicas for a manual way back.
@@ -52,6 +51,8 @@ BASELINE: Final = "baseline"
 FINAL_EXIT_CODES: Final = [2, 3, 4]
 NON_ROOT_UID: Final = 1000
 PROBE_PERIOD_S: Final = 10
+# Where a worker Job mounts spec.storage.secretName (slimserve.storage.SECRET_MOUNT_PATH; a test holds them equal).
+SECRET_MOUNT_PATH: Final = "/var/run/secrets/slimserve/storage"
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,10 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
 
 def _metadata(owner: Owner, name: str, lbls: dict[str, str]) -> dict[str, Any]:
     return {
-        "name": name, "namespace": owner.namespace, "labels": dict(lbls), "ownerReferences": [owner_reference(owner)]
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": dict(lbls),
+        "ownerReferences": [owner_reference(owner)],
     }
 
 
@@ -239,6 +243,14 @@ def _resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
 
 
+def pvc_claims(model: CompressedModel) -> list[str]:
+    """The claims the spec's pvc:// URIs name (`slimserve.storage.pvc_claims`, without the fetchers the
+    operator image does not install; a test holds the two equal)."""
+    source, data = model.spec.source, model.spec.data
+    uris = [source.uri, source.code_uri, data.train, data.calibration, data.evaluation]
+    return sorted({pvc_claim(u) for u in uris if u and scheme_of(u) == "pvc"})
+
+
 def _pull_secrets(model: CompressedModel) -> list[dict[str, str]]:
     return [{"name": name} for name in model.spec.serving.image_pull_secrets]
 
@@ -270,8 +282,6 @@ def _worker_mounts(model: CompressedModel, read_only_models: bool) -> list[dict[
         {"name": "spec", "mountPath": "/spec", "readOnly": True},
     ]
     if model.spec.storage.secret_name:
-        from slimserve.storage import SECRET_MOUNT_PATH
-
         out.append({"name": "storage", "mountPath": SECRET_MOUNT_PATH, "readOnly": True})
     for i, pvc in enumerate(pvc_claims(model)):
         out.append({"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{pvc}", "readOnly": True})
@@ -387,7 +397,10 @@ def _worker_container(settings: OperatorSettings, script: str, resources: dict[s
 
 
 def build_compression_job(
-    model: CompressedModel, owner: Owner, settings: OperatorSettings, stable: Served | None = None,
+    model: CompressedModel,
+    owner: Owner,
+    settings: OperatorSettings,
+    stable: Served | None = None,
     stable_name: str | None = None,
 ) -> Manifest:
     """`slimserve compress`, then the candidate choice (`slimserve.api.choice`) into the termination message.
@@ -399,8 +412,12 @@ def build_compression_job(
     out = compressed_dir(owner)
     choice = ["python -m slimserve.api.choice", SPEC_FILE, "--report", shlex.quote(out + "/report.json")]
     if stable is not None:
-        choice += ["--stable-onnx", shlex.quote(served_model_file(model, owner, stable)),
-                   "--stable", shlex.quote(stable_name or stable.variant)]
+        choice += [
+            "--stable-onnx",
+            shlex.quote(served_model_file(model, owner, stable)),
+            "--stable",
+            shlex.quote(stable_name or stable.variant),
+        ]
     script = (
         "set -e; "
         f"slimserve compress {SPEC_FILE} --base-dir {shlex.quote(inputs_dir(owner))} --out {shlex.quote(out)}; "
@@ -421,7 +438,11 @@ def triton_backend(model: CompressedModel, settings: OperatorSettings) -> str:
 
 
 def build_packaging_job(
-    model: CompressedModel, owner: Owner, settings: OperatorSettings, candidate: str, served: str,
+    model: CompressedModel,
+    owner: Owner,
+    settings: OperatorSettings,
+    candidate: str,
+    served: str,
     with_baseline: bool,
 ) -> Manifest:
     """`slimserve package`: the candidate (and, in a model's first generation, the baseline as the stable)
@@ -449,7 +470,11 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
 
 
 def build_triton_deployment(
-    model: CompressedModel, owner: Owner, served: Served, role: Role, settings: OperatorSettings,
+    model: CompressedModel,
+    owner: Owner,
+    served: Served,
+    role: Role,
+    settings: OperatorSettings,
     replicas: int | None = None,
 ) -> Manifest:
     """Triton serving one variant of one generation under the client-facing model name.
@@ -576,8 +601,11 @@ def endpoint(model: CompressedModel, owner: Owner, settings: OperatorSettings) -
     """What clients call: `<this>/v2/models/<model_name>/infer`, whichever variant serves."""
     if model.spec.rollout.traffic_split == "gateway":
         gateway = model.spec.rollout.gateway or settings.gateway_name
-        namespace = settings.gateway_namespace if not model.spec.rollout.gateway and settings.gateway_namespace \
+        namespace = (
+            settings.gateway_namespace
+            if not model.spec.rollout.gateway and settings.gateway_namespace
             else owner.namespace
+        )
         return f"Gateway {namespace}/{gateway}, path /v2/models/{model_name(model)}"
     return f"{service_url(owner, owner.name)}/v2/models/{model_name(model)}"
 
@@ -616,9 +644,7 @@ def keda_query(query: str, owner: Owner, variant: str) -> str:
     return query
 
 
-def build_keda_scaledobject(
-    model: CompressedModel, owner: Owner, variant: str, settings: OperatorSettings
-) -> Manifest:
+def build_keda_scaledobject(model: CompressedModel, owner: Owner, variant: str, settings: OperatorSettings) -> Manifest:
     """KEDA ScaledObject on the spec's PromQL, scoped to this variant's pods."""
     scaling = model.spec.serving.autoscaling
     name = triton_name(owner, variant)
@@ -660,7 +686,11 @@ def autoscaler_refs(owner: Owner, variant: str) -> list[tuple[str, str, str]]:
 
 
 def build_httproute(
-    model: CompressedModel, owner: Owner, stable: str, candidate: str | None, canary_weight: int,
+    model: CompressedModel,
+    owner: Owner,
+    stable: str,
+    candidate: str | None,
+    canary_weight: int,
     settings: OperatorSettings,
 ) -> Manifest:
     """Gateway API HTTPRoute for the client-facing model's path, split by backend weight.
@@ -670,9 +700,7 @@ def build_httproute(
     parent: dict[str, Any] = {"name": model.spec.rollout.gateway or settings.gateway_name}
     if not model.spec.rollout.gateway and settings.gateway_namespace:
         parent["namespace"] = settings.gateway_namespace
-    backends = [
-        {"name": triton_name(owner, stable), "port": HTTP_PORT, "weight": 100 - canary_weight}
-    ]
+    backends = [{"name": triton_name(owner, stable), "port": HTTP_PORT, "weight": 100 - canary_weight}]
     if candidate is not None and candidate != stable:
         backends.append({"name": triton_name(owner, candidate), "port": HTTP_PORT, "weight": canary_weight})
     path = {"type": "PathPrefix", "value": f"/v2/models/{model_name(model)}"}
@@ -707,7 +735,12 @@ def prometheus_labels(owner: Owner, model: CompressedModel, variant: str | None)
 
 
 def build_evaluator_job(
-    model: CompressedModel, owner: Owner, index: int, weight: int, stable: str, candidate: str,
+    model: CompressedModel,
+    owner: Owner,
+    index: int,
+    weight: int,
+    stable: str,
+    candidate: str,
     settings: OperatorSettings,
 ) -> Manifest:
     """Judge one weight: 0 is the served quality check against this generation's uncompressed baseline

@@ -58,7 +58,13 @@ def _target(expr: str, legend: str, ref: str, instant: bool = False) -> dict[str
 
 
 def _timeseries(
-    id: int, title: str, unit: str, targets: list[dict[str, Any]], x: int, y: int, description: str,
+    id: int,
+    title: str,
+    unit: str,
+    targets: list[dict[str, Any]],
+    x: int,
+    y: int,
+    description: str,
     threshold_refs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     overrides = [
@@ -88,27 +94,82 @@ def build_dashboard() -> dict[str, Any]:
     """Per model and variant: throughput, p50/p99, errors, queue time, batch size, replicas, canary."""
     q = QUERIES
     panels = [
-        _timeseries(1, "Throughput per variant", "reqps", [
-            _target(q["throughput"], "{{slimserve_dev_variant}}", "A"),
-            _target(_threshold("min_throughput_rps"), "gate: min throughput", "T"),
-        ], 0, 0, "Successful inferences per second, by variant (the pods' slimserve.dev/variant).", ("T",)),
-        _timeseries(2, "Latency p50 / p99 per variant", "ms", [
-            _target(q["p50"], "{{slimserve_dev_variant}} p50", "A"),
-            _target(q["p99"], "{{slimserve_dev_variant}} p99", "B"),
-            _target(_threshold("max_p99_ms"), "gate: max p99", "T"),
-        ], 12, 0, "Server-side request latency summary (summary_latencies=true).", ("T",)),
-        _timeseries(3, "Error rate per variant", "percentunit", [
-            _target(q["error_rate"], "{{slimserve_dev_variant}}", "A"),
-            _target(_threshold("max_error_rate"), "gate: max error rate", "T"),
-        ], 0, 8, "Failed / all requests.", ("T",)),
-        _timeseries(4, "Queue time per request", "ms", [_target(q["queue_ms"], "{{slimserve_dev_variant}}", "A")], 12, 8,
-                    "Time requests wait for a batch: rising queue time means too few instances."),
-        _timeseries(5, "Average batch size", "short", [_target(q["batch_size"], "{{slimserve_dev_variant}}", "A")], 0, 16,
-                    "Inferences per model execution (dynamic batching at work)."),
-        _timeseries(6, "Replicas", "short", [_target(q["replicas"], "{{deployment}}", "A")], 12, 16,
-                    "Available Triton replicas per variant (kube-state-metrics)."),
-        _timeseries(7, "Canary weight", "percent", [_target(q["canary_weight"], "{{model}}", "A")], 0, 24,
-                    "Percent of traffic the HTTPRoute sends to the canary."),
+        _timeseries(
+            1,
+            "Throughput per variant",
+            "reqps",
+            [
+                _target(q["throughput"], "{{slimserve_dev_variant}}", "A"),
+                _target(_threshold("min_throughput_rps"), "gate: min throughput", "T"),
+            ],
+            0,
+            0,
+            "Successful inferences per second, by variant (the pods' slimserve.dev/variant).",
+            ("T",),
+        ),
+        _timeseries(
+            2,
+            "Latency p50 / p99 per variant",
+            "ms",
+            [
+                _target(q["p50"], "{{slimserve_dev_variant}} p50", "A"),
+                _target(q["p99"], "{{slimserve_dev_variant}} p99", "B"),
+                _target(_threshold("max_p99_ms"), "gate: max p99", "T"),
+            ],
+            12,
+            0,
+            "Server-side request latency summary (summary_latencies=true).",
+            ("T",),
+        ),
+        _timeseries(
+            3,
+            "Error rate per variant",
+            "percentunit",
+            [
+                _target(q["error_rate"], "{{slimserve_dev_variant}}", "A"),
+                _target(_threshold("max_error_rate"), "gate: max error rate", "T"),
+            ],
+            0,
+            8,
+            "Failed / all requests.",
+            ("T",),
+        ),
+        _timeseries(
+            4,
+            "Queue time per request",
+            "ms",
+            [_target(q["queue_ms"], "{{slimserve_dev_variant}}", "A")],
+            12,
+            8,
+            "Time requests wait for a batch: rising queue time means too few instances.",
+        ),
+        _timeseries(
+            5,
+            "Average batch size",
+            "short",
+            [_target(q["batch_size"], "{{slimserve_dev_variant}}", "A")],
+            0,
+            16,
+            "Inferences per model execution (dynamic batching at work).",
+        ),
+        _timeseries(
+            6,
+            "Replicas",
+            "short",
+            [_target(q["replicas"], "{{deployment}}", "A")],
+            12,
+            16,
+            "Available Triton replicas per variant (kube-state-metrics).",
+        ),
+        _timeseries(
+            7,
+            "Canary weight",
+            "percent",
+            [_target(q["canary_weight"], "{{model}}", "A")],
+            0,
+            24,
+            "Percent of traffic the HTTPRoute sends to the canary.",
+        ),
         {
             "id": 8,
             "type": "table",
@@ -120,7 +181,10 @@ def build_dashboard() -> dict[str, Any]:
                 _target(
                     'label_replace(label_replace(slimserve_variant_role{namespace=~"$namespace", model=~"$model"},'
                     ' "slimserve_dev_model", "$1", "model", "(.*)"), "slimserve_dev_variant", "$1", "variant", "(.*)")',
-                    "", "ROLE", instant=True),
+                    "",
+                    "ROLE",
+                    instant=True,
+                ),
                 _target(q["throughput"], "", "RPS", instant=True),
                 _target(q["p99"], "", "P99", instant=True),
                 _target(q["error_rate"], "", "ERR", instant=True),
@@ -128,17 +192,38 @@ def build_dashboard() -> dict[str, Any]:
             ],
             "transformations": [
                 {"id": "merge", "options": {}},
-                {"id": "organize", "options": {
-                    "excludeByName": {"Time": True, "namespace": True, "slimserve_dev_model": True,
-                                      "__name__": True, "model": True, "variant": True, "Value #ROLE": True},
-                    "renameByName": {"slimserve_dev_variant": "variant", "Value #RPS": "req/s", "Value #P99": "p99 ms",
-                                     "Value #ERR": "error rate", "Value #QUEUE": "queue ms"},
-                }},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {
+                            "Time": True,
+                            "namespace": True,
+                            "slimserve_dev_model": True,
+                            "__name__": True,
+                            "model": True,
+                            "variant": True,
+                            "Value #ROLE": True,
+                        },
+                        "renameByName": {
+                            "slimserve_dev_variant": "variant",
+                            "Value #RPS": "req/s",
+                            "Value #P99": "p99 ms",
+                            "Value #ERR": "error rate",
+                            "Value #QUEUE": "queue ms",
+                        },
+                    },
+                },
             ],
         },
     ]
-    variable = {"type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                "refresh": 2, "includeAll": True, "multi": True, "current": {"text": "All", "value": "$__all"}}
+    variable = {
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "current": {"text": "All", "value": "$__all"},
+    }
     return {
         "uid": "slimserve-rollout",
         "title": "slimserve: compressed models and canary rollouts",
@@ -148,13 +233,23 @@ def build_dashboard() -> dict[str, Any]:
         "version": 1,
         "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": [
-            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
-            {**variable, "name": "namespace", "label": "Namespace",
-             "query": "label_values(slimserve_canary_weight_percent, namespace)"},
-            {**variable, "name": "model", "label": "CompressedModel",
-             "query": 'label_values(slimserve_canary_weight_percent{namespace=~"$namespace"}, model)'},
-        ]},
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
+                {
+                    **variable,
+                    "name": "namespace",
+                    "label": "Namespace",
+                    "query": "label_values(slimserve_canary_weight_percent, namespace)",
+                },
+                {
+                    **variable,
+                    "name": "model",
+                    "label": "CompressedModel",
+                    "query": 'label_values(slimserve_canary_weight_percent{namespace=~"$namespace"}, model)',
+                },
+            ]
+        },
         "panels": panels,
     }
 

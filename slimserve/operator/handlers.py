@@ -110,7 +110,12 @@ async def _route(kube: KubeApi, model: Any, owner: b.Owner, ops: OperatorSetting
 
 
 async def observe(
-    kube: KubeApi, model: Any, owner: b.Owner, status: dict[str, Any], ops: OperatorSettings, api_error: str,
+    kube: KubeApi,
+    model: Any,
+    owner: b.Owner,
+    status: dict[str, Any],
+    ops: OperatorSettings,
+    api_error: str,
     logger: Any,
 ) -> Observed:
     """Read only the children the current phase waits on (few requests per pass)."""
@@ -134,8 +139,7 @@ async def observe(
             state = await _deployment(kube, ns, name, logger)
             if state is not None:
                 states[name] = state
-        route = await _route(kube, model, owner, ops, logger) if model.spec.rollout.traffic_split == "gateway" \
-            else None
+        route = await _route(kube, model, owner, ops, logger) if model.spec.rollout.traffic_split == "gateway" else None
         return Observed(deployments=states, route=route, api_error=api_error)
     index = len(status.get("steps") or [])
     return Observed(evaluator_job=await _job(kube, ns, b.evaluator_job_name(owner, index), late, logger),
@@ -177,8 +181,8 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             status = dict(written["status"])
         try:
             model = parse_compressed_model(
-                {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")} | {"metadata": {
-                    "name": owner.name, "namespace": owner.namespace}}
+                {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+                | {"metadata": {"name": owner.name, "namespace": owner.namespace}}
             )
             problems = spec_problems(model, status, ops)
         except InvalidInput as exc:
@@ -226,7 +230,12 @@ async def _write_status(
         return
     if new != old:
         await kube.patch(
-            f"{API_GROUP}/{API_VERSION}", KIND, owner.namespace, owner.name, {"status": new}, logger,
+            f"{API_GROUP}/{API_VERSION}",
+            KIND,
+            owner.namespace,
+            owner.name,
+            {"status": new},
+            logger,
             subresource="status",
         )
     written["status"] = {k: v for k, v in new.items() if v is not None}

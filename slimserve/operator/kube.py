@@ -98,7 +98,8 @@ class KubeApi:
         found = await kopf_api.get(path, **self._kw(logger, "list"))
         items = found.get("items") or []
         return [
-            item for item in items
+            item
+            for item in items
             if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
         ]
 
@@ -118,19 +119,29 @@ class KubeApi:
             return "unchanged"
         existing = await self.get(api_version, kind, namespace, name, logger)
         wanted = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-        if existing is not None and wanted and (
-            (existing.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted
+        if (
+            existing is not None
+            and wanted
+            and ((existing.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted)
         ):
             return "unchanged"
         await self.patch(api_version, kind, namespace, name, manifest, logger)
         return "patched"
 
     async def patch(
-        self, api_version: str, kind: str, namespace: str, name: str, body: Manifest, logger: Any = None,
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        body: Manifest,
+        logger: Any = None,
         subresource: str | None = None,
     ) -> Manifest:
         return await kopf_api.patch(  # type: ignore[no-any-return]
-            url(api_version, kind, namespace, name, subresource), payload=body, headers=MERGE_PATCH,
+            url(api_version, kind, namespace, name, subresource),
+            payload=body,
+            headers=MERGE_PATCH,
             **self._kw(logger, "patch"),
         )
 

@@ -21,42 +21,61 @@ RECONCILES: Final = Counter(
     "slimserve_operator_reconciles_total", "Reconcile passes by result.", ["result"], registry=REGISTRY
 )
 RECONCILE_SECONDS: Final = Histogram(
-    "slimserve_operator_reconcile_duration_seconds", "Time of one reconcile pass.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+    "slimserve_operator_reconcile_duration_seconds",
+    "Time of one reconcile pass.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
 )
 API_REQUESTS: Final = Counter(
-    "slimserve_operator_api_requests_total", "Kubernetes API requests made by reconciles (not kopf's own).",
-    ["verb"], registry=REGISTRY,
+    "slimserve_operator_api_requests_total",
+    "Kubernetes API requests made by reconciles (not kopf's own).",
+    ["verb"],
+    registry=REGISTRY,
 )
 PHASE_TRANSITIONS: Final = Counter(
-    "slimserve_operator_phase_transitions_total", "CompressedModel phase changes.", ["from_phase", "to_phase"],
+    "slimserve_operator_phase_transitions_total",
+    "CompressedModel phase changes.",
+    ["from_phase", "to_phase"],
     registry=REGISTRY,
 )
 GATE_DECISIONS: Final = Counter(
-    "slimserve_operator_gate_decisions_total", "Evaluator step decisions read from reports.", ["decision"],
+    "slimserve_operator_gate_decisions_total",
+    "Evaluator step decisions read from reports.",
+    ["decision"],
     registry=REGISTRY,
 )
 CHILDREN_APPLIED: Final = Counter(
-    "slimserve_operator_children_applied_total", "Child objects applied, by kind and outcome.", ["kind", "outcome"],
+    "slimserve_operator_children_applied_total",
+    "Child objects applied, by kind and outcome.",
+    ["kind", "outcome"],
     registry=REGISTRY,
 )
 PHASE_SECONDS: Final = Histogram(
-    "slimserve_operator_phase_duration_seconds", "Time spent in a phase before leaving it.", ["phase"],
-    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200), registry=REGISTRY,
+    "slimserve_operator_phase_duration_seconds",
+    "Time spent in a phase before leaving it.",
+    ["phase"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+    registry=REGISTRY,
 )
 CANARY_WEIGHT: Final = Gauge(
     "slimserve_canary_weight_percent", "Percent of traffic on the canary.", ["namespace", "model"], registry=REGISTRY
 )
 VARIANT_ROLE: Final = Gauge(
-    "slimserve_variant_role", "1 for the variant serving as stable or canary (joins Triton's model label).",
-    ["namespace", "model", "variant", "role"], registry=REGISTRY,
+    "slimserve_variant_role",
+    "1 for the variant serving as stable or canary (joins Triton's model label).",
+    ["namespace", "model", "variant", "role"],
+    registry=REGISTRY,
 )
 PHASE_ENTERED: Final = Gauge(
-    "slimserve_phase_entered_timestamp_seconds", "When the model entered its current phase (stuck-phase alerts).",
-    ["namespace", "model", "phase"], registry=REGISTRY,
+    "slimserve_phase_entered_timestamp_seconds",
+    "When the model entered its current phase (stuck-phase alerts).",
+    ["namespace", "model", "phase"],
+    registry=REGISTRY,
 )
 GATE_THRESHOLD: Final = Gauge(
-    "slimserve_gate_threshold", "Gate thresholds from the spec (for dashboard lines).", ["namespace", "model", "gate"],
+    "slimserve_gate_threshold",
+    "Gate thresholds from the spec (for dashboard lines).",
+    ["namespace", "model", "gate"],
     registry=REGISTRY,
 )
 
@@ -65,8 +84,10 @@ def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]
     """Publish the per-model gauges: canary weight, variant roles, phase and the gate thresholds."""
     name = model.metadata.name
     CANARY_WEIGHT.labels(namespace, name).set(status.get("canaryWeight") or 0)
-    roles = {"stable": status.get("stableVariant"),
-             "canary": canary_variant(status, int(status.get("observedGeneration") or 0))}
+    roles = {
+        "stable": status.get("stableVariant"),
+        "canary": canary_variant(status, int(status.get("observedGeneration") or 0)),
+    }
     if status.get("phase") in ("Promoted", "RolledBack", "Failed"):
         roles["canary"] = None
     _forget(VARIANT_ROLE, namespace, name)

@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from slimserve.api import CompressedModel, Phase, set_condition
 from slimserve.api.report import CheckResult, EvaluationReport, StepResult
@@ -28,6 +28,7 @@ from slimserve.operator.builders import BASELINE, Served
 from slimserve.operator.settings import OperatorSettings, duration_seconds, seconds
 
 Manifest = dict[str, Any]
+ConditionStatus = Literal["True", "False", "Unknown"]
 Ref = tuple[str, str, str]  # (apiVersion, kind, name)
 # How long after a Job's own deadline the phase gives up (the Job controller should have failed it by then).
 DEADLINE_GRACE_S: Final = 120
@@ -238,6 +239,13 @@ def spec_problems(model: CompressedModel, status: Mapping[str, Any], settings: O
             f"(warm-up, maxStepDuration {longest:g} s, Prometheus scrapes and start-up); use at least "
             f"{math.ceil(needed / 60)}m"
         )
+    uri = model.spec.serving.model_repository.uri
+    if uri:
+        problems.append(
+            f"spec.serving.modelRepository.uri = {uri!r}: the operator serves every variant from the model volume "
+            f"(spec.serving.modelRepository.pvc, default {model.metadata.name}-models); an s3:// repository is not "
+            "wired into the cluster path yet: remove uri (`slimserve package --repository s3://...` works by hand)"
+        )
     served_as = status.get("modelName")
     if served_as and served_as != b.model_name(model):
         problems.append(
@@ -270,10 +278,15 @@ class _Status:
         self.generation = generation
         self.now = now
 
-    def condition(self, type: str, status: str, reason: str, message: str = "") -> None:
+    def condition(self, type: str, status: ConditionStatus, reason: str, message: str = "") -> None:
         self.data["conditions"] = set_condition(
-            list(self.data.get("conditions") or []), type, status, reason, message,  # type: ignore[arg-type]
-            observed_generation=self.generation, now=self.now,
+            list(self.data.get("conditions") or []),
+            type,
+            status,
+            reason,
+            message,
+            observed_generation=self.generation,
+            now=self.now,
         )
 
     def phase(self, phase: Phase, message: str, deadline_s: float | None = None) -> None:
@@ -334,8 +347,13 @@ def _gateway(model: CompressedModel) -> bool:
 
 
 def _serving_children(
-    model: CompressedModel, owner: b.Owner, served: Served, role: b.Role, settings: OperatorSettings,
-    replicas: int | None, autoscale: bool,
+    model: CompressedModel,
+    owner: b.Owner,
+    served: Served,
+    role: b.Role,
+    settings: OperatorSettings,
+    replicas: int | None,
+    autoscale: bool,
 ) -> list[Manifest]:
     out = [
         b.build_triton_deployment(model, owner, served, role, settings, replicas=replicas),
@@ -352,7 +370,11 @@ def _replica_weight(model: CompressedModel, weight: int) -> int:
 
 
 def _traffic(
-    model: CompressedModel, owner: b.Owner, stable: Served, candidate: Served | None, weight: int,
+    model: CompressedModel,
+    owner: b.Owner,
+    stable: Served,
+    candidate: Served | None,
+    weight: int,
     settings: OperatorSettings,
 ) -> list[Manifest]:
     """Children that carry the canary weight: the HTTPRoute, or the replica counts."""
@@ -407,7 +429,7 @@ def _drain(owner: b.Owner, variants: list[str], st: _Status, out: Plan, settings
 def _scale_down(owner: b.Owner, deployments: list[str], out: Plan) -> None:
     prefix = f"{owner.name}-"
     for name in deployments:
-        out.delete += b.autoscaler_refs(owner, name[len(prefix):] if name.startswith(prefix) else name)
+        out.delete += b.autoscaler_refs(owner, name[len(prefix) :] if name.startswith(prefix) else name)
         out.scale.append((name, 0))
 
 
@@ -474,8 +496,12 @@ def start_pipeline(
     st.condition("Deployed", "Unknown", "Pending", "waiting for compression")
     st.condition("Evaluated", "Unknown", "Pending", "waiting for deployment")
     st.condition("Promoted", "Unknown", "Pending", "waiting for the gate")
-    st.condition("Ready", "True" if serving else "False", "ServingStable" if serving else "Compressing",
-                 f"stable variant {stable.variant} serves all traffic" if serving else "nothing is served yet")
+    st.condition(
+        "Ready",
+        "True" if serving else "False",
+        "ServingStable" if serving else "Compressing",
+        f"stable variant {stable.variant} serves all traffic" if serving else "nothing is served yet",
+    )
     plan.apply.append(b.build_spec_config_map(model, owner))
     if not model.spec.serving.model_repository.pvc:
         plan.apply.append(b.build_model_repository_pvc(model, owner, settings))
@@ -493,9 +519,7 @@ def _compression_job(
     return b.build_compression_job(model, owner, settings, served, stable)
 
 
-def invalid_spec(
-    owner: b.Owner, status: Mapping[str, Any] | None, problems: list[str], now: str
-) -> Plan:
+def invalid_spec(owner: b.Owner, status: Mapping[str, Any] | None, problems: list[str], now: str) -> Plan:
     """Failed with a Ready condition naming each field, value and fix; a rollout in flight is called off."""
     status = dict(status or {})
     st = _Status(status, owner.generation, now)
@@ -511,8 +535,12 @@ def invalid_spec(
     st.data["observedGeneration"] = owner.generation
     st.phase(Phase.failed, msg)
     serving = status.get("canaryWeight") is not None
-    st.condition("Ready", "False", "InvalidSpec", msg + (
-        f"; stable variant {status.get('stableVariant')} keeps serving" if serving else ""))
+    st.condition(
+        "Ready",
+        "False",
+        "InvalidSpec",
+        msg + (f"; stable variant {status.get('stableVariant')} keeps serving" if serving else ""),
+    )
     return plan
 
 
@@ -559,13 +587,15 @@ def _fail(st: _Status, condition: str, reason: str, why: str) -> None:
     stable = st.data.get("stableVariant") or BASELINE
     st.phase(Phase.failed, why + (f"; stable variant {stable} keeps serving all traffic" if serving else ""))
     st.condition(condition, "False", reason, why)
-    st.condition("Ready", "True" if serving else "False", "ServingStable" if serving else reason,
-                 f"stable variant {stable} serves all traffic" if serving else why)
+    st.condition(
+        "Ready",
+        "True" if serving else "False",
+        "ServingStable" if serving else reason,
+        f"stable variant {stable} serves all traffic" if serving else why,
+    )
 
 
-def _job_phase(
-    st: _Status, job: JobState | None, name: str, what: str, condition: str, api_error: str
-) -> str | None:
+def _job_phase(st: _Status, job: JobState | None, name: str, what: str, condition: str, api_error: str) -> str | None:
     """Common to the Job phases: "failed"/"late" after setting Failed, "missing", "running" or "done"."""
     if job is not None and job.failed:
         _fail(st, condition, f"{what}Failed", job.describe(name))
@@ -603,8 +633,10 @@ def _compressing(
     msg = (f"candidate {chosen['name']} ({choice.get('reason')}): size ratio {chosen.get('compressionRatio')}, "
            f"{chosen.get('metric')} drop {chosen.get('drop')} {chosen.get('dropUnit') or ''}".rstrip())  # fmt: skip
     if served != chosen["name"]:
-        msg += (f"; it serves as {served}: {chosen['name']} is the name of a variant already deployed (stable or "
-                "kept from the last promotion)")
+        msg += (
+            f"; it serves as {served}: {chosen['name']} is the name of a variant already deployed (stable or "
+            "kept from the last promotion)"
+        )
     st.condition("Compressed", "True", "CandidateChosen", msg)
     st.phase(Phase.packaging, f"packaging the model repository; {msg}",
              settings.packaging_deadline_seconds + DEADLINE_GRACE_S)  # fmt: skip
@@ -636,8 +668,12 @@ def _packaging(
     st.data.update(modelName=b.model_name(model), endpoint=b.endpoint(model, owner, settings))
     st.phase(Phase.deploying, f"deploying Triton for stable {stable.variant}, canary {candidate.variant} and the "
              "control", seconds(model.spec.serving.deploy_deadline))  # fmt: skip
-    st.condition("Deployed", "False", "WaitingForReadiness",
-                 f"Triton for {stable.variant}, {candidate.variant} and the control starting")
+    st.condition(
+        "Deployed",
+        "False",
+        "WaitingForReadiness",
+        f"Triton for {stable.variant}, {candidate.variant} and the control starting",
+    )
     out.apply += _deploy_children(model, owner, stable, candidate, settings)
 
 
@@ -658,13 +694,19 @@ def _deploying(
     route = observed.route or RouteState()
     failed = [f"{role} ({n}): {states[n].failed}" for n, role in names.items() if n in states and states[n].failed]
     if failed or st.past_deadline():
-        waiting = [f"{role} ({n}): {states[n].waiting or 'not ready'}" for n, role in names.items()
-                   if n in states and not states[n].ready]
+        waiting = [
+            f"{role} ({n}): {states[n].waiting or 'not ready'}"
+            for n, role in names.items()
+            if n in states and not states[n].ready
+        ]
         waiting += [f"{role} ({n}): never created" for n, role in names.items() if n not in states]
         if gateway and not route.accepted:
             waiting.append(f"HTTPRoute {b.route_name(owner)}: {route.message or 'not accepted'}")
-        why = "; ".join(failed) if failed else \
-            f"Triton was not ready by {st.data['deadline']}: {'; '.join(waiting)} {observed.api_error}".rstrip()
+        why = (
+            "; ".join(failed)
+            if failed
+            else f"Triton was not ready by {st.data['deadline']}: {'; '.join(waiting)} {observed.api_error}".rstrip()
+        )
         _fail(st, "Deployed", "DeploymentFailed" if failed else "DeadlineExceeded", why)
         _scale_down(owner, [b.triton_name(owner, candidate.variant)], out)
         _remove_control(owner, out)
@@ -676,19 +718,35 @@ def _deploying(
             st.condition("TrafficReady", "True", "RouteAccepted", f"HTTPRoute {b.route_name(owner)} is accepted")
         elif observed.route is not None:
             gw = model.spec.rollout.gateway or settings.gateway_name
-            why = (f"Gateway {gw} not found: create it, or name yours in spec.rollout.gateway (or the chart's "
-                   "gateway.name)") if route.message == "GatewayNotFound" else \
-                f"HTTPRoute {b.route_name(owner)} is not accepted by Gateway {gw}: {route.message}"
+            why = (
+                (
+                    f"Gateway {gw} not found: create it, or name yours in spec.rollout.gateway (or the chart's "
+                    "gateway.name)"
+                )
+                if route.message == "GatewayNotFound"
+                else f"HTTPRoute {b.route_name(owner)} is not accepted by Gateway {gw}: {route.message}"
+            )
             st.condition("TrafficReady", "False", "RouteNotAccepted", why)
     if all(n in states and states[n].ready for n in names) and (route.accepted or not gateway):
-        st.condition("Deployed", "True", "DeploymentsReady",
-                     f"Triton serves {stable.variant} (stable), {candidate.variant} (canary) and the control")
+        st.condition(
+            "Deployed",
+            "True",
+            "DeploymentsReady",
+            f"Triton serves {stable.variant} (stable), {candidate.variant} (canary) and the control",
+        )
         _start_step(model, owner, st, 0, 0, stable, candidate, settings, out)
 
 
 def _start_step(
-    model: CompressedModel, owner: b.Owner, st: _Status, index: int, weight: int, stable: Served,
-    candidate: Served, settings: OperatorSettings, out: Plan,
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    index: int,
+    weight: int,
+    stable: Served,
+    candidate: Served,
+    settings: OperatorSettings,
+    out: Plan,
 ) -> None:
     steps = model.spec.rollout.steps
     st.data.update(canaryWeight=weight, canaryStep=steps.index(weight) if weight in steps else None)
@@ -721,20 +779,41 @@ def _evaluating(
         if st.past_deadline():
             why = job.describe(name) if job is not None else f"Job {name} was never created ({observed.api_error})"
             out.delete.append(("batch/v1", "Job", name))
-            _give_up(owner, st, stable, candidate, model, settings, out, "DeadlineExceeded",
-                     f"the step at {pending.weight}% did not finish by {st.data['deadline']}: {why}")
+            _give_up(
+                owner,
+                st,
+                stable,
+                candidate,
+                model,
+                settings,
+                out,
+                "DeadlineExceeded",
+                f"the step at {pending.weight}% did not finish by {st.data['deadline']}: {why}",
+            )
         elif job is None:  # deleted, or its create was refused: ask again
             out.apply.append(b.build_evaluator_job(model, owner, index, pending.weight, stable.variant,
                                                    candidate.variant, settings))  # fmt: skip
         return
     report = parse_step_report(job)
     if report is None:
-        _give_up(owner, st, stable, candidate, model, settings, out, "EvaluatorFailed",
-                 f"the step at {pending.weight}% was not judged: {job.describe(name)}")
+        _give_up(
+            owner,
+            st,
+            stable,
+            candidate,
+            model,
+            settings,
+            out,
+            "EvaluatorFailed",
+            f"the step at {pending.weight}% was not judged: {job.describe(name)}",
+        )
         return
     step = report.step
-    record = {"weight": step.weight, "verdict": step.verdict,
-              "checks": [{"name": c.name, "verdict": c.verdict} for c in step.checks]}
+    record = {
+        "weight": step.weight,
+        "verdict": step.verdict,
+        "checks": [{"name": c.name, "verdict": c.verdict} for c in step.checks],
+    }
     st.data["steps"] = [*(st.data.get("steps") or []), record]
     mine = (report.load or {}).get("candidate") or {}
     if mine:
@@ -748,8 +827,12 @@ def _evaluating(
         if step.verdict == "Pass":
             st.condition("Evaluated", "True", "StepPassed", f"{where} passed the gate")
         else:
-            st.condition("Evaluated", "False", "StepFailed" if step.verdict == "Fail" else "StepInconclusive",
-                         f"{where} was {step.verdict} ({failing}); judging {nxt.weight}% again ({nxt.reason})")
+            st.condition(
+                "Evaluated",
+                "False",
+                "StepFailed" if step.verdict == "Fail" else "StepInconclusive",
+                f"{where} was {step.verdict} ({failing}); judging {nxt.weight}% again ({nxt.reason})",
+            )
         _start_step(model, owner, st, index + 1, nxt.weight, stable, candidate, settings, out)
         return
     out.gate_decision = nxt.decision
@@ -760,8 +843,14 @@ def _evaluating(
 
 
 def _promote(
-    model: CompressedModel, owner: b.Owner, st: _Status, old: Served, new: Served, settings: OperatorSettings,
-    out: Plan, reason: str,
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    old: Served,
+    new: Served,
+    settings: OperatorSettings,
+    out: Plan,
+    reason: str,
 ) -> None:
     """All traffic on the promoted variant; the old stable drains, then stops using resources but is kept.
 
@@ -788,11 +877,21 @@ def _promote(
 
 
 def _roll_back(
-    model: CompressedModel, owner: b.Owner, st: _Status, stable: Served, candidate: Served,
-    settings: OperatorSettings, out: Plan, decision: str, reason: str,
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    stable: Served,
+    candidate: Served,
+    settings: OperatorSettings,
+    out: Plan,
+    decision: str,
+    reason: str,
 ) -> None:
-    msg = f"rolled back to {stable.variant}: {reason}" if decision == "RolledBack" else \
-        f"nothing promoted, {stable.variant} keeps serving: {reason}"
+    msg = (
+        f"rolled back to {stable.variant}: {reason}"
+        if decision == "RolledBack"
+        else f"nothing promoted, {stable.variant} keeps serving: {reason}"
+    )
     st.data.update(decision=decision, canaryWeight=0)
     st.phase(Phase.rolled_back, msg)
     st.condition("Evaluated", "False", "GateFailed" if decision == "RolledBack" else "Inconclusive", msg)
@@ -802,8 +901,15 @@ def _roll_back(
 
 
 def _give_up(
-    owner: b.Owner, st: _Status, stable: Served, candidate: Served, model: CompressedModel,
-    settings: OperatorSettings, out: Plan, reason: str, why: str,
+    owner: b.Owner,
+    st: _Status,
+    stable: Served,
+    candidate: Served,
+    model: CompressedModel,
+    settings: OperatorSettings,
+    out: Plan,
+    reason: str,
+    why: str,
 ) -> None:
     """The rollout cannot be judged (an evaluator that crashed or never ran): Failed, traffic back on stable."""
     st.data["canaryWeight"] = 0
@@ -812,8 +918,13 @@ def _give_up(
 
 
 def _back_to_stable(
-    model: CompressedModel, owner: b.Owner, st: _Status, stable: Served, candidate: Served,
-    settings: OperatorSettings, out: Plan,
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    stable: Served,
+    candidate: Served,
+    settings: OperatorSettings,
+    out: Plan,
 ) -> None:
     if _gateway(model):
         out.apply += _traffic(model, owner, stable, None, 0, settings)

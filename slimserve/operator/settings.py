@@ -89,7 +89,9 @@ class OperatorSettings(BaseSettings):
         default=4, ge=2, le=100, description="Total Triton replicas when traffic is split by replica ratio."
     )
     job_backoff_limit: int = Field(
-        default=1, ge=0, le=10,
+        default=1,
+        ge=0,
+        le=10,
         description="Retries of a crashed compression or packaging Job (invalid input, exit 2, is never retried).",
     )
     scanning: bool = Field(

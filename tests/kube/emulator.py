@@ -58,8 +58,11 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if isinstance(data, list):  # JSON patch
                 current = self._current(request)
                 for op in data:
-                    if op.get("op") == "test" and op.get("path") == "/metadata/resourceVersion" and \
-                            op.get("value") != (current.get("metadata") or {}).get("resourceVersion"):
+                    if (
+                        op.get("op") == "test"
+                        and op.get("path") == "/metadata/resourceVersion"
+                        and op.get("value") != (current.get("metadata") or {}).get("resourceVersion")
+                    ):
                         raise kmock.KubernetesError(status=422, reason="Invalid", message="resourceVersion changed")
                 data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
             elif isinstance(data, dict):
@@ -91,10 +94,12 @@ def example_model(name: str = "digits", **spec_overrides: Any) -> dict[str, Any]
     spec: dict[str, Any] = {
         "source": {"uri": "s3://models/digits.onnx"},
         "data": {"calibration": "s3://data/cal.npz", "evaluation": "s3://data/test.npz"},
-        "compression": {"variants": [
-            {"name": "int8", "steps": [{"quantize": {"mode": "static"}}]},
-            {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]},
-        ]},
+        "compression": {
+            "variants": [
+                {"name": "int8", "steps": [{"quantize": {"mode": "static"}}]},
+                {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]},
+            ]
+        },
         "rollout": {"steps": [10, 50, 100], "stepDuration": "10s"},
         "gates": {"maxAccuracyDrop": 1.0},
     }
@@ -102,8 +107,7 @@ def example_model(name: str = "digits", **spec_overrides: Any) -> dict[str, Any]
     return {
         "apiVersion": "slimserve.dev/v1alpha1",
         "kind": "CompressedModel",
-        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1,
-                     "resourceVersion": "1"},
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1, "resourceVersion": "1"},
         "spec": spec,
     }
 
@@ -136,8 +140,10 @@ def report(verdict: str, weight: int, failing: str = "p99VsBaseline") -> dict[st
         for check in checks:
             if check["name"] == failing:
                 check["verdict"] = verdict
-    load = {"candidate": {"requests": 900, "failures": 0, "rps": 95.0, "p50Ms": 2.0, "p99Ms": 4.2},
-            "control": {"requests": 900, "failures": 0, "rps": 95.0, "p50Ms": 2.1, "p99Ms": 4.5}}
+    load = {
+        "candidate": {"requests": 900, "failures": 0, "rps": 95.0, "p50Ms": 2.0, "p99Ms": 4.2},
+        "control": {"requests": 900, "failures": 0, "rps": 95.0, "p50Ms": 2.1, "p99Ms": 4.5},
+    }
     return {"candidate": "digits", "control": "digits", "weight": weight,
             "step": {"weight": weight, "verdict": verdict, "checks": checks},
             "quality": None, "load": None if weight == 0 else load}  # fmt: skip
@@ -188,8 +194,9 @@ class Cluster:
         return json.dumps({n: self.status(n) for n in self.names(CR)}, indent=1)[:3000]
 
     async def wait_phase(self, name: str, phase: str, timeout: float = 10.0) -> dict[str, Any]:
-        return await self.wait(lambda: self.status(name).get("phase") == phase and self.status(name),
-                               timeout, f"{name} in phase {phase}")
+        return await self.wait(
+            lambda: self.status(name).get("phase") == phase and self.status(name), timeout, f"{name} in phase {phase}"
+        )
 
     # -- writing (through HTTP, so watchers see it) ----------------------------------------------
     async def request(self, method: str, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
@@ -204,9 +211,16 @@ class Cluster:
         """A user's `kubectl apply`: the emulator bumps metadata.generation."""
         await self.request("PATCH", f"{CR_URL}/{name}", {"spec": spec_patch}, MERGE)
 
-    async def finish_job(self, name: str, ok: bool = True, summary: dict[str, Any] | None = None,
-                         reason: str = "BackoffLimitExceeded", message: str = "", exit_code: int | None = None,
-                         output: str | None = None) -> None:
+    async def finish_job(
+        self,
+        name: str,
+        ok: bool = True,
+        summary: dict[str, Any] | None = None,
+        reason: str = "BackoffLimitExceeded",
+        message: str = "",
+        exit_code: int | None = None,
+        output: str | None = None,
+    ) -> None:
         """What the Job controller and the kubelet do when a Job's pod ends: a Pod owned by the Job with the
         container's exit code and termination message, and the Job's condition."""
         job = self.get("batch/v1/jobs", name)
@@ -224,8 +238,11 @@ class Cluster:
                     "exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": text,
                     "finishedAt": f"2026-01-01T00:00:{len(self.names('v1/pods')):02d}Z"}}}]},
         })  # fmt: skip
-        cond = {"type": "Complete", "status": "True", "reason": "Completed"} if ok else \
-            {"type": "Failed", "status": "True", "reason": reason, "message": message}
+        cond = (
+            {"type": "Complete", "status": "True", "reason": "Completed"}
+            if ok
+            else {"type": "Failed", "status": "True", "reason": reason, "message": message}
+        )
         status = {"conditions": [cond], "succeeded" if ok else "failed": 1}
         await self.request("PATCH", f"/apis/batch/v1/namespaces/{NS}/jobs/{name}", {"status": status}, MERGE)
 
@@ -260,8 +277,11 @@ async def emulated_cluster(tmp_path: Path, gateway_api: bool = True) -> AsyncIte
     async with ClusterEmulator() as emulator, kmock.Server(emulator):
         emulator.resources.load_bundled()
         emulator.resources[CR] = {
-            "kind": "CompressedModel", "singular": "compressedmodel", "namespaced": True,
-            "verbs": ["list", "watch", "get", "create", "patch", "update", "delete"], "subresources": ["status"],
+            "kind": "CompressedModel",
+            "singular": "compressedmodel",
+            "namespaced": True,
+            "verbs": ["list", "watch", "get", "create", "patch", "update", "delete"],
+            "subresources": ["status"],
         }
         emulator.resources["gateway.networking.k8s.io/v1/httproutes"] = {"kind": "HTTPRoute", "namespaced": True}
         emulator.resources["gateway.networking.k8s.io/v1/gateways"] = {"kind": "Gateway", "namespaced": True}
@@ -269,12 +289,18 @@ async def emulated_cluster(tmp_path: Path, gateway_api: bool = True) -> AsyncIte
             emulator.missing_groups = frozenset({"gateway.networking.k8s.io"})
         emulator.resources["keda.sh/v1alpha1/scaledobjects"] = {"kind": "ScaledObject", "namespaced": True}
         kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": str(emulator.url).rstrip("/")}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": NS}}],
-            "users": [{"name": "kmock", "user": {"token": "test"}}],
-        }))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "kmock",
+                    "clusters": [{"name": "kmock", "cluster": {"server": str(emulator.url).rstrip("/")}}],
+                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": NS}}],
+                    "users": [{"name": "kmock", "user": {"token": "test"}}],
+                }
+            )
+        )
         with _env("KUBECONFIG", str(kubeconfig)):
             yield Cluster(emulator)
 
@@ -306,15 +332,18 @@ async def running_operator(interval: float = 0.1, **settings: Any) -> AsyncItera
     kopf_settings.scanning.disabled = True
     kopf_settings.posting.enabled = False
     settings = {"scrape_interval": "1s", "scale_down_delay_seconds": 0, **settings}
-    memo = kopf.Memo(operator_settings=OperatorSettings(
-        metrics_port=0, reconcile_interval_seconds=interval, **settings))
+    memo = kopf.Memo(
+        operator_settings=OperatorSettings(metrics_port=0, reconcile_interval_seconds=interval, **settings)
+    )
     stop = threading.Event()
     ready = threading.Event()
 
     def run() -> None:
-        asyncio.run(kopf.operator(
-            settings=kopf_settings, namespaces=[NS], standalone=True, stop_flag=stop, ready_flag=ready,
-            memo=memo))
+        asyncio.run(
+            kopf.operator(
+                settings=kopf_settings, namespaces=[NS], standalone=True, stop_flag=stop, ready_flag=ready, memo=memo
+            )
+        )
 
     thread = threading.Thread(target=run, name="kopf-operator", daemon=True)
     thread.start()

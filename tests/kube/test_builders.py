@@ -24,25 +24,33 @@ from tests.kube.schemas import validate_custom
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SLIMSERVE_UPDATE_GOLDEN") == "1"
-SETTINGS = OperatorSettings(worker_image="worker:test", triton_image="triton:test", prometheus_url="http://prom:9090",
-                            scrape_interval="3s")
+SETTINGS = OperatorSettings(
+    worker_image="worker:test", triton_image="triton:test", prometheus_url="http://prom:9090", scrape_interval="3s"
+)
 
 
 def gpu_body() -> dict[str, Any]:
     body = example_model()
     body["spec"]["compression"]["job"] = {
-        "gpus": 1, "cpu": "4", "memory": "16Gi",
+        "gpus": 1,
+        "cpu": "4",
+        "memory": "16Gi",
         "nodeSelector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     }
     body["spec"]["serving"] = {
-        "instanceKind": "gpu", "gpus": 1, "startupTimeout": "15m",
-        "autoscaling": {"kedaQuery": 'sum(rate(nv_inference_queue_duration_us{namespace="{{namespace}}",'
-                                     'slimserve_dev_model="{{model}}",slimserve_dev_variant="{{variant}}"}[1m]))',
-                        "kedaThreshold": 5000},
+        "instanceKind": "gpu",
+        "gpus": 1,
+        "startupTimeout": "15m",
+        "autoscaling": {
+            "kedaQuery": 'sum(rate(nv_inference_queue_duration_us{namespace="{{namespace}}",'
+            'slimserve_dev_model="{{model}}",slimserve_dev_variant="{{variant}}"}[1m]))',
+            "kedaThreshold": 5000,
+        },
         "nodeSelector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-        "runtimeClassName": "nvidia", "imagePullSecrets": ["nvcr-io"],
+        "runtimeClassName": "nvidia",
+        "imagePullSecrets": ["nvcr-io"],
     }
     body["spec"]["storage"] = {"secretName": "model-storage"}
     body["spec"]["data"]["evaluation"] = "pvc://datasets/digits/test.npz"
@@ -136,9 +144,16 @@ def test_every_child_is_owned_labelled_and_deterministically_named() -> None:
     again = all_manifests()
     for name, manifest in MANIFESTS.items():
         meta = manifest["metadata"]
-        assert meta["ownerReferences"] == [{
-            "apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "name": "digits",
-            "uid": "uid-digits", "controller": True, "blockOwnerDeletion": True}], name
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "slimserve.dev/v1alpha1",
+                "kind": "CompressedModel",
+                "name": "digits",
+                "uid": "uid-digits",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ], name
         assert meta["labels"]["slimserve.dev/model"] == "digits"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "slimserve-operator"
         assert again[name] == manifest, "builders are pure: same input, same output"
@@ -166,22 +181,27 @@ def test_worker_commands_use_the_cli_contract() -> None:
         return MANIFESTS[name]["spec"]["template"]["spec"]["containers"][0]["args"][0]
 
     # Relative URIs in the spec resolve where the user put the files next to their YAML.
-    assert ("slimserve compress /spec/compressedmodel.yaml --base-dir /models/digits/inputs "
-            "--out /models/digits/gen-1/compressed; python -m slimserve.api.choice /spec/compressedmodel.yaml "
-            "--report /models/digits/gen-1/compressed/report.json > /dev/termination-log") in script("compression-job-cpu")
-    assert ("--stable-onnx /models/digits/gen-1/repository/int8/digits/1/model.onnx --stable int8"
-            in script("compression-job-gpu"))
+    assert (
+        "slimserve compress /spec/compressedmodel.yaml --base-dir /models/digits/inputs "
+        "--out /models/digits/gen-1/compressed; python -m slimserve.api.choice /spec/compressedmodel.yaml "
+        "--report /models/digits/gen-1/compressed/report.json > /dev/termination-log"
+    ) in script("compression-job-cpu")
+    assert "--stable-onnx /models/digits/gen-1/repository/int8/digits/1/model.onnx --stable int8" in script(
+        "compression-job-gpu"
+    )
     # Each variant of each generation gets a repository of its own, serving the one client-facing name.
     assert script("packaging-job") == (
         "set -e; slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
         "--repository /models/digits/gen-1/repository/baseline --backend onnxruntime --variants baseline=digits; "
         "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
-        "--repository /models/digits/gen-1/repository/int8 --backend onnxruntime --variants int8=digits")
+        "--repository /models/digits/gen-1/repository/int8 --backend onnxruntime --variants int8=digits"
+    )
     assert script("evaluator-job-quality") == (
         "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --weight 0 --model digits "
         "--candidate-url http://digits-int8.models.svc:8000 "
         "--reference-onnx /models/digits/gen-1/compressed/baseline.onnx "
-        "--out /tmp/report.json --summary-file /dev/termination-log")
+        "--out /tmp/report.json --summary-file /dev/termination-log"
+    )
     assert script("evaluator-job") == (
         "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --weight 50 --model digits "
         "--candidate-url http://digits-int8.models.svc:8000 --control-url http://digits--control.models.svc:8000 "
@@ -191,7 +211,8 @@ def test_worker_commands_use_the_cli_contract() -> None:
         "--control-labels namespace=models,slimserve_dev_model=digits,model=digits,"
         "app_kubernetes_io_component=triton-control "
         "--prometheus-url http://prom:9090 --scrape-interval 3s --out /tmp/report.json "
-        "--summary-file /dev/termination-log")
+        "--summary-file /dev/termination-log"
+    )
     for name in ("compression-job-cpu", "packaging-job", "evaluator-job"):
         spec = MANIFESTS[name]["spec"]
         assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3, 4]  # no retry changes them
@@ -280,19 +301,41 @@ def test_the_choice_script_fits_the_termination_message_whatever_the_report(tmp_
     (tmp_path / "report.json").write_text(json.dumps(report))
     spec = tmp_path / "cm.yaml"
     spec.write_text(MANIFESTS["spec-configmap"]["data"]["compressedmodel.yaml"])
-    out = subprocess.run([sys.executable, "-m", "slimserve.api.choice", str(spec), "--report",
-                          str(tmp_path / "report.json")], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "slimserve.api.choice", str(spec), "--report", str(tmp_path / "report.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert len(out) < 1024
     choice = parse_choice(out)
     assert choice is not None and choice["candidate"]["name"] == "v00-" + "x" * 36  # the smallest within budget
     # The stable's own file is never offered again, and auto must beat it.
     (tmp_path / "stable.onnx").write_bytes(b"s" * 900)
-    out = subprocess.run([sys.executable, "-m", "slimserve.api.choice", str(spec), "--report",
-                          str(tmp_path / "report.json"), "--stable-onnx", str(tmp_path / "stable.onnx"),
-                          "--stable", "tiny"], capture_output=True, text=True, check=True).stdout
-    assert parse_choice(out) == {"candidate": None, "reason": (
-        "no variant within maxAccuracyDrop (" + ", ".join(v["name"] for v in variants) + ") beats the stable "
-        "model tiny; nothing new to roll out")}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slimserve.api.choice",
+            str(spec),
+            "--report",
+            str(tmp_path / "report.json"),
+            "--stable-onnx",
+            str(tmp_path / "stable.onnx"),
+            "--stable",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert parse_choice(out) == {
+        "candidate": None,
+        "reason": (
+            "no variant within maxAccuracyDrop (" + ", ".join(v["name"] for v in variants) + ") beats the stable "
+            "model tiny; nothing new to roll out"
+        ),
+    }
 
 
 def test_httproute_weights_and_replica_split() -> None:
@@ -312,3 +355,11 @@ def test_a_candidate_named_like_a_deployed_variant_serves_under_a_generation_suf
     assert b.canary_variant({**status, "stableVariant": "int8-g2", "previousStableVariant": "int8"}, 3) == "int8-g3"
     assert b.canary_variant({"stableVariant": "int8"}, 2) is None
     assert b.control_name(OWNER) == "digits--control"  # never `<cr>-<variant>`: variants start with a letter or digit
+
+
+def test_the_operator_mounts_what_the_storage_layer_reads() -> None:
+    import slimserve.storage as storage
+
+    assert b.SECRET_MOUNT_PATH == storage.SECRET_MOUNT_PATH
+    assert b.pvc_claims(GPU_MODEL) == storage.pvc_claims(GPU_MODEL) == ["datasets"]
+    assert b.pvc_claims(MODEL) == storage.pvc_claims(MODEL) == []

@@ -80,7 +80,7 @@ def test_operator_runs_once_non_root_with_settings_it_understands() -> None:
     env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("SLIMSERVE_")}
     fields = {f"SLIMSERVE_{name.upper()}" for name in OperatorSettings.model_fields}
     assert set(env) <= fields, f"env vars the operator ignores: {set(env) - fields}"
-    settings = OperatorSettings(**{k[len("SLIMSERVE_"):].lower(): v for k, v in env.items()})
+    settings = OperatorSettings(**{k[len("SLIMSERVE_") :].lower(): v for k, v in env.items()})
     assert settings.gateway_namespace == "gateways" and settings.model_storage_class == "efs"
     assert settings.worker_image == "ghcr.io/slimserve/slimserve-worker:0.1.0"
     assert settings.scrape_interval == "5s" and settings.auto_backend == "python"
@@ -130,9 +130,13 @@ def test_rbac_covers_every_request_the_operator_sends() -> None:
 def test_triton_is_scraped_by_default_with_the_labels_the_gate_selects() -> None:
     (monitor,) = by_kind(render({}), "PodMonitor")
     assert set(monitor["spec"]["podTargetLabels"]) == {
-        "slimserve.dev/model", "slimserve.dev/variant", "app.kubernetes.io/component"}
+        "slimserve.dev/model",
+        "slimserve.dev/variant",
+        "app.kubernetes.io/component",
+    }
     assert monitor["spec"]["selector"]["matchExpressions"] == [
-        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["triton", "triton-control"]}]
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["triton", "triton-control"]}
+    ]
     (deployment,) = by_kind(render({}), "Deployment")
     env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SLIMSERVE_SCRAPE_INTERVAL"] == monitor["spec"]["podMetricsEndpoints"][0]["interval"] == "3s"
@@ -156,22 +160,39 @@ def test_monitoring_objects_are_optional() -> None:
 def test_dashboard_shows_what_sres_watch_during_a_rollout() -> None:
     dashboard = build_dashboard()
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
-    for metric in ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_request_summary_us",
-                   "nv_inference_queue_duration_us", "nv_inference_count", "nv_inference_exec_count",
-                   "kube_deployment_status_replicas_available", "slimserve_canary_weight_percent",
-                   "slimserve_gate_threshold", "slimserve_variant_role"):
+    for metric in (
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_request_summary_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "kube_deployment_status_replicas_available",
+        "slimserve_canary_weight_percent",
+        "slimserve_gate_threshold",
+        "slimserve_variant_role",
+    ):
         assert metric in exprs, metric
     titles = {p["title"] for p in dashboard["panels"]}
-    assert {"Throughput per variant", "Latency p50 / p99 per variant", "Error rate per variant",
-            "Queue time per request", "Average batch size", "Replicas", "Canary weight", "Stable vs canary"} == titles
+    assert {
+        "Throughput per variant",
+        "Latency p50 / p99 per variant",
+        "Error rate per variant",
+        "Queue time per request",
+        "Average batch size",
+        "Replicas",
+        "Canary weight",
+        "Stable vs canary",
+    } == titles
     gated = [p for p in dashboard["panels"] if p.get("fieldConfig", {}).get("overrides")]
     assert len(gated) == 3  # thresholds drawn as dashed lines on throughput, latency and errors
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "namespace", "model"}
 
 
 def test_generated_files_have_not_drifted() -> None:
-    stale = [str(p.relative_to(ROOT)) for p, text in manifests.generated().items()
-             if not p.exists() or p.read_text() != text]
+    stale = [
+        str(p.relative_to(ROOT)) for p, text in manifests.generated().items() if not p.exists() or p.read_text() != text
+    ]
     assert stale == [], "run `python -m slimserve.operator.manifests`"
 
 
@@ -180,8 +201,9 @@ def test_chart_crd_is_the_api_crd() -> None:
     assert chart_crd == build_crd()
 
 
-EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml")) + [ROOT / "examples" / "digits" /
-                                                                         "compressedmodel.yaml"]
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml")) + [
+    ROOT / "examples" / "digits" / "compressedmodel.yaml"
+]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -54,8 +54,9 @@ async def _to_evaluating(cluster, name: str = "digits", gen: int = 1, canary: st
     await cluster.wait_phase(name, "Evaluating")
 
 
-async def _judge(cluster, index: int, verdict: str, weight: int, name: str = "digits", gen: int = 1,
-                 failing: str = "p99VsBaseline") -> None:
+async def _judge(
+    cluster, index: int, verdict: str, weight: int, name: str = "digits", gen: int = 1, failing: str = "p99VsBaseline"
+) -> None:
     job = f"{name}-eval-g{gen}-s{index}"
     await cluster.wait(lambda: cluster.get(JOB, job), message=job)
     await cluster.judge(job, report(verdict, weight, failing))
@@ -95,8 +96,10 @@ def test_happy_path_promotes_the_candidate(tmp_path: Path) -> None:
             assert status["p99Ms"] == 4.2 and status["throughputRps"] == 95.0
             assert weights(cluster) == {"digits-int8": 100}
             # The old stable drains, then stops using resources but is kept, one `kubectl scale` away.
-            await cluster.wait(lambda: (cluster.get(DEPLOY, "digits-baseline") or {}).get("spec", {}).get(
-                "replicas") == 0, message="old stable scaled to 0")
+            await cluster.wait(
+                lambda: (cluster.get(DEPLOY, "digits-baseline") or {}).get("spec", {}).get("replicas") == 0,
+                message="old stable scaled to 0",
+            )
             previous = cluster.get(DEPLOY, "digits-baseline")
             assert previous["metadata"]["labels"]["slimserve.dev/role"] == "previous"
             assert cluster.get(HPA, "digits-baseline") is None
@@ -167,7 +170,9 @@ def test_failed_compression_job_fails_with_the_pods_own_reason(tmp_path: Path) -
                                      message="Container worker for pod models/x failed with exit code 2",
                                      exit_code=2, output=why)  # fmt: skip
             status = await cluster.wait_phase("digits", "Failed")
-            assert "exit 2: error: spec.data.evaluation" in status["message"] and "PodFailurePolicy" in status["message"]
+            assert (
+                "exit 2: error: spec.data.evaluation" in status["message"] and "PodFailurePolicy" in status["message"]
+            )
             compressed = cluster.condition("digits", "Compressed")
             assert compressed["status"] == "False" and compressed["reason"] == "CompressionFailed"
             assert cluster.get(JOB, "digits-package-g1") is None
@@ -183,8 +188,12 @@ def test_a_deleted_evaluator_job_is_created_again(tmp_path: Path) -> None:
             first = cluster.get(JOB, "digits-eval-g1-s0")["metadata"]["uid"]
             async with cluster.k.request("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/digits-eval-g1-s0") as resp:
                 assert resp.status < 300
-            await cluster.wait(lambda: (cluster.get(JOB, "digits-eval-g1-s0") or {}).get("metadata", {}).get(
-                "uid") not in (None, first), message="the Job recreated")
+            await cluster.wait(
+                lambda: (
+                    (cluster.get(JOB, "digits-eval-g1-s0") or {}).get("metadata", {}).get("uid") not in (None, first)
+                ),
+                message="the Job recreated",
+            )
             await _judge(cluster, 0, "Pass", 0)
             await cluster.wait_phase("digits", "Progressing")
 
@@ -255,13 +264,15 @@ def test_a_new_generation_of_the_stable_variant_rolls_out_under_its_own_names(tm
             await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="generation 2 compression")
             # auto compares the new variants with the file the stable serves
             assert "--stable-onnx /models/digits/gen-1/repository/int8/digits/1/model.onnx" in script(
-                cluster, "digits-compress-g2")
+                cluster, "digits-compress-g2"
+            )
             await cluster.finish_job("digits-compress-g2", summary=SUMMARY)  # int8 chosen again
             status = await cluster.wait_phase("digits", "Packaging")
             assert status["candidateVariant"] == "int8"
             assert "serves as int8-g2" in cluster.condition("digits", "Compressed")["message"]
             assert script(cluster, "digits-package-g2").endswith(
-                "--repository /models/digits/gen-2/repository/int8-g2 --backend onnxruntime --variants int8=digits")
+                "--repository /models/digits/gen-2/repository/int8-g2 --backend onnxruntime --variants int8=digits"
+            )
             await cluster.finish_job("digits-package-g2")
             await cluster.wait_phase("digits", "Deploying")
             canary = cluster.get(DEPLOY, "digits-int8-g2")
@@ -331,7 +342,9 @@ def test_replica_split_moves_replicas_instead_of_route_weights(tmp_path: Path) -
             replicas = {n: cluster.get(DEPLOY, n)["spec"]["replicas"] for n in ("digits-baseline", "digits-int8")}
             assert replicas == {"digits-baseline": 3, "digits-int8": 1}
             assert cluster.get(SVC, "digits")["spec"]["selector"] == {
-                "slimserve.dev/model": "digits", "app.kubernetes.io/component": "triton"}
+                "slimserve.dev/model": "digits",
+                "app.kubernetes.io/component": "triton",
+            }
             assert cluster.get(ROUTE, "digits") is None
             await _judge(cluster, 0, "Pass", 0)
             await _judge(cluster, 1, "Pass", 25)
@@ -356,10 +369,29 @@ def test_deploying_past_its_deadline_fails_with_the_pods_reason(tmp_path: Path) 
             await cluster.finish_job("digits-package-g1")
             await cluster.wait_phase("digits", "Deploying")
             labels = cluster.get(DEPLOY, "digits-int8")["spec"]["selector"]["matchLabels"]
-            await cluster.request("POST", f"/api/v1/namespaces/{NS}/pods", {
-                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "digits-int8-abc", "labels": labels},
-                "status": {"phase": "Pending", "containerStatuses": [{"name": "triton", "state": {"waiting": {
-                    "reason": "ImagePullBackOff", "message": 'Back-off pulling image "triton:typo"'}}}]}})
+            await cluster.request(
+                "POST",
+                f"/api/v1/namespaces/{NS}/pods",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "digits-int8-abc", "labels": labels},
+                    "status": {
+                        "phase": "Pending",
+                        "containerStatuses": [
+                            {
+                                "name": "triton",
+                                "state": {
+                                    "waiting": {
+                                        "reason": "ImagePullBackOff",
+                                        "message": 'Back-off pulling image "triton:typo"',
+                                    }
+                                },
+                            }
+                        ],
+                    },
+                },
+            )
             await cluster.make_ready("digits-baseline")
             status = await cluster.wait_phase("digits", "Failed", timeout=15)
             assert "ImagePullBackOff" in status["message"] and "triton:typo" in status["message"]
@@ -411,8 +443,9 @@ def test_deleting_the_model_releases_it_for_garbage_collection(tmp_path: Path) -
             await cluster.create_model(example_model())
             await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g1"), message="compression Job")
             assert cluster.get(CR, "digits")["metadata"]["finalizers"] == ["slimserve.dev/finalizer"]
-            async with cluster.k.request("DELETE", "/apis/slimserve.dev/v1alpha1/namespaces/models/"
-                                         "compressedmodels/digits") as resp:
+            async with cluster.k.request(
+                "DELETE", "/apis/slimserve.dev/v1alpha1/namespaces/models/compressedmodels/digits"
+            ) as resp:
                 assert resp.status < 300
             await cluster.wait(lambda: cluster.get(CR, "digits") is None, message="finalizer released")
             # Children go with their owner through the garbage collector (ownerReferences, controller=true).

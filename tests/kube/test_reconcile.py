@@ -80,7 +80,10 @@ def test_a_new_object_starts_compressing_with_its_children() -> None:
     assert out.status["phase"] == "Compressing" and out.status["observedGeneration"] == 1
     assert out.status["deadline"] == "2026-01-01T06:02:00Z"  # compression.job.deadline 6h + grace
     assert kinds(out.apply) == [
-        "ConfigMap/digits-spec", "PersistentVolumeClaim/digits-models", "Job/digits-compress-g1"]
+        "ConfigMap/digits-spec",
+        "PersistentVolumeClaim/digits-models",
+        "Job/digits-compress-g1",
+    ]
     CompressedModelStatus.model_validate(out.status)  # every field is declared in the CRD
 
 
@@ -125,16 +128,25 @@ def test_the_compression_jobs_choice_is_the_candidate() -> None:
 
 
 def test_a_new_generation_restarts_even_when_terminal() -> None:
-    status = {"phase": "Promoted", "observedGeneration": 1, "stableVariant": "int8", "canaryWeight": 100,
-              "previousStableVariant": "baseline", "stableGeneration": 1, "modelName": "digits"}
+    status = {
+        "phase": "Promoted",
+        "observedGeneration": 1,
+        "stableVariant": "int8",
+        "canaryWeight": 100,
+        "previousStableVariant": "baseline",
+        "stableGeneration": 1,
+        "modelName": "digits",
+    }
     owner = b.Owner("digits", "models", "uid-digits", 2)
     out = plan(_model(), owner, status, Observed(), SETTINGS, NOW)
     assert out.status["phase"] == "Compressing" and out.status["stableVariant"] == "int8"
     assert out.status["previousStableVariant"] == "baseline"  # its Deployment is still there, at 0
     job_manifest = next(m for m in out.apply if m["kind"] == "Job")
     # auto must beat the stable: the Job compares with the model file the stable serves
-    assert "--stable-onnx /models/digits/gen-1/repository/int8/digits/1/model.onnx" in (
-        job_manifest["spec"]["template"]["spec"]["containers"][0]["args"][0])
+    assert (
+        "--stable-onnx /models/digits/gen-1/repository/int8/digits/1/model.onnx"
+        in (job_manifest["spec"]["template"]["spec"]["containers"][0]["args"][0])
+    )
     route = next(m for m in out.apply if m["kind"] == "HTTPRoute")
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "digits-int8", "port": 8000, "weight": 100}]
 
@@ -178,8 +190,12 @@ def test_judged_steps_follow_the_rollout_policy_to_promotion() -> None:
         if weight < 100:
             job_manifest = next(m for m in out.apply if m["kind"] == "Job")
             assert job_manifest["metadata"]["name"] == f"digits-eval-g1-s{index + 1}"
-    assert weights == [{"digits-baseline": 90, "digits-int8": 10}, {"digits-baseline": 50, "digits-int8": 50},
-                       {"digits-baseline": 0, "digits-int8": 100}, {"digits-int8": 100}]
+    assert weights == [
+        {"digits-baseline": 90, "digits-int8": 10},
+        {"digits-baseline": 50, "digits-int8": 50},
+        {"digits-baseline": 0, "digits-int8": 100},
+        {"digits-int8": 100},
+    ]
     assert status["phase"] == "Promoted" and status["stableVariant"] == "int8" and status["stableGeneration"] == 1
     assert status["p99Ms"] == 4.2 and status["drain"]["deployments"] == ["digits-baseline"]
     assert status["drain"]["at"] == "2026-01-01T00:00:30Z"
@@ -286,8 +302,15 @@ def test_an_invalid_spec_mid_rollout_calls_the_rollout_off_without_reading_the_s
 
 
 def test_same_name_candidate_of_a_new_generation_gets_new_model_files_and_pods() -> None:
-    status = {"phase": "RolledBack", "observedGeneration": 1, "stableVariant": "baseline", "stableGeneration": 1,
-              "candidateVariant": "int8", "canaryWeight": 0, "modelName": "digits"}
+    status = {
+        "phase": "RolledBack",
+        "observedGeneration": 1,
+        "stableVariant": "baseline",
+        "stableGeneration": 1,
+        "candidateVariant": "int8",
+        "canaryWeight": 0,
+        "modelName": "digits",
+    }
     owner = b.Owner("digits", "models", "uid-digits", 2)
     status = plan(_model(), owner, status, Observed(), SETTINGS, NOW).status
     status = plan(_model(), owner, status, Observed(compression_job=job(True, SUMMARY)), SETTINGS, NOW).status
@@ -313,14 +336,21 @@ def test_replica_split_deploys_at_the_first_step_ratio_behind_one_service() -> N
 
 
 def test_a_canary_rolled_back_to_zero_replicas_starts_again_at_the_autoscaler_minimum() -> None:
-    status = {"phase": "Packaging", "observedGeneration": 2, "stableVariant": "baseline", "candidateVariant": "int8",
-              "stableGeneration": 1}
+    status = {
+        "phase": "Packaging",
+        "observedGeneration": 2,
+        "stableVariant": "baseline",
+        "candidateVariant": "int8",
+        "stableGeneration": 1,
+    }
     owner = b.Owner("digits", "models", "uid-digits", 2)
     out = plan(_model(), owner, status, Observed(packaging_job=job(True)), SETTINGS, NOW)
     deployments = {m["metadata"]["name"]: m["spec"].get("replicas") for m in out.apply if m["kind"] == "Deployment"}
     assert deployments == {"digits-baseline": None, "digits-int8": 1, "digits--control": 1}
     assert {m["metadata"]["name"] for m in out.apply if m["kind"] == "HorizontalPodAutoscaler"} == {
-        "digits-baseline", "digits-int8"}
+        "digits-baseline",
+        "digits-int8",
+    }
 
 
 def test_spec_checks_of_this_installation_name_field_value_and_fix() -> None:
@@ -339,8 +369,9 @@ def test_spec_checks_of_this_installation_name_field_value_and_fix() -> None:
     ("15s", "2s", 8, 8, 3.0), ("15s", "2s", 8, 8, 3.5), ("10s", "2s", 8, 8, 1.0), ("10s", "5s", 16, 4, 1.0),
     ("1m", "2s", 8, 8, 10.0), ("30s", "2s", 8, 8, 10.0), ("500ms", "0s", 1, 1, 1.0), ("2m", "10s", 32, 8, 30.0),
 ])  # fmt: skip
-def test_the_step_check_is_the_twin_of_the_evaluators(step: str, warmup: str, users: int, rate: int,
-                                                      scrape: float) -> None:
+def test_the_step_check_is_the_twin_of_the_evaluators(
+    step: str, warmup: str, users: int, rate: int, scrape: float
+) -> None:
     from slimserve.evaluator.canary import Timing
 
     model = _model(rollout={"steps": [10, 100], "stepDuration": step, "warmup": warmup, "users": users,
@@ -356,16 +387,42 @@ def test_the_step_check_is_the_twin_of_the_evaluators(step: str, warmup: str, us
 
 
 def test_pod_problems_read_as_kubectl_describe_says_them() -> None:
-    pull = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{"state": {"waiting": {
-        "reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}}
+    pull = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {"state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}
+            ]
+        },
+    }
     assert pod_problem(pull) == "pod p: ImagePullBackOff: Back-off pulling image"
-    crash = {"metadata": {"name": "p"}, "status": {"containerStatuses": [{
-        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "failed to load 'digits'"}}}]}}
+    crash = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "reason": "Error", "message": "failed to load 'digits'"}
+                    },
+                }
+            ]
+        },
+    }
     assert "CrashLoopBackOff" in pod_problem(crash) and "failed to load 'digits'" in pod_problem(crash)
-    pending = {"metadata": {"name": "p"}, "status": {"conditions": [{"type": "PodScheduled", "status": "False",
-                                                                      "reason": "Unschedulable",
-                                                                      "message": "0/1 nodes: Insufficient cpu"}]}}
+    pending = {
+        "metadata": {"name": "p"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes: Insufficient cpu",
+                }
+            ]
+        },
+    }
     assert pod_problem(pending) == "pod p: Unschedulable: 0/1 nodes: Insufficient cpu"
     assert pod_problem({"metadata": {"name": "p"}, "status": {"phase": "Running"}}) == ""
 
@@ -374,8 +431,12 @@ def test_job_state_reads_its_own_pods_only() -> None:
     job_obj = {"metadata": {"uid": "new"}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
 
     def pod(uid: str, message: str, at: str) -> dict[str, Any]:
-        return {"metadata": {"name": uid, "ownerReferences": [{"uid": uid}]}, "status": {"containerStatuses": [
-            {"state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": at}}}]}}
+        return {
+            "metadata": {"name": uid, "ownerReferences": [{"uid": uid}]},
+            "status": {
+                "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": message, "finishedAt": at}}}]
+            },
+        }
 
     state = JobState.from_objects(job_obj, [pod("old", "stale", "2026-01-02T00:00:00Z"),
                                             pod("new", "fresh", "2026-01-01T00:00:00Z")])  # fmt: skip
@@ -393,6 +454,34 @@ def test_deployment_state_is_rollout_complete_not_one_ready_pod() -> None:
                                                 availableReplicas=3)).ready  # fmt: skip
     assert not DeploymentState.from_objects(dep(observedGeneration=1, replicas=2, updatedReplicas=2,
                                                 availableReplicas=2)).ready  # fmt: skip
-    stuck = DeploymentState.from_objects(dep(conditions=[{"type": "Progressing", "status": "False",
-                                                          "reason": "ProgressDeadlineExceeded", "message": "x"}]))
+    stuck = DeploymentState.from_objects(
+        dep(
+            conditions=[
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "x"}
+            ]
+        )
+    )
     assert stuck.failed.startswith("ProgressDeadlineExceeded")
+
+
+def test_the_evaluators_summary_fits_a_termination_message_and_the_operator_reads_it() -> None:
+    from slimserve.api.report import EvaluationReport
+    from slimserve.cli.evaluate import SUMMARY_LIMIT, summary_json
+    from slimserve.operator.reconcile import parse_step_report
+
+    checks = [CheckResult(name=f"check{i}", verdict="Pass", value=1.0, threshold=2.0, low=0.5, high=1.5,
+                          detail="x" * 400) for i in range(12)]  # fmt: skip
+    load = {
+        k: {"requests": 10**6, "failures": 0, "rps": 1234.5, "p50Ms": 1.0, "p99Ms": 4.2}
+        for k in ("candidate", "control")
+    }
+    report = EvaluationReport(candidate="digits", control="digits", weight=50,
+                              step=StepResult(weight=50, verdict="Pass", checks=checks), load=load,
+                              quality={"metric": "accuracy", "detail": "y" * 5000, "drop": 0.1})  # fmt: skip
+    text = summary_json(report)
+    assert len(text) <= SUMMARY_LIMIT and "\n" not in text
+    parsed = parse_step_report(JobState(succeeded=True, exit_code=0, output=text + "\n"))
+    assert parsed is not None and [c.name for c in parsed.step.checks] == [c.name for c in checks]
+    assert parsed.load is not None and parsed.load["candidate"]["p99Ms"] == 4.2
+    # a crash before the summary (exit 1, the log's tail) is not a judged step
+    assert parse_step_report(JobState(failed=True, exit_code=1, output="Traceback ...")) is None
