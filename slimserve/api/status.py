@@ -84,6 +84,11 @@ class JudgedStep(StatusModel):
     checks: list[CheckVerdict] = Field(default_factory=list)
 
 
+class Drain(StatusModel):
+    deployments: list[str]
+    at: str
+
+
 class CompressedModelStatus(StatusModel):
     """What the operator (or the local runtime) observed; every field is declared in the CRD."""
 
@@ -95,7 +100,7 @@ class CompressedModelStatus(StatusModel):
     previous_stable_variant: str | None = Field(
         default=None,
         description="The stable variant before the last promotion: its Deployment is kept at 0 replicas "
-        "(no autoscaler), one `kubectl scale` away.",
+        "(no autoscaler) with its model files (status.previousStableGeneration).",
     )
     candidate_variant: str | None = None
     size_ratio: float | None = Field(default=None, description="Baseline size / candidate size.")
@@ -110,6 +115,10 @@ class CompressedModelStatus(StatusModel):
     failed_steps: int | None = Field(default=None, description="Canary steps that failed the gate this generation.")
     decision: Literal["Promoted", "RolledBack", "Inconclusive"] | None = None
     steps: list[JudgedStep] = Field(default_factory=list, description="The steps judged this generation, in order.")
+    model_name: str | None = Field(
+        default=None,
+        description="The model name clients call, fixed once a variant serves it (spec.serving.modelName).",
+    )
     endpoint: str | None = Field(
         default=None,
         description="What clients call, whichever variant serves: the shared Service's URL, or the HTTPRoute's "
@@ -122,8 +131,8 @@ class CompressedModelStatus(StatusModel):
     deadline: str | None = Field(
         default=None, description="When the current phase (or canary step) fails if it has not moved on (RFC 3339)."
     )
-    scale_down_at: str | None = Field(
+    drain: Drain | None = Field(
         default=None,
-        description="After a promotion or a rollback the losing side keeps its pods until then (RFC 3339), so "
-        "requests routed before the switch finish; then it scales to 0.",
+        description="After a promotion or a rollback the losing side keeps its pods until `at` (RFC 3339), so "
+        "requests routed before the switch finish; then these Deployments scale to 0.",
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from slimserve.api import API_GROUP, API_VERSION, KIND, PLURAL, Phase, parse_compressed_model
+from slimserve.api import API_GROUP, API_VERSION, KIND, PLURAL, CompressedModel, Phase, parse_compressed_model
 from slimserve.api.status import TERMINAL_PHASES, now_rfc3339
 from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
@@ -96,7 +96,7 @@ async def _deployment(kube: KubeApi, namespace: str, name: str, logger: Any) -> 
     return state
 
 
-async def _route(kube: KubeApi, model: Any, owner: b.Owner, ops: OperatorSettings, logger: Any) -> RouteState | None:
+async def _route(kube: KubeApi, owner: b.Owner, logger: Any) -> RouteState | None:
     route = await kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", owner.namespace, b.route_name(owner), logger)
     if route is None:
         return None
@@ -111,10 +111,9 @@ async def _route(kube: KubeApi, model: Any, owner: b.Owner, ops: OperatorSetting
 
 async def observe(
     kube: KubeApi,
-    model: Any,
+    model: CompressedModel,
     owner: b.Owner,
     status: dict[str, Any],
-    ops: OperatorSettings,
     api_error: str,
     logger: Any,
 ) -> Observed:
@@ -139,7 +138,7 @@ async def observe(
             state = await _deployment(kube, ns, name, logger)
             if state is not None:
                 states[name] = state
-        route = await _route(kube, model, owner, ops, logger) if model.spec.rollout.traffic_split == "gateway" else None
+        route = await _route(kube, owner, logger) if model.spec.rollout.traffic_split == "gateway" else None
         return Observed(deployments=states, route=route, api_error=api_error)
     index = len(status.get("steps") or [])
     return Observed(evaluator_job=await _job(kube, ns, b.evaluator_job_name(owner, index), late, logger),
@@ -198,7 +197,7 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             metrics.RECONCILES.labels("invalid").inc()
             raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}") from None
         try:
-            observed = await observe(kube, model, owner, status, ops, written.get("api_error", ""), logger)
+            observed = await observe(kube, model, owner, status, written.get("api_error", ""), logger)
             result = plan(model, owner, status, observed, ops, now_rfc3339())
             await _execute(kube, owner, result, logger)
             written.pop("api_error", None)

@@ -68,6 +68,9 @@ async def e2e_cluster(tmp_path: Path, image: Path) -> AsyncIterator[E2E]:
     root.mkdir()
     labels, components = _pod_monitor()
     async with emulated_cluster(tmp_path) as cluster:
+        # kmock matches each request against its whole log: keep it short over a minutes-long run, or the
+        # emulator's CPU competes with the pods being measured.
+        cluster.k.request_history = 300
         node = Node(Api(str(cluster.k.url), NS), root, image, {}, labels, components, GATEWAY_DELAY_S)
         prom_port = free_port()
         node.dns["prometheus.monitoring"] = prom_port

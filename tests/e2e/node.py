@@ -17,7 +17,10 @@ by polling the emulator's API like a controller would:
   HTTPRoutes' weights, picks up route changes after a propagation delay, and accepts the routes whose
   Gateway exists;
 - Prometheus with the chart's PodMonitor: a real Prometheus scraping every ready Triton pod with the
-  pod labels the PodMonitor adds.
+  pod labels the PodMonitor adds;
+- the scheduler, as two one-CPU nodes when the machine has two CPUs or more: the canary and its
+  control share one CPU (the same neighbours, the comparison the gate is built on), the stable, the
+  evaluator's load generator and everything else the other; compression and packaging use every CPU.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from tests.e2e.worker_image import clean_env
 
 Json = dict[str, Any]
 log = logging.getLogger(__name__)
-TICK_S: Final = 0.25
+TICK_S: Final = 0.5
 TERMINATION_LIMIT: Final = 4096
 _SERVICE_URL = re.compile(r"\b([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?:([0-9]+)")
 
@@ -71,7 +74,7 @@ class Api:
         headers = {"Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"}
         request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             if exc.code in (404, 409):
@@ -127,6 +130,7 @@ class Pod:
     ready: bool = False
     terminating: bool = False
     template_hash: str = ""
+    role: str = ""
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0
 
@@ -165,6 +169,8 @@ class Node:
         self.targets_file.parent.mkdir(parents=True, exist_ok=True)
         self.targets_file.write_text("[]")
         self.errors: list[str] = []
+        cpus = sorted(os.sched_getaffinity(0))
+        self.compared_cpus, self.other_cpus = (cpus[-1:], cpus[:-1]) if len(cpus) > 1 else (cpus, cpus)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> Node:
@@ -189,6 +195,8 @@ class Node:
         while not self.stop_flag.is_set():
             try:
                 self.tick()
+            except (TimeoutError, urllib.error.URLError) as exc:  # a starved emulator answers next tick
+                log.info("node: the API did not answer (%s); next tick", exc)
             except Exception as exc:  # noqa: BLE001 - a test double keeps going; the test sees the errors
                 self.errors.append(f"{type(exc).__name__}: {exc}")
                 log.warning("node: %s", self.errors[-1], exc_info=True)
@@ -352,6 +360,8 @@ class Node:
         container = template["spec"]["containers"][0]
         mounts = self._volumes(name, template["spec"], container)
         argv = [self.resolve(_map_paths(a, mounts)) for a in [*container.get("command", []), *container["args"]]]
+        if labels.get("app.kubernetes.io/component") == "evaluator":
+            argv = ["taskset", "-c", ",".join(map(str, self.other_cpus)), *argv]
         cwd = self.root / "pods" / name
         env = clean_env(self.worker_venv, **self._env(container, mounts))
         self.api.create("v1", "pods", {
@@ -386,8 +396,9 @@ class Node:
             self._probe(pod, template)
         current = [p for p in pods if p.template_hash == template_hash and not p.terminating]
         old = [p for p in pods if p.template_hash != template_hash and not p.terminating]
+        role = deployment["metadata"].get("labels", {}).get("slimserve.dev/role", "")
         for _ in range(desired - len(current)):
-            pod = self._start_triton_pod(name, template, template_hash)
+            pod = self._start_triton_pod(name, template, template_hash, role)
             pods.append(pod)
             current.append(pod)
         for pod in sorted(current, key=lambda p: p.ready)[: max(0, len(current) - desired)]:
@@ -405,10 +416,10 @@ class Node:
         if {k: (deployment.get("status") or {}).get(k) for k in status} != status:
             self.api.patch("apps/v1", "deployments", name, {"status": status})
 
-    def _start_triton_pod(self, deployment: str, template: Json, template_hash: str) -> Pod:
+    def _start_triton_pod(self, deployment: str, template: Json, template_hash: str, role: str) -> Pod:
         name = f"{deployment}-{template_hash[:6]}-{next(self.names):05d}"
         labels = {**template["metadata"]["labels"], "pod-template-hash": template_hash}
-        pod = Pod(name, labels, template_hash=template_hash)
+        pod = Pod(name, labels, template_hash=template_hash, role=role)
         self.api.create("v1", "pods", {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
             "spec": template["spec"],
@@ -424,7 +435,8 @@ class Node:
         mounts = self._volumes(pod.name, template["spec"], container)
         pod.ports = {p["name"]: free_port() for p in container.get("ports") or []}
         flags = {"--http-port": "http", "--grpc-port": "grpc", "--metrics-port": "metrics"}
-        argv = [str(self.triton.binary)]
+        cpus = self.compared_cpus if pod.role in ("canary", "control") else self.other_cpus
+        argv = ["taskset", "-c", ",".join(map(str, cpus)), str(self.triton.binary)]
         for arg in container["args"][1:]:
             key = arg.split("=", 1)[0]
             argv.append(f"{key}={pod.ports[flags[key]]}" if key in flags else _map_paths(arg, mounts))

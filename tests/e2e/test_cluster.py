@@ -65,7 +65,7 @@ def test_the_bundled_example_is_promoted_while_its_url_keeps_answering(tmp_path:
             with client.running():
                 promoted = await cluster.wait_phase(name, "Promoted", timeout=420)
                 await cluster.wait(
-                    lambda: cluster.get(DEPLOY, f"{name}-baseline")["spec"]["replicas"] == 0,
+                    lambda: cluster.get(DEPLOY, f"{name}-baseline")["spec"].get("replicas") == 0,
                     timeout=DRAIN_S + 30,
                     message="the old stable drained and scaled to 0",
                 )
@@ -116,7 +116,7 @@ def test_an_accuracy_wrecked_candidate_is_rolled_back_and_the_stable_untouched(
             with client.running():
                 status = await cluster.wait_phase(name, "RolledBack", timeout=240)
                 await cluster.wait(
-                    lambda: cluster.get(DEPLOY, f"{name}-wrecked")["spec"]["replicas"] == 0,
+                    lambda: cluster.get(DEPLOY, f"{name}-wrecked")["spec"].get("replicas") == 0,
                     timeout=DRAIN_S + 30,
                     message="the canary drained and scaled to 0",
                 )

@@ -92,9 +92,10 @@ def worker_venv() -> Path:
                 _run([str(python), "-m", "pip", "install", "-q", torch.group(1)], work, VENV)
             _run([str(python), "-m", "pip", "install", "-q", f"{staging}[{','.join(extras)}]"], work, VENV)
             stamp.write_text(key)
-        else:  # the dependencies are the image's already; slimserve itself is the current tree's
-            _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(staging)],
-                 work, VENV)  # fmt: skip
+        else:  # the dependencies are the image's already; slimserve itself is the current tree's (built
+            # with the venv's own setuptools: an isolated build env costs minutes on a busy machine)
+            _run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", "--no-build-isolation",
+                  str(staging)], work, VENV)  # fmt: skip
         # The image's own smoke test, from another folder.
         _run([str(VENV / "bin" / "slimserve"), "--help"], work, VENV)
     finally:

@@ -485,3 +485,30 @@ def test_the_evaluators_summary_fits_a_termination_message_and_the_operator_read
     assert parsed.load is not None and parsed.load["candidate"]["p99Ms"] == 4.2
     # a crash before the summary (exit 1, the log's tail) is not a judged step
     assert parse_step_report(JobState(failed=True, exit_code=1, output="Traceback ...")) is None
+
+
+def _undeclared(value: Any, schema: dict[str, Any], where: str = "status") -> list[str]:
+    """Fields the API server would prune: not in the CRD's structural status schema."""
+    if isinstance(value, dict) and "properties" in schema:
+        return [f"{where}.{k}" for k in value if k not in schema["properties"]] + [
+            u for k, v in value.items() if k in schema["properties"]
+            for u in _undeclared(v, schema["properties"][k], f"{where}.{k}")]  # fmt: skip
+    if isinstance(value, list) and "items" in schema:
+        return [u for i, v in enumerate(value) for u in _undeclared(v, schema["items"], f"{where}[{i}]")]
+    return []
+
+
+def test_every_status_field_the_operator_writes_is_declared_in_the_crd() -> None:
+    from slimserve.api.crd import build_crd
+
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    status = evaluating()
+    written = [status]
+    for weight in (0, 10, 50, 100):
+        status = plan(_model(), OWNER, status, Observed(evaluator_job=judged("Pass", weight)), SETTINGS, NOW).status
+        written.append(status)
+    assert status["drain"] is not None and status["modelName"] == "digits"
+    owner = b.Owner("digits", "models", "uid-digits", 2)
+    written.append(plan(_model(), owner, status, Observed(), SETTINGS, NOW).status)
+    for st in written:
+        assert _undeclared(st, schema) == []
