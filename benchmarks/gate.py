@@ -15,10 +15,11 @@ run with (`Gates()` and `Rollout()` as the spec defines them). Measured in one r
    One Triton serves every run (each run warms its pair up first); the extra-compute sizes are
    chosen by pilot windows and recorded.
 2. **Simulation from measured noise.** The A/A windows of part 1 (their per-request latencies and
-   per-scrape capacity samples) are a bank of real noise. A simulated rollout draws a window from the
-   bank per step, swaps candidate and control at random, resamples its requests, applies the
-   degradation (latency x2, capacity x0.7) and runs the result through the real gate and policy —
-   thousands of rollouts, so the rates get tight intervals that a few dozen real runs cannot give.
+   per-interval capacity samples) are a bank of real noise. A simulated rollout draws a measured
+   window per window it needs (a step takes more while the gate cannot decide), swaps candidate and
+   control at random, applies the degradation (latency x2, capacity x0.7) and runs the result through
+   the real gate and policy — many rollouts, so the rates get intervals that a few dozen real runs
+   cannot give (each rollout is a new combination of real windows).
 
 Reported per scenario: decisions, the rate of the one that matters (RolledBack) with a 95% Wilson
 interval, steps and seconds to a decision. `--strict` exits 1 when a goal is missed: false rollbacks
@@ -255,36 +256,42 @@ def _bank_window(m: Measurement) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def simulated_window(window: dict[str, Any], weight: int, rng: np.random.Generator, slowdown: float,
-                     capacity: float) -> gate.StepEvidence:
-    """A new window made of a measured one: roles swapped at random, time blocks and scrape intervals
-    resampled (candidate and control together), then the degradation applied to the candidate."""
+def resampled_window(window: dict[str, Any], rng: np.random.Generator, slowdown: float,
+                     capacity: float) -> dict[str, Any]:
+    """A measured window with its roles swapped at random and the degradation applied to the candidate.
+
+    The window itself is not resampled: each measured window is one honest draw of this machine's
+    noise (resampling its time blocks to make "new" windows would repeat its rare spikes).
+    """
     a, b = ("candidate", "control") if rng.random() < 0.5 else ("control", "candidate")
-    t0 = min(window["candidate_t"].min(), window["control_t"].min())
-    length = max((max(window["candidate_t"].max(), window["control_t"].max()) - t0) / BLOCKS, 1e-3)
-    blocks = {k: np.floor((window[f"{k}_t"] - t0) / length).astype(int) for k in ("candidate", "control")}
-    ids = np.union1d(blocks["candidate"], blocks["control"])
-    picks = rng.choice(ids, len(ids))
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"candidate": [], "control": []}
-    for new, old in enumerate(picks):
-        for role, source in (("candidate", a), ("control", b)):
-            inside = blocks[source] == old
-            offset = (new - old) * length
-            parts[role].append((window[f"{source}_t"][inside] + offset, window[f"{source}_ms"][inside]))
-    times = {r: np.concatenate([p[0] for p in parts[r]]) for r in parts}
-    ms = {r: np.concatenate([p[1] for p in parts[r]]) for r in parts}
-    ms["candidate"] = ms["candidate"] * slowdown
-    cap_a, cap_b = window[f"{a}_capacity"], window[f"{b}_capacity"]
-    n = min(len(cap_a), len(cap_b))
-    idx = rng.integers(0, n, n) if n else np.zeros(0, dtype=int)
-    cand_cap = [(float(i), cap_a[j][1] * capacity, cap_a[j][2]) for i, j in enumerate(idx)]
-    ctrl_cap = [(float(i), cap_b[j][1], cap_b[j][2]) for i, j in enumerate(idx)]
-    n_c, n_k = len(ms["candidate"]), len(ms["control"])
-    requests = Requests(np.concatenate([times["candidate"], times["control"]]),
-                        np.array(["candidate"] * n_c + ["control"] * n_k),
-                        np.concatenate([ms["candidate"], ms["control"]]), np.zeros(n_c + n_k, dtype=bool))
-    return evidence(weight, requests, "candidate", "control", cand_cap, ctrl_cap,
-                    generator_bound=window["generator_bound"], seconds=0.0)
+    return {
+        "candidate_t": window[f"{a}_t"], "candidate_ms": window[f"{a}_ms"] * slowdown,
+        "control_t": window[f"{b}_t"], "control_ms": window[f"{b}_ms"],
+        "candidate_capacity": [(t, n * capacity, s) for t, n, s in window[f"{a}_capacity"]],
+        "control_capacity": list(window[f"{b}_capacity"]),
+        "generator_bound": window["generator_bound"],
+    }  # fmt: skip
+
+
+def pooled_evidence(weight: int, windows: list[dict[str, Any]]) -> gate.StepEvidence:
+    """Windows of one step, one after the other in time, judged together as `measure_step` does."""
+    times, ms, caps = {"candidate": [], "control": []}, {"candidate": [], "control": []}, {"candidate": [], "control": []}
+    offset = 0.0
+    for w in windows:
+        start = min(w["candidate_t"].min(), w["control_t"].min())
+        end = max(w["candidate_t"].max(), w["control_t"].max())
+        for role in ("candidate", "control"):
+            times[role].append(w[f"{role}_t"] - start + offset)
+            ms[role].append(w[f"{role}_ms"])
+            caps[role] += [(t + offset + 1e6 * len(caps[role]), n, s) for t, n, s in w[f"{role}_capacity"]]
+        offset += end - start + 1.0
+    t = {r: np.concatenate(times[r]) for r in times}
+    m = {r: np.concatenate(ms[r]) for r in ms}
+    requests = Requests(np.concatenate([t["candidate"], t["control"]]),
+                        np.array(["candidate"] * len(t["candidate"]) + ["control"] * len(t["control"])),
+                        np.concatenate([m["candidate"], m["control"]]), np.zeros(sum(map(len, t.values())), dtype=bool))
+    return evidence(weight, requests, "candidate", "control", caps["candidate"], caps["control"],
+                    generator_bound=any(w["generator_bound"] for w in windows), windows=len(windows))
 
 
 def simulate(spec: CompressedModelSpec, bank: list[dict[str, Any]], rollouts: int, slowdown: float = 1.0,
@@ -298,7 +305,10 @@ def simulate(spec: CompressedModelSpec, bank: list[dict[str, Any]], rollouts: in
     everything = [w for w in bank if w["candidate_capacity"] and w["control_capacity"]]
     decisions: Counter[str] = Counter()
     steps_taken = []
+    windows_used: list[int] = []
     rollout = spec.rollout
+    timing = Timing.of(rollout, SCRAPE_INTERVAL_S)
+    max_windows = int(timing.max_step_s // timing.step_s)
     for _ in range(rollouts):
         steps: list[StepResult] = []
         while True:
@@ -312,9 +322,17 @@ def simulate(spec: CompressedModelSpec, bank: list[dict[str, Any]], rollouts: in
                 steps.append(gate.judge_quality(spec.gates, _simulated_quality(quality_pairs, rng)))
                 continue
             pool = [w for w in by_weight.get(nxt.weight, everything) if w["candidate_capacity"]] or everything
-            window = pool[rng.integers(0, len(pool))]
-            steps.append(gate.judge_step(spec.gates, simulated_window(window, nxt.weight, rng, slowdown, capacity)))
-    return _rates(decisions, rollouts, steps_taken)
+            drawn: list[dict[str, Any]] = []
+            while True:  # as measure_step: another window while the pooled evidence is not decisive
+                drawn.append(resampled_window(pool[rng.integers(0, len(pool))], rng, slowdown, capacity))
+                step = gate.judge_step(spec.gates, pooled_evidence(nxt.weight, drawn))
+                if step.verdict != "Inconclusive" or len(drawn) >= max_windows:
+                    break
+            windows_used.append(len(drawn))
+            steps.append(step)
+    out = _rates(decisions, rollouts, steps_taken)
+    out["meanWindowsPerCanaryStep"] = round(float(np.mean(windows_used)), 2) if windows_used else None
+    return out
 
 
 def _simulated_quality(pairs: tuple[np.ndarray, np.ndarray] | None, rng: np.random.Generator) -> gate.QualityEvidence:
@@ -360,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bank", type=Path, help="also save the A/A window bank here (pickle), for --from-bank")
     parser.add_argument("--from-bank", type=Path, help="skip the real stack: simulate from a saved bank")
     parser.add_argument("--gates", default="{}", help='with --from-bank: gate settings to try, e.g. {"p99Tolerance": 0.3}')
+    parser.add_argument("--window-noise", type=float, help="with --from-bank: try another WINDOW_NOISE")
     args = parser.parse_args(argv)
     if args.from_bank:
         import pickle
@@ -367,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         from slimserve.api.spec import Gates
 
         saved = pickle.loads(args.from_bank.read_bytes())  # noqa: S301 - our own file
+        if args.window_noise is not None:
+            from slimserve.evaluator import canary
+
+            canary.WINDOW_NOISE = args.window_noise  # type: ignore[misc]
         spec = default_spec(Path("/nonexistent"))
         spec = spec.model_copy(update={"gates": Gates.model_validate({**spec.gates.model_dump(by_alias=True),
                                                                       **json.loads(args.gates)})})

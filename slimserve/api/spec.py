@@ -709,8 +709,9 @@ class Rollout(Model):
     )  # fmt: skip
     max_step_duration: str | None = Field(
         default=None, pattern=DURATION_PATTERN,
-        description="A step with fewer than gates.minSamples judged requests keeps sending load, in windows of "
-        "stepDuration, up to this long; default 4 x stepDuration.",
+        description="A step the gate cannot decide yet (fewer than gates.minSamples requests, or an interval "
+        "across a threshold) keeps sending load, in windows of stepDuration, up to this long; default 4 x "
+        "stepDuration.",
     )  # fmt: skip
     warmup: str = Field(
         default="2s", pattern=DURATION_PATTERN,

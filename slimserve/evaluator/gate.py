@@ -94,6 +94,7 @@ class StepEvidence:
     capacity_ratio: Estimate = field(default_factory=Estimate)
     generator_bound: bool = False
     seconds: float = 0.0
+    windows: int = 1
 
 
 def _finite(value: float | None) -> float | None:
