@@ -4,13 +4,14 @@ client-facing URL throughout."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ async def e2e_cluster(tmp_path: Path, image: Path) -> AsyncIterator[E2E]:
                 try:
                     yield E2E(cluster, node, root, client)
                 finally:
-                    node.stop()
+                    await asyncio.to_thread(node.stop)
         finally:
             prometheus.stop()
         assert node.errors == [], node.errors[:5]
@@ -121,6 +122,7 @@ class Client:
     outcomes: list[tuple[float, bool, str]] = field(default_factory=list)
     correct: int = 0
     stop_flag: threading.Event = field(default_factory=threading.Event)
+    input: str = ""
 
     def _call(self, i: int) -> tuple[bool, str]:
         sample = self.x[i % len(self.x)][None].astype(np.float32)
@@ -129,7 +131,7 @@ class Client:
         request = urllib.request.Request(f"{self.url}/v2/models/{self.model}/infer", data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"}, method="POST")  # fmt: skip
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
                 answer = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return False, f"HTTP {exc.code}: {exc.read()[:200]!r}"
@@ -140,6 +142,13 @@ class Client:
         return True, ""
 
     def _run(self) -> None:
+        while not self.stop_flag.is_set():  # the model's metadata first: which input it takes
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/models/{self.model}", timeout=30) as response:  # noqa: S310
+                    self.input = json.loads(response.read())["inputs"][0]["name"]
+                break
+            except (urllib.error.URLError, OSError):
+                self.stop_flag.wait(0.5)
         for i in range(10**9):
             if self.stop_flag.is_set():
                 return
@@ -147,17 +156,16 @@ class Client:
             self.outcomes.append((time.monotonic(), ok, detail))
             self.stop_flag.wait(self.period_s)
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Client]:
-        with urllib.request.urlopen(f"{self.url}/v2/models/{self.model}", timeout=10) as response:  # noqa: S310
-            self.input = json.loads(response.read())["inputs"][0]["name"]
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Client]:
+        """Calls in a thread of their own: nothing here blocks the event loop the emulator serves on."""
         thread = threading.Thread(target=self._run, name="client", daemon=True)
         thread.start()
         try:
             yield self
         finally:
             self.stop_flag.set()
-            thread.join(15)
+            await asyncio.to_thread(thread.join, 60)
 
     @property
     def failures(self) -> list[tuple[float, bool, str]]:

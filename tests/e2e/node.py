@@ -157,6 +157,7 @@ class Node:
         self.scrape_components = scrape_components
         self.jobs: dict[str, JobRun] = {}
         self.deployments: dict[str, list[Pod]] = {}
+        self.pods: list[Pod] = []  # every Triton pod as of the last tick
         self.services: dict[str, Json] = {}
         self.lock = threading.RLock()
         self.stop_flag = threading.Event()
@@ -207,6 +208,7 @@ class Node:
             self.services = {s["metadata"]["name"]: s for s in self.api.list("v1", "services")}
             self._jobs()
             self._deployments()
+            self.pods = [p for pods in self.deployments.values() for p in pods]
             self._publish_targets()
         self.gateway.observe(
             self.api.list("gateway.networking.k8s.io/v1", "httproutes"),
@@ -215,14 +217,14 @@ class Node:
 
     # -- DNS and kube-proxy ------------------------------------------------------------------------
     def endpoints(self, service: str, port: int) -> list[int]:
-        """Local ports of the ready pods behind `service:port`."""
+        """Local ports of the ready pods behind `service:port` (never waits for the node's tick: the pods
+        list is the last tick's, each pod's readiness and termination live)."""
         svc = self.services.get(service)
         if svc is None:
             return []
         spec = svc.get("spec") or {}
         target = next((p.get("targetPort") for p in spec.get("ports") or [] if p.get("port") == port), None)
-        with self.lock:
-            pods = [p for pods in self.deployments.values() for p in pods]
+        pods = self.pods
         return [p.ports[str(target)] for p in pods if p.ready and not p.terminating and str(target) in p.ports
                 and _matches(spec.get("selector") or {}, p.labels)]  # fmt: skip
 

@@ -62,7 +62,7 @@ def test_the_bundled_example_is_promoted_while_its_url_keeps_answering(tmp_path:
             candidate = status["candidateVariant"]
             assert status["endpoint"] == f"Gateway models/slimserve-gateway, path /v2/models/{name}"
             client = digits_client(e2e.node.gateway.url, name, EXAMPLE)
-            with client.running():
+            async with client.running():
                 promoted = await cluster.wait_phase(name, "Promoted", timeout=420)
                 await cluster.wait(
                     lambda: cluster.get(DEPLOY, f"{name}-baseline")["spec"].get("replicas") == 0,
@@ -113,7 +113,7 @@ def test_an_accuracy_wrecked_candidate_is_rolled_back_and_the_stable_untouched(
             }
             assert before["pods"]
             client = digits_client(e2e.node.gateway.url, name, EXAMPLE)
-            with client.running():
+            async with client.running():
                 status = await cluster.wait_phase(name, "RolledBack", timeout=240)
                 await cluster.wait(
                     lambda: cluster.get(DEPLOY, f"{name}-wrecked")["spec"].get("replicas") == 0,
