@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from slimserve.api.status import TERMINAL_PHASES
 from slimserve.evaluator.prometheus import PromClient, find_prometheus
 from slimserve.operator import manifests
 from slimserve.triton.process import ManagedProcess, free_port, wait_until
@@ -170,6 +171,19 @@ class Client:
     @property
     def failures(self) -> list[tuple[float, bool, str]]:
         return [o for o in self.outcomes if not o[1]]
+
+
+async def wait_phase(cluster: Cluster, name: str, phase: str, timeout: float) -> dict[str, Any]:
+    """The status once `name` is in `phase`; an assertion error as soon as it ends in another phase (its
+    status says why), not after the whole timeout."""
+    wanted = {phase, *TERMINAL_PHASES}
+    status: dict[str, Any] = await cluster.wait(
+        lambda: cluster.status(name).get("phase") in wanted and cluster.status(name),
+        timeout,
+        f"{name} in phase {phase}",
+    )
+    assert status["phase"] == phase, f"{name} ended {status['phase']}, not {phase}: {cluster.status_dump()}"
+    return status
 
 
 def digits_client(url: str, model: str, example: Path) -> Client:

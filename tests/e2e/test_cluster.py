@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.conftest import DRAIN_S, GATEWAY_DELAY_S, digits_client, e2e_cluster
+from tests.e2e.conftest import DRAIN_S, GATEWAY_DELAY_S, digits_client, e2e_cluster, wait_phase
 from tests.e2e.node import copy_inputs
 
 pytestmark = [
@@ -57,13 +57,13 @@ def test_the_bundled_example_is_promoted_while_its_url_keeps_answering(tmp_path:
             cluster = e2e.cluster
             copy_inputs(EXAMPLE, e2e.pvc / f"{name}-models", name)  # README: kubectl cp onto the model volume
             await e2e.apply(body)
-            await cluster.wait_phase(name, "Evaluating", timeout=300)
+            await wait_phase(cluster, name, "Evaluating", timeout=300)
             status = cluster.status(name)
             candidate = status["candidateVariant"]
             assert status["endpoint"] == f"Gateway models/slimserve-gateway, path /v2/models/{name}"
             client = digits_client(e2e.node.gateway.url, name, EXAMPLE)
             async with client.running():
-                promoted = await cluster.wait_phase(name, "Promoted", timeout=420)
+                promoted = await wait_phase(cluster, name, "Promoted", timeout=420)
                 await cluster.wait(
                     lambda: cluster.get(DEPLOY, f"{name}-baseline")["spec"].get("replicas") == 0,
                     timeout=DRAIN_S + 30,
@@ -103,7 +103,7 @@ def test_an_accuracy_wrecked_candidate_is_rolled_back_and_the_stable_untouched(
             cluster = e2e.cluster
             copy_inputs(EXAMPLE, e2e.pvc / f"{name}-models", name)
             await e2e.apply(body)
-            await cluster.wait_phase(name, "Evaluating", timeout=240)
+            await wait_phase(cluster, name, "Evaluating", timeout=240)
             stable = f"{name}-baseline"
             before = {
                 "spec": cluster.get(DEPLOY, stable)["spec"],
@@ -114,7 +114,7 @@ def test_an_accuracy_wrecked_candidate_is_rolled_back_and_the_stable_untouched(
             assert before["pods"]
             client = digits_client(e2e.node.gateway.url, name, EXAMPLE)
             async with client.running():
-                status = await cluster.wait_phase(name, "RolledBack", timeout=240)
+                status = await wait_phase(cluster, name, "RolledBack", timeout=240)
                 await cluster.wait(
                     lambda: cluster.get(DEPLOY, f"{name}-wrecked")["spec"].get("replicas") == 0,
                     timeout=DRAIN_S + 30,
@@ -149,7 +149,7 @@ def test_a_failing_job_puts_its_reason_in_the_status(tmp_path: Path, worker_imag
             cluster = e2e.cluster
             copy_inputs(EXAMPLE, e2e.pvc / f"{name}-models", name)
             await e2e.apply(body)
-            status = await cluster.wait_phase(name, "Failed", timeout=180)
+            status = await wait_phase(cluster, name, "Failed", timeout=180)
             assert "exit 2" in status["message"] and "spec.data.evaluation" in status["message"]
             assert "tset.npz" in status["message"] and "file not found" in status["message"]
             compressed = cluster.condition(name, "Compressed")
