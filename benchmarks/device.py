@@ -3,8 +3,11 @@
 `python -m benchmarks.device --json PATH` compresses the digits example twice in the same
 minute, once with `compression.device: cuda` and once with `cpu`, and compares what each made
 (accuracy, drop, size) and how long each step took; then times a ResNet-18-shaped net in fp32
-and fp16 on the GPU (batch 128, alternating) and measures how far fp16's logits stray. Without a GPU it says
-so and exits 2: it is a check for the GPU machine, not part of the CPU suite.
+and fp16 on the GPU (batch 128, alternating) and measures how far fp16's logits stray; then MiniLM (pretrained, from its wheel) through
+slimserve's fp16 ONNX under onnxruntime's CUDA provider (and int8 QDQ under TensorRT) where the
+image has them, else PyTorch eager, labelled. `--transformer-only` runs just that part:
+`python -m benchmarks.device --json benchmarks/results/device-h100.json --transformer-only`.
+Without a GPU it says "skipped" and exits 0, writing nothing: it is a check for the GPU machine.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ def _compress(device: str, out: Path) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "variants": {
             v.name: {
-                "accuracy": v.accuracy,
-                "accuracyDrop": v.accuracy_drop,
+                "quality": v.quality,
+                "drop": v.drop,
                 "sizeBytes": v.size_bytes,
                 "compressSeconds": v.compress_seconds,
             }
@@ -95,6 +98,115 @@ def _fp16_resnet(batch: int = 128, runs: int = 20, rounds: int = 3) -> dict[str,
     }
 
 
+def _ort_session(path: Path, providers: list[Any]) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def _time_ort(sess: Any, feed: dict[str, Any], runs: int) -> float:
+    for _ in range(5):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def transformer(batch: int = 32, runs: int = 30, rounds: int = 3) -> dict[str, Any]:
+    """MiniLM through the artifacts slimserve makes: fp32 and fp16 ONNX under onnxruntime's CUDA EP, and int8
+    (QDQ) under TensorRT when those providers exist; otherwise PyTorch eager fp32 vs fp16, labelled as such."""
+    import importlib
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from slimserve.api.spec import Quantize
+    from slimserve.compression.loading import DataSet
+    from slimserve.compression.recipes.quantize import calibration_subset, fp16, preprocess, static_int8
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "minilm"
+    sys.path.insert(0, str(root))
+    try:
+        prep = importlib.import_module("prepare")
+    finally:
+        sys.path.remove(str(root))
+    out: dict[str, Any] = {"batch": batch, "sequence": prep.SEQUENCE, "providers": ort.get_available_providers()}
+    with tempfile.TemporaryDirectory(prefix="slimserve-device-minilm-") as tmp:
+        folder = Path(tmp)
+        paths = prep.write_data(folder, {"evaluation": batch, "calibration": 64})
+        with np.load(paths["evaluation"]) as npz:
+            data = DataSet(paths["evaluation"], {k: npz[k] for k in npz.files}, None)
+        with np.load(paths["calibration"]) as npz:
+            calib = DataSet(paths["calibration"], {k: npz[k] for k in npz.files}, None)
+        base = prep.export_onnx(folder / "minilm.onnx")
+        half = folder / "minilm-fp16.onnx"
+        fp16(base, half, Quantize(mode="fp16"), data.head(2))
+        feed = dict(data.inputs)
+        cpu = _ort_session(base, ["CPUExecutionProvider"]).run(None, feed)[0]
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            sessions = {
+                "fp32": _ort_session(base, ["CUDAExecutionProvider"]),
+                "fp16": _ort_session(half, ["CUDAExecutionProvider"]),
+            }
+            if "TensorrtExecutionProvider" in ort.get_available_providers():
+                pre, _ = preprocess(base, folder / "pre.onnx")
+                qdq = folder / "minilm-int8-qdq.onnx"
+                static_int8(
+                    pre,
+                    qdq,
+                    Quantize(mode="static", format="QDQ", activation_type="int8"),
+                    calibration_subset(calib, 64, 0),
+                )
+                trt = ("TensorrtExecutionProvider", {"trt_int8_enable": True, "trt_fp16_enable": True})
+                sessions["int8-qdq-tensorrt"] = _ort_session(qdq, [trt, "CUDAExecutionProvider"])
+            ms: dict[str, list[float]] = {k: [] for k in sessions}
+            for _ in range(rounds):  # alternate, so drift hits every artifact alike
+                for k, sess in sessions.items():
+                    ms[k].append(_time_ort(sess, feed, runs))
+            mid = {k: sorted(v)[rounds // 2] for k, v in ms.items()}
+            for k, sess in sessions.items():
+                got = sess.run(None, feed)[0].astype(np.float64)
+                cos = (got * cpu).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(cpu, axis=-1) + 1e-12)
+                out[k] = {
+                    "msPerBatch": mid[k],
+                    "msPerRound": ms[k],
+                    "speedupVsFp32": round(mid["fp32"] / mid[k], 3),
+                    "meanTokenCosineToCpuFp32": round(float(cos[feed["attention_mask"] > 0].mean()), 5),
+                }
+            out["fp32ControlSpread"] = round(max(ms["fp32"]) / min(ms["fp32"]), 3)
+            out["path"] = "onnxruntime CUDA EP on slimserve's ONNX artifacts"
+        else:
+            model = prep.pretrained().cuda()
+            ids = torch.from_numpy(feed["input_ids"]).cuda()
+            mask = torch.from_numpy(feed["attention_mask"]).cuda()
+            m32: list[float] = []
+            m16: list[float] = []
+            with torch.inference_mode():
+                half_model = prep.pretrained().cuda().half()
+                for _ in range(rounds):
+                    m32.append(_time_cuda(lambda: model(input_ids=ids, attention_mask=mask), runs))
+                    m16.append(_time_cuda(lambda: half_model(input_ids=ids, attention_mask=mask), runs))
+                a = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+                b = half_model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)[mask > 0].mean()
+            out.update(
+                {
+                    "path": "PyTorch eager (onnxruntime has no CUDA EP in this image): not slimserve's artifact",
+                    "fp32MsPerRound": m32,
+                    "fp16MsPerRound": m16,
+                    "fp16Speedup": round(sorted(m32)[rounds // 2] / sorted(m16)[rounds // 2], 3),
+                    "fp32ControlSpread": round(max(m32) / min(m32), 3),
+                    "meanTokenCosineFp16ToFp32": round(float(cos), 5),
+                }
+            )
+    return out
+
+
 def run(json_path: Path) -> dict[str, Any]:
     result: dict[str, Any] = {
         "torch": torch.__version__,
@@ -104,6 +216,7 @@ def run(json_path: Path) -> dict[str, Any]:
         result["cuda"] = _compress("cuda", Path(tmp) / "cuda")
         result["cpu"] = _compress("cpu", Path(tmp) / "cpu")
     result["fp16ResNet18"] = _fp16_resnet()
+    result["minilm"] = transformer()
     trained = [n for n, v in result["cuda"]["variants"].items() if n != "baseline"]
     result["stepSpeedupCudaVsCpu"] = {
         n: round(
@@ -121,11 +234,20 @@ def run(json_path: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="Where to write the results.")
+    parser.add_argument(
+        "--transformer-only", action="store_true", help="Only the MiniLM CUDA check (about a minute on an H100)."
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("no CUDA device is visible: run this on the GPU machine", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(run(args.json), indent=2))
+        print("skipped: no CUDA device is visible (run this on the GPU machine); nothing written", file=sys.stderr)
+        return
+    if args.transformer_only:
+        result = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "minilm": transformer()}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        result = run(args.json)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

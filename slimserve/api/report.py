@@ -58,6 +58,14 @@ class VariantRecord(ReportModel):
     latency_ms_p99: float
     throughput_rps: float = Field(description="Samples per second at the measurement batch size.")
     speedup: float = Field(description="Baseline p50 latency / this p50 latency, batch 1.")
+    speedup_range: tuple[float, float] | None = Field(
+        default=None,
+        description="Lowest and highest batch-1 speedup over the interleaved measurement blocks "
+        "(each block's median against the baseline's in the same block): the spread over repeats.",
+    )
+    throughput_speedup: float | None = Field(
+        default=None, description="This throughput / the baseline's, at the measurement batch size."
+    )
     compress_seconds: float
     notes: list[str] = Field(default_factory=list)
     passed: bool | None = Field(default=None, description="Met the search's maxAccuracyDrop (search trials only).")
@@ -76,6 +84,16 @@ class SearchTrial(ReportModel):
     reason: str
 
 
+class VariantFailure(ReportModel):
+    """A variant or search trial that could not be built or measured: a result, not a crash."""
+
+    name: str
+    stage: Literal["variant", "search"] = "variant"
+    step: str = Field(description="Where it failed, e.g. 'steps[0] (prune)' or 'measure'.")
+    recipe: str = ""
+    reason: str
+
+
 class SearchReport(ReportModel):
     objective: str
     metric: str = ""
@@ -83,6 +101,12 @@ class SearchReport(ReportModel):
     trials: list[SearchTrial]
     pareto: list[str]
     chosen: str | None
+    why: str = Field(default="", description="Why the chosen trial was chosen, or why none was.")
+    sensitivity: dict[str, list[tuple[str, float, float]]] = Field(
+        default_factory=dict,
+        description="Per int8 mode, the quantized nodes most sensitive first: (node, quality drop recovered by "
+        "keeping it in float, relative output error removed), from the accuracy-aware fallback.",
+    )
 
 
 class CompressionReport(ReportModel):
@@ -91,6 +115,9 @@ class CompressionReport(ReportModel):
     baseline: VariantRecord
     variants: list[VariantRecord]
     search: SearchReport | None = None
+    failures: list[VariantFailure] = Field(
+        default_factory=list, description="Variants and search trials that failed, with the step and the reason."
+    )
     environment: dict[str, str] = Field(default_factory=dict)
 
 

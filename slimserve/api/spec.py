@@ -297,7 +297,9 @@ class Quantize(Model):
     """Post-training quantization of the ONNX graph with onnxruntime (or fp16 conversion).
 
     Defaults are the fast ones on x86: static int8, QOperator, uint8 activations, int8
-    per-channel weights.
+    per-channel weights. On a transformer graph (Softmax and LayerNormalization present) static int8
+    quantizes only the weight MatMul/Gemm layers unless `opTypes` says otherwise: LayerNorm, Softmax,
+    GELU, residual Adds, embedding Gathers and activation x activation MatMuls stay in float.
     """
 
     mode: QuantizeMode = QuantizeMode.static
@@ -310,6 +312,32 @@ class Quantize(Model):
     format: QuantFormat = QuantFormat.qoperator
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float.")
+    op_types: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Op types to quantize (onnxruntime's op_types_to_quantize). Default (empty): on a transformer "
+        "graph, static int8 quantizes MatMul and Gemm with constant weights only; elsewhere every op onnxruntime "
+        "can quantize. Example: [MatMul, Gemm, Conv].",
+    )
+    reduce_range: bool | None = Field(
+        default=None,
+        description="7-bit weights (onnxruntime reduce_range), which avoids u8 x s8 saturation on x86 CPUs without "
+        "VNNI. Default: on when the CPU running the compression lacks AVX-512 VNNI / AVX-VNNI, and the report "
+        "says which. Example: true.",
+    )
+    bias_correction: bool | None = Field(
+        default=None,
+        description="Lower each Conv/Gemm bias by the mean output shift that int8 weight rounding causes, measured "
+        "on the calibration set (static int8). Default: on when the graph has convolutions (depthwise layers need "
+        "it most), off otherwise. Example: false.",
+    )
+    smooth_quant: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="SmoothQuant migration strength alpha (static int8): per-channel activation outliers move into "
+        "the following MatMul weights, calibrated on the calibration set. Default: off. Example: 0.5.",
+    )
 
 
 class PruneMethod(StrEnum):
@@ -324,6 +352,13 @@ class Prune(Model):
     method: PruneMethod = PruneMethod.structured
     round_to: int | None = Field(default=None, ge=1, le=1024, description="Keep channel counts multiples of this.")
     keep_layers: list[str] = Field(default_factory=list, description="Module names never pruned.")
+    head_ratio: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Transformers: fraction of attention heads removed per layer (whole heads; the residual width "
+        "is kept). Default: `ratio`. 0 keeps every head and prunes MLP channels only. Example: 0.25.",
+    )
 
 
 class LowRank(Model):

@@ -1,4 +1,4 @@
-"""torch → ONNX with a dynamic batch dimension, and the on-disk facts of an ONNX file (size, sha256).
+"""torch → ONNX with dynamic batch and sequence dimensions, and the on-disk facts of an ONNX file (size, sha256).
 
 The legacy TorchScript-based exporter (`dynamo=False`) is used: it folds BatchNorm into Conv,
 writes one self-contained file for models under 2 GB, and handles `dynamic_axes` for every
@@ -11,6 +11,7 @@ import hashlib
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
@@ -22,27 +23,127 @@ log = logging.getLogger(__name__)
 
 OPSET = 17
 BATCH_DIM = "batch"
+SEQUENCE_DIM = "sequence"
 
 
 def output_names(n: int) -> list[str]:
     return ["output"] if n == 1 else [f"output_{i}" for i in range(n)]
 
 
-def export_onnx(module: nn.Module, example: DataSet, input_names: list[str], path: Path) -> Path:
-    """Export `module` (moved to CPU, eval mode) to `path`; inputs named `input_names`, dim 0 dynamic."""
+def flatten_outputs(out: Any) -> tuple[list[str] | None, tuple[torch.Tensor, ...]]:
+    """A model's outputs as a flat tuple, with their names when it returns a dict (a ModelOutput)."""
+    if isinstance(out, dict):
+        items = [(k, v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return [k for k, _ in items], tuple(v for _, v in items)
+    if isinstance(out, (tuple, list)):
+        return None, tuple(v for v in out if isinstance(v, torch.Tensor))
+    return None, (out,)
+
+
+class Bound(nn.Module):
+    """Positional tensors in, the model called with them by name (or by position), a flat tuple out.
+
+    The exporter and torch-pruning trace positional tensors; the model underneath still gets each
+    input bound to the parameter of the same name.
+    """
+
+    def __init__(self, module: nn.Module, names: list[str], by_name: bool) -> None:
+        super().__init__()
+        self.module = module
+        self.names = list(names)
+        self.by_name = by_name
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = call(self.module, list(tensors), self.names, self.by_name)
+        return flatten_outputs(out)[1]
+
+
+def call(module: nn.Module, tensors: list[torch.Tensor], names: list[str], by_name: bool) -> Any:
+    """`module` applied to the inputs, each bound to its forward() parameter when `by_name`."""
+    if by_name:
+        return module(**dict(zip(names, tensors, strict=True)))
+    return module(*tensors)
+
+
+def dynamic_dims(data: list[DataSet], names: list[str]) -> dict[str, dict[int, str]]:
+    """Axes that may vary: the batch, the sequence of integer (token) inputs, and any axis whose
+    length differs between the data sets."""
+    dims: dict[str, dict[int, str]] = {}
+    for name in names:
+        arrays = [d.inputs[name] for d in data if name in d.inputs]
+        first = arrays[0]
+        axes = {0: BATCH_DIM}
+        if first.ndim >= 2 and first.dtype.kind in "iub":
+            axes[1] = SEQUENCE_DIM
+        for axis in range(1, first.ndim):
+            if len({a.shape[axis] for a in arrays}) > 1:
+                axes.setdefault(axis, SEQUENCE_DIM if axis == 1 else f"dim{axis}")
+        dims[name] = axes
+    return dims
+
+
+def _shortened(tensors: list[torch.Tensor], names: list[str], dims: dict[str, dict[int, str]]) -> list[torch.Tensor]:
+    out = []
+    for name, t in zip(names, tensors, strict=True):
+        for axis in dims[name]:
+            if axis and t.shape[axis] > 1:
+                t = t.narrow(axis, 0, t.shape[axis] - 1)
+        out.append(t)
+    return out
+
+
+def export_onnx(
+    module: nn.Module,
+    example: DataSet,
+    input_names: list[str],
+    path: Path,
+    by_name: bool = False,
+    others: list[DataSet] | None = None,
+) -> Path:
+    """Export `module` (moved to CPU, eval mode) to `path`.
+
+    Inputs are named `input_names`; the batch, token sequences and any axis that varies between
+    the data sets are dynamic. An output axis is dynamic when it changes with a shorter input (run
+    once more to see which). Dict outputs (HF ModelOutput) keep their keys as output names.
+    """
     module = module.to("cpu").eval()
     sample = example.head(2)
-    args = tuple(sample.torch_inputs(slice(None), input_names))
+    args = sample.torch_inputs(slice(None), input_names)
+    dims = dynamic_dims([example, *(others or [])], input_names)
     with torch.no_grad():
-        out = module(*args)
-    n_out = len(out) if isinstance(out, (tuple, list)) else 1
-    outputs = output_names(n_out)
-    dynamic = {name: {0: BATCH_DIM} for name in [*input_names, *outputs]}
+        keys, outs = flatten_outputs(call(module, args, input_names, by_name))
+        varied = any(a for d in dims.values() for a in d)
+        short = (
+            flatten_outputs(call(module, _shortened(args, input_names, dims), input_names, by_name))[1]
+            if varied
+            else outs
+        )
+    outputs = keys if keys and len(keys) == len(outs) else output_names(len(outs))
+    sizes = {
+        (axis, int(t.shape[axis])): label
+        for n, t in zip(input_names, args, strict=True)
+        for axis, label in dims[n].items()
+        if axis
+    }
+    dynamic: dict[str, dict[int, str]] = dict(dims)
+    for name, full, cut in zip(outputs, outs, short, strict=True):
+        axes = {0: BATCH_DIM}
+        for axis in range(1, full.dim()):
+            if full.shape[axis] != cut.shape[axis]:
+                axes[axis] = next(
+                    (lab for (a, n), lab in sizes.items() if n == full.shape[axis] and a == axis), f"{name}_dim{axis}"
+                )
+        dynamic[name] = axes
+    # The wrapper binds inputs by name and flattens dict outputs; without either need the module is
+    # exported as it is, so node names stay what the user sees in other tools (`/0/Gemm`). A
+    # ScriptModule takes its inputs positionally in schema order, as `args` are.
+    plain = isinstance(module, torch.jit.ScriptModule) or (not by_name and keys is None)
+    wrapper = module if plain else Bound(module, input_names, by_name).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
         torch.onnx.export(
-            module,
-            args,
+            wrapper,
+            tuple(args),
             str(path),
             input_names=input_names,
             output_names=outputs,
@@ -51,6 +152,7 @@ def export_onnx(module: nn.Module, example: DataSet, input_names: list[str], pat
             do_constant_folding=True,
             dynamo=False,
         )
+    module.eval()  # the exporter restores the wrapper's (training) mode on everything inside it
     onnx.checker.check_model(str(path))
     return path
 
@@ -93,4 +195,3 @@ def copy_onnx(src: Path, dst: Path) -> Path:
     else:
         onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
     return dst
-

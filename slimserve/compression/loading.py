@@ -55,7 +55,7 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class DataSet:
-    """A `.npz` data set: one array per model input plus optional int labels `y`."""
+    """A `.npz` data set: one array per model input plus optional labels `y` (class ids or float targets)."""
 
     path: Path
     inputs: dict[str, np.ndarray]
@@ -87,6 +87,7 @@ class LoadedSource:
     onnx_path: Path | None = None
     factory: Callable[..., nn.Module] | None = None
     notes: list[str] = field(default_factory=list)
+    by_name: bool = False  # call forward() with keyword arguments (the names are its parameters)
 
 
 def import_factory(ref: str, base_dir: Path, field_name: str) -> Callable[..., nn.Module]:
@@ -137,6 +138,19 @@ def call_factory(factory: Callable[..., nn.Module], field_name: str, ref: str, *
     return module
 
 
+def binds_by_name(module: nn.Module, names: list[str]) -> bool:
+    """Whether every input name is a forward() parameter, so calls can pass them as keywords.
+
+    Keywords keep an optional argument that the data skips (BERT's token_type_ids) from shifting
+    the ones after it; `x` fed to `forward(input)` stays positional.
+    """
+    if isinstance(module, torch.jit.ScriptModule):
+        params = {a.name for a in module.forward.schema.arguments[1:]}  # type: ignore[attr-defined]
+    else:
+        params = set(inspect.signature(module.forward).parameters)
+    return all(n in params for n in names)
+
+
 def forward_input_names(module: nn.Module, available: set[str]) -> list[str]:
     """The model's inputs in forward() order; a single input is called `x` (the data contract)."""
     if isinstance(module, torch.jit.ScriptModule):
@@ -144,7 +158,8 @@ def forward_input_names(module: nn.Module, available: set[str]) -> list[str]:
         required = names
     else:
         params = [
-            p for p in inspect.signature(module.forward).parameters.values()
+            p
+            for p in inspect.signature(module.forward).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         names = [p.name for p in params]
@@ -184,7 +199,8 @@ def load_source(source: Source, base_dir: Path, available_inputs: set[str]) -> L
                 f"({' '.join(first[:3])[:400]}); save it from the same architecture with torch.save(model.state_dict())"
             ) from None
         module.eval()
-        return LoadedSource(forward_input_names(module, available_inputs), module=module, factory=factory)
+        names = forward_input_names(module, available_inputs)
+        return LoadedSource(names, module=module, factory=factory, by_name=binds_by_name(module, names))
     if fmt == "torchscript":
         try:
             module = torch.jit.load(str(path), map_location="cpu")
@@ -193,7 +209,8 @@ def load_source(source: Source, base_dir: Path, available_inputs: set[str]) -> L
                 f"{where}: not a TorchScript file ({type(exc).__name__}); save it with torch.jit.save"
             ) from None
         module.eval()
-        return LoadedSource(forward_input_names(module, available_inputs), module=module)
+        names = forward_input_names(module, available_inputs)
+        return LoadedSource(names, module=module, by_name=binds_by_name(module, names))
     if fmt == "torch-export":
         try:
             program = torch.export.load(str(path))
@@ -287,7 +304,9 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
     lengths = {name: (a.shape[0] if a.ndim else 0) for name, a in inputs.items()}
     labels = arrays.get(LABELS)
     if labels is not None:
-        if labels.ndim == 0 or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        if labels.ndim == 0 or not (
+            np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+        ):
             problems.append(
                 f"{where}: 'y' is {labels.dtype} {list(labels.shape)}; labels are int class ids [N] (or one per "
                 "position) or float regression targets [N, ...]"
@@ -312,9 +331,7 @@ def load_npz(path: Path, field_name: str, input_names: list[str], specs: list[In
         if len(got) != len(spec.shape) or any(w is not None and w != g for w, g in zip(spec.shape, got, strict=False)):
             want = ["N", *("?" if d is None else d for d in spec.shape)]
             expects = "the model expects" if spec.declared else "spec.data.evaluation has"
-            problems.append(
-                f"{where}: '{spec.name}' has shape {list(arr.shape)} but {expects} {want}; reshape it"
-            )
+            problems.append(f"{where}: '{spec.name}' has shape {list(arr.shape)} but {expects} {want}; reshape it")
     if problems:
         raise InvalidInput(problems)
     return DataSet(path, inputs, labels)

@@ -36,6 +36,56 @@ class Speed:
     latency_ms_p50: float
     latency_ms_p99: float
     throughput_rps: float
+    block_p50_ms: tuple[float, ...] = ()  # batch-1 median of each interleaved block
+    block_throughput: tuple[float, ...] = ()  # samples/s of each block
+
+    def speedup_range(self, baseline: Speed) -> tuple[float, float] | None:
+        """Lowest and highest batch-1 speedup over the blocks (each against the baseline's same block)."""
+        pairs = [b / v for b, v in zip(baseline.block_p50_ms, self.block_p50_ms, strict=False) if v > 0]
+        return (round(min(pairs), 3), round(max(pairs), 3)) if pairs else None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags (Linux /proc/cpuinfo); empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("model name")), "")
+    return line.partition(":")[2].strip()
+
+
+SIMD_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "asimddp",
+    "sve",
+)
+
+
+def instruction_sets() -> str:
+    """The SIMD extensions that decide int8 and fp16 speed (VNNI: fast u8 x s8 dot products)."""
+    flags = cpu_flags()
+    return " ".join(f for f in SIMD_FLAGS if f in flags) or "unknown"
 
 
 def _fixed_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.ModelProto:
@@ -58,11 +108,29 @@ def _fixed_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.ModelP
     return model
 
 
-def count(path: Path, specs: list[InputSpec]) -> Counts:
+def _run_shapes(model: onnx.ModelProto, names: list[str], sample: DataSet) -> tuple[dict[str, list[int]], int]:
+    """Shapes of the named tensors in one real run on `sample` (its fixed batch, or 1), and that batch."""
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    batch = fixed_batch(sess) or 1
+    outs = sess.run(names, feed(sess, take(sample, 0, batch)))
+    return {n: list(o.shape) for n, o in zip(names, outs, strict=True)}, batch
+
+
+def count(path: Path, specs: list[InputSpec], sample: DataSet | None = None) -> Counts:
     """Parameters (elements of floating-point initializers) and MACs per sample.
 
     MACs count Conv, Gemm and MatMul (and their integer/QLinear forms) from inferred shapes at
-    batch 1. The pipeline counts a quantized variant on its float graph before quantization:
+    batch 1 with the data's per-sample shapes. Where ONNX shape inference cannot resolve a
+    dimension (a sequence or batch computed inside the graph), the shapes come from one real run
+    on `sample`. The pipeline counts a quantized variant on its float graph before quantization:
     quantization changes the width of each multiply-accumulate, not how many there are.
     """
     model = onnx.load(str(path), load_external_data=True)
@@ -77,9 +145,15 @@ def count(path: Path, specs: list[InputSpec]) -> Counts:
         dims = vi.type.tensor_type.shape.dim
         if dims and all(d.HasField("dim_value") for d in dims):
             shapes[vi.name] = [d.dim_value for d in dims]
+    counted = [n for n in model.graph.node if n.output and n.op_type in {**_INTEGER_WEIGHT_INDEX, **_MATMUL_B_INDEX}]
+    needed = sorted({t for n in counted for t in (n.output[0], n.input[0]) if t and t not in shapes})
+    batch = 1
+    if needed and sample is not None:
+        run, batch = _run_shapes(model, needed, sample)
+        shapes.update(run)
     macs = 0
-    for node in model.graph.node:
-        out = shapes.get(node.output[0]) if node.output else None
+    for node in counted:
+        out = shapes.get(node.output[0])
         if out is None:
             continue
         if node.op_type in _INTEGER_WEIGHT_INDEX:
@@ -92,7 +166,7 @@ def count(path: Path, specs: list[InputSpec]) -> Counts:
                 trans_a = any(x.name == "transA" and x.i for x in node.attribute)
                 k = a[0] if trans_a and len(a) == 2 else a[-1]
                 macs += int(np.prod(out)) * int(k)
-    return Counts(params=params, macs=macs)
+    return Counts(params=params, macs=macs // batch)
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
@@ -194,11 +268,19 @@ def measure_speed(
                 tput[name].append(time.perf_counter() - t0)
         if on_block:
             on_block()
+
+    def blockwise(values: list[float], per: int) -> list[list[float]]:
+        return [values[i : i + per] for i in range(0, len(values), per)]
+
     return {
         n: Speed(
             latency_ms_p50=round(float(np.percentile(lat[n], 50)) * 1000, 4),
             latency_ms_p99=round(float(np.percentile(lat[n], 99)) * 1000, 4),
             throughput_rps=round(sizes[n][1] / float(np.median(tput[n])), 2),
+            block_p50_ms=tuple(round(float(np.median(b)) * 1000, 4) for b in blockwise(lat[n], per_block)),
+            block_throughput=tuple(
+                round(sizes[n][1] / float(np.median(b)), 2) for b in blockwise(tput[n], big_per_block)
+            ),
         )
         for n in names
     }

@@ -17,8 +17,9 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,11 +30,11 @@ import onnxruntime as ort
 import torch
 
 from slimserve.api.paths import check_files, data_files
-from slimserve.api.report import CompressionReport, VariantRecord
+from slimserve.api.report import CompressionReport, VariantFailure, VariantRecord
 from slimserve.api.resource import CompressedModel
 from slimserve.api.spec import Measure, Step
 from slimserve.compression import measure
-from slimserve.compression.export import copy_onnx, export_onnx, sha256, size_bytes
+from slimserve.compression.export import call, copy_onnx, export_onnx, sha256, size_bytes
 from slimserve.compression.loading import (
     LABELS,
     DataSet,
@@ -58,6 +59,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BASELINE = "baseline"
+
+
+class StepFailed(Exception):
+    """A variant that could not be built at `step`: recorded in the report, and the run goes on."""
+
+    def __init__(self, step: str, reason: str, invalid: bool = False) -> None:
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+        self.invalid = invalid
 
 
 @dataclass
@@ -125,16 +136,16 @@ def _npz_keys(path: Path, field_name: str) -> set[str]:
         ) from None
 
 
-def probe_module(module: torch.nn.Module, data: DataSet, path: str) -> None:
+def probe_module(module: torch.nn.Module, data: DataSet, path: str, names: list[str], by_name: bool) -> None:
     """Run the PyTorch model on two evaluation samples, so a shape mismatch is an input error."""
-    sample = {name: torch.from_numpy(arr[:2]) for name, arr in data.inputs.items()}
+    sample = data.torch_inputs(slice(0, 2), names)
     shapes = ", ".join(f"'{n}' {list(a.shape)} {a.dtype}" for n, a in data.inputs.items())
     probe = clone(module)  # a forward pass in training mode would move BatchNorm statistics
     with contextlib.suppress(NotImplementedError):  # torch.export modules run in inference form already
         probe.eval()
     try:
         with torch.inference_mode():
-            probe(*sample.values())
+            call(probe, sample, names, by_name)
     except Exception as exc:  # the model's own error says what it expected
         raise InvalidInput(
             f"spec.data.evaluation = {path!r}: the model cannot run on its samples ({shapes}): "
@@ -173,8 +184,9 @@ class Workbench:
         declared = onnx_input_specs(self.source.onnx_path) if self.source.onnx_path else None
         self.evaluation = load_npz(files["evaluation"], "spec.data.evaluation", names, declared)
         self.specs: list[InputSpec] = declared or specs_from_data(self.evaluation)
+        self.count_specs = specs_from_data(self.evaluation)  # MACs at the shapes the data really has
         if self.source.module is not None:
-            probe_module(self.source.module, self.evaluation, str(files["evaluation"]))
+            probe_module(self.source.module, self.evaluation, str(files["evaluation"]), names, self.source.by_name)
         self.train: DataSet | None = None
         self.calibration: DataSet | None = None
         if "train" in files:
@@ -190,23 +202,30 @@ class Workbench:
         self.baseline_path = out / f"{BASELINE}.onnx"
         self.baseline_outputs: np.ndarray | None = None
         self.metric: quality.Metric | None = None
-        self.custom_metric = (
-            quality.load_function(spec.quality.function, base_dir) if spec.quality.function else None
-        )
+        self.custom_metric = quality.load_function(spec.quality.function, base_dir) if spec.quality.function else None
 
     # -- building -------------------------------------------------------------------------
 
     def build_baseline(self) -> Built:
         t0 = time.perf_counter()
         if self.source.module is not None:
-            export_onnx(clone(self.source.module), self.evaluation, self.source.input_names, self.baseline_path)
+            others = [d for d in (self.train, self.calibration) if d is not None]
+            export_onnx(
+                clone(self.source.module),
+                self.evaluation,
+                self.source.input_names,
+                self.baseline_path,
+                self.source.by_name,
+                others,
+            )
             recipe = f"export({self.model.spec.source.format} → onnx, fp32)"
         else:
             assert self.source.onnx_path is not None
             copy_onnx(self.source.onnx_path, self.baseline_path)
             recipe = "source (onnx)"
-        return Built(BASELINE, self.baseline_path, self.baseline_path, recipe, time.perf_counter() - t0,
-                     list(self.source.notes))
+        return Built(
+            BASELINE, self.baseline_path, self.baseline_path, recipe, time.perf_counter() - t0, list(self.source.notes)
+        )
 
     def context(self, name: str) -> RecipeContext:
         src = self.model.spec.source
@@ -223,6 +242,9 @@ class Workbench:
             factory=self.source.factory,
             factory_ref=src.factory,
             progress=self.progress,
+            by_name=self.source.by_name,
+            teacher=self.source.module,
+            metric=self.metric,
         )
 
     def build(self, name: str, steps: Sequence[Step], where: str, keep: bool = True) -> Built:
@@ -237,16 +259,32 @@ class Workbench:
             state = ModelState(module=clone(self.source.module))
         else:
             state = ModelState(onnx_path=self.baseline_path, float_onnx=self.baseline_path)
-        for j, step in enumerate(steps):
+        with progress_task(self.progress, f"{name}: {len(steps)} step(s)", len(steps) + 1) as advance:
+            for j, step in enumerate(steps):
+                try:
+                    state = REGISTRY[step.recipe](state, step.params, ctx)
+                except InvalidInput as exc:
+                    raise StepFailed(
+                        f"steps[{j}] ({step.recipe})",
+                        "; ".join(
+                            f"{where}.steps[{j}].{p}" if p.startswith(step.recipe) else f"{where}: {p}"
+                            for p in exc.problems
+                        ),
+                        invalid=True,
+                    ) from None
+                except Exception as exc:  # noqa: BLE001 - a recipe that breaks on this model is this variant's result
+                    log.debug("variant %s failed at step %d", name, j, exc_info=True)
+                    first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
+                    raise StepFailed(
+                        f"steps[{j}] ({step.recipe})",
+                        f"{where}.steps[{j}] ({step.recipe}) failed: {type(exc).__name__}: {first}",
+                    ) from exc
+                advance()
             try:
-                state = REGISTRY[step.recipe](state, step.params, ctx)
-            except InvalidInput as exc:
-                raise InvalidInput(
-                    [f"{where}.steps[{j}].{p}" if p.startswith(step.recipe) else f"{where}: {p}" for p in exc.problems]
-                ) from None
-            except Exception as exc:
-                raise RuntimeError(f"{where}.steps[{j}] ({step.recipe}) failed: {type(exc).__name__}: {exc}") from exc
-        state = ctx.onnx(state)
+                state = ctx.onnx(state)
+            except Exception as exc:  # noqa: BLE001
+                raise StepFailed("export", f"{where}: export to ONNX failed: {type(exc).__name__}: {exc}") from exc
+            advance()
         assert state.onnx_path is not None and state.float_onnx is not None
         final = (self.out if keep else self.work) / f"{name}.onnx"
         copy_onnx(state.onnx_path, final)
@@ -261,8 +299,9 @@ class Workbench:
     def measure_quality(self, built: Built) -> Measured:
         """Counts and quality; the first call must be the baseline (it resolves the metric)."""
         spec = self.model.spec
-        outputs = measure.predict(built.path, self.evaluation, threads=spec.compression.measure.threads,
-                                  output=spec.quality.output)
+        outputs = measure.predict(
+            built.path, self.evaluation, threads=spec.compression.measure.threads, output=spec.quality.output
+        )
         labels, mask = self.evaluation.labels, self.evaluation.inputs.get("attention_mask")
         if self.baseline_outputs is None:
             self.baseline_outputs = outputs
@@ -271,10 +310,34 @@ class Workbench:
         evidence, base_score, score = quality.compare(
             self.metric, self.baseline_outputs, outputs, labels, mask, self.custom_metric, seed=self.seed
         )
-        counts = measure.count(built.float_path, self.specs)
+        counts = measure.count(built.float_path, self.count_specs, self.evaluation)
         if built.name == BASELINE:
             return Measured(built, counts, base_score)
         return Measured(built, counts, score, evidence)
+
+    def attempt(
+        self, name: str, steps: Sequence[Step], where: str, stage: str = "variant", keep: bool = True
+    ) -> Measured | VariantFailure:
+        """Build and score one variant; a failure is returned as a record (and logged), never raised."""
+        try:
+            built = self.build(name, steps, where, keep=keep)
+        except StepFailed as exc:
+            failure = VariantFailure(name=name, stage=stage, step=exc.step, recipe=describe(steps), reason=exc.reason)
+        else:
+            try:
+                return self.measure_quality(built)
+            except Exception as exc:  # noqa: BLE001 - e.g. a graph onnxruntime cannot load, a changed output shape
+                log.debug("variant %s failed to measure", name, exc_info=True)
+                reason = exc.render() if isinstance(exc, InvalidInput) else f"{type(exc).__name__}: {exc}"
+                failure = VariantFailure(
+                    name=name,
+                    stage=stage,
+                    step="measure",
+                    recipe=describe(steps),
+                    reason=f"{where}: measuring failed: {reason.splitlines()[0][:400]}",
+                )
+        log.info("%s %s failed at %s: %s", stage, name, failure.step, failure.reason)  # the CLI prints one line
+        return failure
 
     def speed(self, items: Sequence[Built], runs: int | None = None) -> dict[str, measure.Speed]:
         cfg = self.model.spec.compression.measure
@@ -282,13 +345,25 @@ class Workbench:
         blocks = 10
         with progress_task(self.progress, "measuring latency (interleaved)", blocks) as advance:
             return measure.measure_speed(
-                {b.name: b.path for b in items}, self.evaluation, runs, cfg.throughput_batch,
-                threads=cfg.threads, blocks=blocks, on_block=advance,
+                {b.name: b.path for b in items},
+                self.evaluation,
+                runs,
+                cfg.throughput_batch,
+                threads=cfg.threads,
+                blocks=blocks,
+                on_block=advance,
             )
 
 
-def make_record(m: Measured, speed: measure.Speed, base: Measured | None, base_speed: measure.Speed | None,
-                out: Path, metric: quality.Metric, passed: bool | None = None) -> VariantRecord:
+def make_record(
+    m: Measured,
+    speed: measure.Speed,
+    base: Measured | None,
+    base_speed: measure.Speed | None,
+    out: Path,
+    metric: quality.Metric,
+    passed: bool | None = None,
+) -> VariantRecord:
     size = size_bytes(m.built.path)
     base_size = size_bytes(base.built.path) if base else size
     base_p50 = base_speed.latency_ms_p50 if base_speed else speed.latency_ms_p50
@@ -313,6 +388,8 @@ def make_record(m: Measured, speed: measure.Speed, base: Measured | None, base_s
         latency_ms_p99=speed.latency_ms_p99,
         throughput_rps=speed.throughput_rps,
         speedup=round(base_p50 / speed.latency_ms_p50, 3),
+        speedup_range=speed.speedup_range(base_speed) if base_speed else None,
+        throughput_speedup=round(speed.throughput_rps / base_speed.throughput_rps, 3) if base_speed else None,
         compress_seconds=round(m.built.seconds, 3),
         notes=m.built.notes,
         passed=passed,
@@ -324,7 +401,8 @@ def environment(device: torch.device, cfg: Measure) -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": measure.cpu_model() or platform.processor() or platform.machine(),
+        "cpuInstructionSets": measure.instruction_sets(),
         "cores": str(os.cpu_count()),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
@@ -357,8 +435,9 @@ def _publish(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_compression(model: CompressedModel, base_dir: Path, out_dir: Path,
-                    progress: Progress | None = None) -> CompressionReport:
+def run_compression(
+    model: CompressedModel, base_dir: Path, out_dir: Path, progress: Progress | None = None
+) -> CompressionReport:
     """Build, measure and write every variant of `model`; see the module docstring."""
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     check_files(model, base_dir)
@@ -380,22 +459,26 @@ def run_compression(model: CompressedModel, base_dir: Path, out_dir: Path,
 
 def _run(model: CompressedModel, base_dir: Path, out: Path, progress: Progress | None) -> CompressionReport:
     spec = model.spec.compression
-    bench = Workbench(model, base_dir, out, progress)
-    variants = spec.variants
-    with progress_task(progress, "building variants", len(variants) + 1) as advance:
+    with capture_logs(out / LOG_FILE):
+        bench = Workbench(model, base_dir, out, progress)
+        variants = spec.variants
         baseline = bench.measure_quality(bench.build_baseline())
-        advance()
-        built = []
-        for i, variant in enumerate(variants):
-            built.append(bench.build(variant.name, variant.steps, f"spec.compression.variants[{i}]"))
-            advance()
-    measured = [bench.measure_quality(b) for b in built]
-    search_report = None
-    chosen: Measured | None = None
-    if spec.search is not None:
-        search_report, chosen = run_search(bench, baseline, spec.search)
-    everything = [baseline, *measured, *([chosen] if chosen else [])]
-    speeds = bench.speed([m.built for m in everything])
+        results: list[Measured | VariantFailure] = []
+        with progress_task(progress, "variants", len(variants)) as advance:
+            for i, variant in enumerate(variants):
+                results.append(bench.attempt(variant.name, variant.steps, f"spec.compression.variants[{i}]"))
+                advance()
+        measured = [r for r in results if isinstance(r, Measured)]
+        failures = [r for r in results if isinstance(r, VariantFailure)]
+        search_report = None
+        chosen: Measured | None = None
+        if spec.search is not None:
+            search_report, chosen, failed_trials = run_search(bench, baseline, spec.search)
+            failures += failed_trials
+        if variants and not measured and chosen is None and not (search_report and search_report.trials):
+            _all_failed(failures)
+        everything = [baseline, *measured, *([chosen] if chosen else [])]
+        speeds = bench.speed([m.built for m in everything])
     base_speed = speeds[BASELINE]
     metric = bench.metric
     assert metric is not None
@@ -408,7 +491,67 @@ def _run(model: CompressedModel, base_dir: Path, out: Path, progress: Progress |
         baseline=make_record(baseline, base_speed, None, None, out, metric),
         variants=records,
         search=search_report,
+        failures=failures,
         environment=environment(bench.device, spec.measure),
     )
     write_reports(report, out)
     return report
+
+
+def _all_failed(failures: list[VariantFailure]) -> None:
+    """No variant could be built: the run has nothing to show, so it fails with every reason."""
+    reasons = [f"variant {f.name} ({f.step}): {f.reason}" for f in failures]
+    raise InvalidInput(reasons or ["no variant could be built"])
+
+
+LOG_FILE = "compress.log"
+
+
+@contextlib.contextmanager
+def capture_logs(path: Path) -> Iterator[None]:
+    """Every warning (Python's and libraries' logging, e.g. onnxruntime quantization's ~2,000 lines on a
+    BERT graph) goes to `path` beside the report instead of the console; slimserve's own warnings
+    (one line per failed variant) and errors still reach the console.
+    """
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    quiet = _QuietLibraries()
+    consoles = [
+        h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    for h in consoles:
+        h.addFilter(quiet)
+    level = root.level
+    console_levels = [h.level for h in consoles]
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    for h in consoles:  # INFO records now reach the root; the console keeps its old threshold
+        h.setLevel(max(h.level, level if level != logging.NOTSET else logging.WARNING))
+    ort_level = 2
+    ort.set_default_logger_severity(3)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            logging.captureWarnings(True)
+            try:
+                yield
+            finally:
+                logging.captureWarnings(False)
+    finally:
+        ort.set_default_logger_severity(ort_level)
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+        for h, old in zip(consoles, console_levels, strict=True):
+            h.removeFilter(quiet)
+            h.setLevel(old)
+
+
+class _QuietLibraries(logging.Filter):
+    """Console filter: slimserve's records and any error pass; other libraries' warnings go to the log only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("slimserve") or record.levelno >= logging.ERROR

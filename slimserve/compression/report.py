@@ -45,6 +45,15 @@ def render_markdown(report: CompressionReport) -> str:
         *(_row(r) for r in report.variants),
         "",
     ]
+    if report.failures:
+        lines += [
+            "## Failed variants",
+            "",
+            "| variant | stage | step | recipe | reason |",
+            "|---|---|---|---|---|",
+            *(f"| {f.name} | {f.stage} | {f.step} | {f.recipe} | {f.reason} |" for f in report.failures),
+            "",
+        ]
     notes = [(r.name, n) for r in [b, *report.variants] for n in r.notes]
     if notes:
         lines += ["## Notes", "", *(f"- **{name}**: {note}" for name, note in notes), ""]
@@ -54,8 +63,8 @@ def render_markdown(report: CompressionReport) -> str:
             "## Search",
             "",
             f"Objective: {s.objective}; allowed drop: {s.max_accuracy_drop} {b.drop_unit} (upper end of the "
-            "paired 90% interval); "
-            f"chosen: {s.chosen or 'none — no trial met the constraint'}; Pareto front: {', '.join(s.pareto) or '-'}.",
+            "paired 90% interval, the one-sided 95% bound); "
+            f"chosen: {s.chosen or 'none'} — {s.why}; Pareto front: {', '.join(s.pareto) or '-'}.",
             "",
             "| trial | recipe | drop [90% CI] | size | p50 ms | samples/s | passed | why |",
             "|---|---|---|---|---|---|---|---|",

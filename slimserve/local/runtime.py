@@ -182,8 +182,8 @@ def _run(
             prom_server.wait_for_targets()
         console.print(f"Triton {triton.url} (metrics {triton.metrics_target}), Prometheus {prom_server.url}")
 
-        def target(name: str) -> Target:
-            return Target(triton.url, name, 0, name, (("model", name),))
+        def target(name: str, role: str) -> Target:
+            return Target(triton.url, name, 0, role, (("model", name),))
 
         def healthy() -> None:
             triton.check_alive()
@@ -191,11 +191,12 @@ def _run(
 
         judge = Judge(
             spec=spec,
-            roles=Roles(stable=target(stable_name), candidate=target(candidate.name), control=target(CONTROL)),
+            roles=Roles(stable=target(stable_name, "stable"), candidate=target(candidate.name, "candidate"),
+                        control=target(CONTROL, "control")),
             capacity=ProcessCpuCapacity(triton.model_processes),
             data=evaluation,
             work_dir=logs / "load",
-            reference=target(BASELINE),
+            reference=target(BASELINE, "reference"),
             base_dir=base_dir,
             timing=Timing.of(spec.rollout, SCRAPE_INTERVAL_S),
             health=healthy,

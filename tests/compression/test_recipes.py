@@ -73,8 +73,9 @@ def test_dynamic_int8_on_an_mlp_and_exclude_op_types(make_ctx, tmp_path) -> None
     out = REGISTRY["quantize"](ModelState(module=mlp), Quantize(mode="dynamic"), ctx)
     ops = [n.op_type for n in onnx.load(str(out.onnx_path)).graph.node]
     assert "MatMulInteger" in ops
-    kept = REGISTRY["quantize"](ModelState(module=mlp), Quantize(mode="dynamic", exclude_op_types=["Gemm"]),
-                                make_ctx(variant="kept"))
+    kept = REGISTRY["quantize"](
+        ModelState(module=mlp), Quantize(mode="dynamic", exclude_op_types=["Gemm"]), make_ctx(variant="kept")
+    )
     kept_ops = [n.op_type for n in onnx.load(str(kept.onnx_path)).graph.node]
     assert "MatMulInteger" not in kept_ops and "DynamicQuantizeLinear" not in kept_ops
 
@@ -147,9 +148,33 @@ def test_low_rank_by_rank_is_exact_on_a_low_rank_layer(make_ctx) -> None:
 def test_low_rank_never_grows_a_layer(make_ctx) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     ctx = make_ctx()
-    out = REGISTRY["lowRank"](ModelState(module=model), LowRank(energy=1.0), ctx)
+    out = REGISTRY["lowRank"](ModelState(module=model), LowRank(energy=1.0, layers=["1"]), ctx)
     assert _linear_count(out.module) == 1  # type: ignore[arg-type]
     assert "unchanged" in ctx.notes[0]
+
+
+def test_low_rank_keeps_the_final_layer_and_multihead_attention_working(make_ctx) -> None:
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flat = nn.Flatten(2)  # [N, 1, 8, 8] -> [N, 1, 64]: one token of 64 features
+            self.proj = nn.Linear(64, 64)
+            self.attn = nn.MultiheadAttention(64, 4, batch_first=True)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.proj(self.flat(x))
+            return self.head(self.attn(h, h, h)[0][:, 0])
+
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    ctx = make_ctx()
+    out = REGISTRY["lowRank"](ModelState(module=model), LowRank(rank=4), ctx)
+    assert out.module is not None
+    assert isinstance(out.module.attn.out_proj, nn.Linear) and isinstance(out.module.head, nn.Linear)
+    assert isinstance(out.module.proj, nn.Sequential)  # the plain Linear was factorized
+    out.module(torch.zeros(2, 1, 8, 8))  # MultiheadAttention still runs
+    assert any("attn.out_proj (inside nn.MultiheadAttention)" in n and "head (the final layer)" in n for n in ctx.notes)
 
 
 def test_low_rank_factorizes_1x1_convs(make_ctx) -> None:
@@ -181,8 +206,9 @@ def test_fine_tune_without_train_set_is_invalid(trained_digits, make_ctx) -> Non
 @pytest.mark.slow
 def test_distill_half_width_student_learns(trained_digits, make_ctx, digits_data) -> None:
     ctx = make_ctx()
-    out = REGISTRY["distill"](ModelState(module=trained_digits),
-                              Distill(student={"widthMultiplier": 0.5}, epochs=4, lr=3e-3), ctx)
+    out = REGISTRY["distill"](
+        ModelState(module=trained_digits), Distill(student={"widthMultiplier": 0.5}, epochs=4, lr=3e-3), ctx
+    )
     student = out.module
     assert student is not None
     assert sum(p.numel() for p in student.parameters()) < 0.3 * sum(p.numel() for p in trained_digits.parameters())
@@ -195,7 +221,7 @@ def test_distill_without_labels_uses_soft_targets_only(trained_digits, make_ctx,
     params = Distill(student={"widthMultiplier": 0.25}, epochs=1)
     out = REGISTRY["distill"](ModelState(module=trained_digits), params, ctx)
     assert out.module is not None
-    assert any("soft targets only" in n for n in ctx.notes)
+    assert any("teacher's outputs only" in n for n in ctx.notes)
 
 
 def test_distill_width_needs_a_width_parameter(trained_digits, make_ctx) -> None:
@@ -218,8 +244,11 @@ def test_distill_with_a_student_factory(trained_digits, make_ctx, tmp_path) -> N
     (tmp_path / "students.py").write_text(
         "from torch import nn\ndef tiny():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
     )
-    out = REGISTRY["distill"](ModelState(module=trained_digits),
-                              Distill(student={"factory": "students:tiny"}, epochs=1), make_ctx(base_dir=tmp_path))
+    out = REGISTRY["distill"](
+        ModelState(module=trained_digits),
+        Distill(student={"factory": "students:tiny"}, epochs=1),
+        make_ctx(base_dir=tmp_path),
+    )
     assert sum(p.numel() for p in out.module.parameters()) == 650  # type: ignore[union-attr]
 
 

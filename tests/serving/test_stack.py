@@ -167,7 +167,7 @@ def test_model_that_fails_to_load_names_the_model_and_triton_reason(compression_
 
     spec = write_spec(
         no_orphans / "spec", compression_output,
-        rollout={"candidate": "slow", "steps": [100], "stepDuration": "3s", "users": 4, "spawnRate": 4},
+        rollout={"candidate": "slow", "steps": [100], "stepDuration": "8s", "users": 4, "spawnRate": 4},
     )  # fmt: skip
     with pytest.raises(InvalidInput, match=r"model 'slow' failed to load in Triton: .*NoSuchOp"):
         run(spec, no_orphans / "run", compression_output, mutate=break_slow)

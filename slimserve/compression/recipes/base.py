@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from slimserve.compression.export import export_onnx
+from slimserve.compression.export import call, export_onnx
 from slimserve.compression.loading import DataSet
 from slimserve.errors import InvalidInput
 
 if TYPE_CHECKING:
     from rich.progress import Progress
+
+    from slimserve.evaluator.quality import Metric
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,18 @@ class RecipeContext:
     factory: Callable[..., nn.Module] | None = None
     factory_ref: str | None = None
     progress: Progress | None = None
+    by_name: bool = False  # the source's forward() takes the inputs as keyword arguments
+    teacher: nn.Module | None = None  # the source model: what label-free training distils from
+    metric: Metric | None = None  # the resolved quality metric (training without labels follows it)
     notes: list[str] = field(default_factory=list)
     _exports: int = 0
+
+    def forward(self, module: nn.Module, tensors: list[torch.Tensor]) -> Any:
+        """`module` on these inputs, each bound to its forward() parameter by name where it can be."""
+        return call(module, tensors, self.input_names, self.by_name)
+
+    def example(self, n: int = 2) -> list[torch.Tensor]:
+        return self.evaluation.torch_inputs(slice(0, n), self.input_names)
 
     def onnx(self, state: ModelState) -> ModelState:
         """The state as an ONNX graph, exporting the module when needed."""
@@ -71,7 +83,8 @@ class RecipeContext:
         module = state.require_module("export")
         self._exports += 1
         path = self.work_dir / f"{self.variant}.step{self._exports}.onnx"
-        export_onnx(clone(module), self.evaluation, self.input_names, path)
+        others = [d for d in (self.train, self.calibration) if d is not None]
+        export_onnx(clone(module), self.evaluation, self.input_names, path, self.by_name, others)
         return replace(state, onnx_path=path, float_onnx=path)
 
     def require_train(self, recipe: str) -> DataSet:
@@ -131,7 +144,7 @@ def first_output(out: Any) -> torch.Tensor:
     return out  # type: ignore[no-any-return]
 
 
-def final_layer(module: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Module | None:
+def final_layer(module: nn.Module, ctx: RecipeContext) -> nn.Module | None:
     """The last Linear/Conv that runs in forward(): the classifier, whose outputs must not change."""
     order: list[nn.Module] = []
     hooks = [
@@ -143,7 +156,7 @@ def final_layer(module: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Modu
         was_training = module.training
         module.eval()
         with torch.no_grad():
-            module(*example)
+            ctx.forward(module, ctx.example())
         module.train(was_training)
     finally:
         for h in hooks:

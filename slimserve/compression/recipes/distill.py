@@ -18,7 +18,7 @@ from torch import nn
 from slimserve.api.spec import Distill
 from slimserve.compression.loading import call_factory, import_factory
 from slimserve.compression.recipes.base import ModelState, RecipeContext
-from slimserve.compression.recipes.training import fit, kd_loss, soft_targets
+from slimserve.compression.recipes.training import LossFn, fit, imitation_loss, label_loss, soft_targets
 from slimserve.errors import InvalidInput
 
 WIDTH_PARAMETERS = ("width", "width_multiplier", "widthMultiplier")
@@ -58,18 +58,17 @@ def apply(state: ModelState, params: Distill, ctx: RecipeContext) -> ModelState:
     student = build_student(params, ctx)
     targets = soft_targets(teacher, data, ctx)
     alpha, t = params.alpha, params.temperature
+    soft, _ = imitation_loss(ctx, targets, t)
+    loss: LossFn = soft
     if data.labels is not None:
-        labels = torch.from_numpy(data.labels).to(ctx.device)
+        hard, _ = label_loss(ctx, torch.from_numpy(data.labels).to(ctx.device))
 
-        def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            idx = idx.to(ctx.device)
-            hard = nn.functional.cross_entropy(logits, labels[idx])
-            return alpha * kd_loss(logits, targets[idx], t) + (1 - alpha) * hard
+        def mixed(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return alpha * soft(out, idx) + (1 - alpha) * hard(out, idx)
+
+        loss = mixed
     else:
-        ctx.notes.append("distill: no labels in the train set; the student learned from soft targets only")
-
-        def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return kd_loss(logits, targets[idx.to(ctx.device)], t)
+        ctx.notes.append("distill: no labels in the train set; the student learned from the teacher's outputs only")
 
     trained = fit(student, data, loss, ctx, params.epochs, params.lr, params.batch_size, "distill")
     return replace(state, module=trained, onnx_path=None, float_onnx=None)

@@ -1,7 +1,9 @@
-"""fineTune: recover accuracy after pruning or factorization by training on the train set.
+"""fineTune: recover quality after pruning or factorization by training on the train set.
 
-With labels it minimizes cross-entropy; without labels it has nothing to learn from but the
-model before this step, so it distils from that copy's soft targets instead (noted in the record).
+With labels it minimizes the task loss (cross-entropy, binary cross-entropy or MSE). Without labels
+it distils from the *baseline* (the source model before any step) as the teacher, with a loss that
+follows the quality metric: KL for class scores, 1 − cosine for embeddings, MSE otherwise. The
+model being tuned cannot be its own teacher: its soft targets already carry what pruning lost.
 """
 
 from __future__ import annotations
@@ -9,27 +11,25 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from torch import nn
 
 from slimserve.api.spec import FineTune
 from slimserve.compression.recipes.base import ModelState, RecipeContext, clone
-from slimserve.compression.recipes.training import fit, kd_loss, soft_targets
+from slimserve.compression.recipes.training import fit, imitation_loss, label_loss, soft_targets
 
 
 def apply(state: ModelState, params: FineTune, ctx: RecipeContext) -> ModelState:
     module = state.require_module("fineTune")
     data = ctx.require_train("fineTune")
     if data.labels is not None:
-        labels = torch.from_numpy(data.labels).to(ctx.device)
-
-        def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return nn.functional.cross_entropy(logits, labels[idx.to(ctx.device)])
+        loss, what = label_loss(ctx, torch.from_numpy(data.labels).to(ctx.device))
+        ctx.notes.append(f"fineTune: {params.epochs} epochs, lr {params.lr:g}, {what}")
     else:
-        targets = soft_targets(clone(module), data, ctx)
-        ctx.notes.append("fineTune: the train set has no labels; trained on the previous model's soft targets")
-
-        def loss(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return kd_loss(logits, targets[idx.to(ctx.device)], temperature=1.0)
-
+        teacher = clone(ctx.teacher) if ctx.teacher is not None else clone(module)
+        targets = soft_targets(teacher, data, ctx)
+        loss, what = imitation_loss(ctx, targets, temperature=1.0)
+        source = "the baseline" if ctx.teacher is not None else "the model before this step"
+        ctx.notes.append(
+            f"fineTune: no labels; distilled from {source} ({what}), {params.epochs} epochs, lr {params.lr:g}"
+        )
     tuned = fit(module, data, loss, ctx, params.epochs, params.lr, params.batch_size, "fine-tune")
     return replace(state, module=tuned, onnx_path=None, float_onnx=None)

@@ -1,7 +1,10 @@
 """lowRank: replace Linear and 1x1 Conv weights W (out×in) by two thin factors from a truncated SVD.
 
 W ≈ (U_r·S_r)(V_r): one layer of in·out weights becomes r·(in+out). A layer is factorized only
-when that is fewer parameters, so the step never grows the model.
+when that is fewer parameters, so the step never grows the model. Layers inside
+`nn.MultiheadAttention` are skipped (it reads `out_proj.weight` directly, so a replacement would
+break it), and so is the final layer (the model's outputs) unless `layers` names it; the record
+says which were skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from slimserve.api.spec import LowRank
-from slimserve.compression.recipes.base import ModelState, RecipeContext, layers_of, named_module
+from slimserve.compression.recipes.base import ModelState, RecipeContext, final_layer, layers_of, named_module
 
 
 def _rank(s: torch.Tensor, params: LowRank) -> int:
@@ -62,8 +65,17 @@ def apply(state: ModelState, params: LowRank, ctx: RecipeContext) -> ModelState:
     for name in wanted:
         named_module(module, name, "lowRank.layers")
     changed: list[str] = []
+    inside_mha = {id(m) for mha in module.modules() if isinstance(mha, nn.MultiheadAttention) for m in mha.modules()}
+    classifier = final_layer(module, ctx)
+    skipped: list[str] = []
     for name, layer in list(module.named_modules()):
         if not name or (wanted and name not in wanted):
+            continue
+        if id(layer) in inside_mha and not isinstance(layer, nn.MultiheadAttention):
+            skipped.append(f"{name} (inside nn.MultiheadAttention)")
+            continue
+        if layer is classifier and not wanted:
+            skipped.append(f"{name} (the final layer)")
             continue
         result = _factorize(layer, params)
         if result is None:
@@ -72,6 +84,8 @@ def apply(state: ModelState, params: LowRank, ctx: RecipeContext) -> ModelState:
         parent_name, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, attr, new)
         changed.append(f"{name}(rank {r})")
+    if skipped:
+        ctx.notes.append(f"lowRank: kept as they are: {', '.join(skipped[:8])}" + (" ..." if len(skipped) > 8 else ""))
     if changed:
         ctx.notes.append(f"lowRank: factorized {', '.join(changed)}")
     else:

@@ -1,4 +1,9 @@
-"""One training loop for fineTune and distill: seeded, on the context's device, with a progress bar."""
+"""One training loop for fineTune and distill: seeded, on the context's device, with a progress bar.
+
+Inputs are bound to forward() by name (`ctx.forward`). Without labels, the loss follows the
+quality metric: soft-target KL for class scores, 1 − cosine for embeddings, MSE for one-column
+outputs (a binary logit or a regression value) and the error metrics.
+"""
 
 from __future__ import annotations
 
@@ -10,28 +15,46 @@ from torch import nn
 from slimserve.compression.loading import DataSet
 from slimserve.compression.recipes.base import RecipeContext, first_output
 
-# loss(student_logits, batch_index) -> scalar
+# loss(student_outputs, batch_index) -> scalar
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+CLASS_METRICS = frozenset({"accuracy", "topk", "agreement"})
 
 
-def soft_targets(teacher: nn.Module, data: DataSet, ctx: RecipeContext, batch_size: int = 256) -> torch.Tensor:
-    """The teacher's logits on the whole set, computed once (the teacher never changes)."""
+def output_of(out: object, ctx: RecipeContext) -> torch.Tensor:
+    """The output the metric reads (spec.quality.output when the model returns a dict), else the first."""
+    wanted = ctx.metric.output if ctx.metric is not None else None
+    if wanted and isinstance(out, dict) and wanted in out:
+        return out[wanted]  # type: ignore[no-any-return]
+    return first_output(out)
+
+
+def soft_targets(teacher: nn.Module, data: DataSet, ctx: RecipeContext, batch_size: int = 64) -> torch.Tensor:
+    """The teacher's outputs on the whole set, computed once (the teacher never changes)."""
     teacher = teacher.to(ctx.device).eval()
     outs = []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             idx = slice(start, start + batch_size)
             inputs = [t.to(ctx.device) for t in data.torch_inputs(idx, ctx.input_names)]
-            outs.append(first_output(teacher(*inputs)).float())
+            outs.append(output_of(ctx.forward(teacher, inputs), ctx).float())
+    teacher.to("cpu")
     return torch.cat(outs)
 
 
-def fit(module: nn.Module, data: DataSet, loss_fn: LossFn, ctx: RecipeContext, epochs: int, lr: float,
-        batch_size: int, label: str) -> nn.Module:
-    """Adam with a cosine schedule; returns the module in eval mode on the CPU."""
+def fit(
+    module: nn.Module,
+    data: DataSet,
+    loss_fn: LossFn,
+    ctx: RecipeContext,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    label: str,
+) -> nn.Module:
+    """AdamW with a cosine schedule; returns the module in eval mode on the CPU."""
     torch.manual_seed(ctx.seed)
     module = module.to(ctx.device).train()
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
     gen = torch.Generator().manual_seed(ctx.seed)
     with ctx.task(label, epochs) as advance:
@@ -39,7 +62,7 @@ def fit(module: nn.Module, data: DataSet, loss_fn: LossFn, ctx: RecipeContext, e
             for idx in torch.randperm(len(data), generator=gen).split(batch_size):
                 inputs = [t.to(ctx.device) for t in data.torch_inputs(idx, ctx.input_names)]
                 opt.zero_grad()
-                loss = loss_fn(first_output(module(*inputs)), idx)
+                loss = loss_fn(output_of(ctx.forward(module, inputs), ctx), idx)
                 loss.backward()
                 opt.step()
             sched.step()
@@ -56,3 +79,56 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
         log_target=True,
         reduction="batchmean",
     ) * (t * t)
+
+
+def imitation_loss(ctx: RecipeContext, targets: torch.Tensor, temperature: float) -> tuple[LossFn, str]:
+    """A loss that pulls the student's outputs to `targets` the way the metric compares them."""
+    name = ctx.metric.name if ctx.metric is not None else "agreement"
+    columns = targets.shape[-1] if targets.dim() >= 2 else 1
+    if name in CLASS_METRICS and columns >= 2:
+
+        def kl(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return kd_loss(out.flatten(0, -2), targets[idx.to(targets.device)].flatten(0, -2), temperature)
+
+        return kl, f"soft-target KL (T={temperature:g})"
+    if name == "cosine":
+
+        def cosine(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return (1 - nn.functional.cosine_similarity(out, targets[idx.to(targets.device)], dim=-1)).mean()
+
+        return cosine, "1 − cosine to the teacher's outputs"
+    scale = targets.float().var().clamp(min=1e-12)
+
+    def mse(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(out, targets[idx.to(targets.device)]) / scale
+
+    return mse, "MSE to the teacher's outputs"
+
+
+def label_loss(ctx: RecipeContext, labels: torch.Tensor) -> tuple[LossFn, str]:
+    """Cross-entropy for class ids, BCE for a one-column binary classifier, MSE for float targets."""
+    threshold = ctx.metric.threshold if ctx.metric is not None else None
+    if labels.is_floating_point():
+
+        def mse(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return nn.functional.mse_loss(
+                out.reshape(len(idx), -1), labels[idx.to(labels.device)].reshape(len(idx), -1)
+            )
+
+        return mse, "MSE to the labels"
+    if threshold is not None:
+
+        def bce(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            y = labels[idx.to(labels.device)].float()
+            flat = out.reshape(len(idx))
+            if threshold == 0.0:
+                return nn.functional.binary_cross_entropy_with_logits(flat, y)
+            return nn.functional.binary_cross_entropy(flat.clamp(1e-6, 1 - 1e-6), y)
+
+        return bce, "binary cross-entropy to the labels"
+
+    def ce(out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        y = labels[idx.to(labels.device)]
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=-100)
+
+    return ce, "cross-entropy to the labels"
