@@ -48,7 +48,7 @@ from slimserve.api.report import StepResult
 from slimserve.api.resource import parse_compressed_model
 from slimserve.api.spec import CompressedModelSpec
 from slimserve.evaluator import gate, policy
-from slimserve.evaluator.canary import BLOCKS, Capacity, Measurement, ProcessCpuCapacity, Roles, Timing, evidence
+from slimserve.evaluator.canary import Capacity, Measurement, ProcessCpuCapacity, Roles, Timing, evidence
 from slimserve.evaluator.gate import wilson
 from slimserve.evaluator.load import Requests, Target
 from slimserve.evaluator.prometheus import SCRAPE_INTERVAL_S, PrometheusServer

@@ -33,7 +33,7 @@ import numpy as np
 
 from slimserve.api.spec import Gates, Rollout
 from slimserve.errors import InvalidInput
-from slimserve.evaluator.gate import CONFIDENCE, Z, Estimate, StepEvidence, judge_step
+from slimserve.evaluator.gate import CONFIDENCE, Estimate, StepEvidence, Z, judge_step
 from slimserve.evaluator.load import LoadResult, Requests, Target, run_locust
 from slimserve.evaluator.prometheus import PromClient, wait_for_scrape
 
