@@ -1,10 +1,12 @@
 """Thin kopf handlers: read the CR, observe the children its phase waits on, apply the plan.
 
-One `reconcile` runs on create, update and resume (so a new generation restarts at once) and a
-per-object daemon repeats it every `reconcile_interval_seconds` (level-based: Job and Deployment
-state is read, never waited for). Both share a per-object lock and the status last written, so
-they never act on an older status than the one already stored. The decisions themselves live in
-the pure `slimserve.operator.reconcile`.
+One `reconcile` runs on create, update and resume (so a new generation restarts at once). A
+per-object daemon runs it again when something it waits on may have changed: a watch event of one
+of its own Jobs or Deployments (`wake_owner`), the status's deadline or drain time, or a resync
+that backs off from `reconcile_interval_seconds` to `resync_max_seconds` while nothing changes
+(level-based: Job and Deployment state is read, never waited for). All share a per-object lock
+and the status last written, so they never act on an older status than the one already stored.
+The decisions themselves live in the pure `slimserve.operator.reconcile`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -22,7 +25,7 @@ from slimserve.api.status import TERMINAL_PHASES, now_rfc3339
 from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
 from slimserve.operator import metrics
-from slimserve.operator.builders import BASELINE
+from slimserve.operator.builders import BASELINE, LABEL_MODEL
 from slimserve.operator.kube import APIError, KubeApi, MissingAPI, NotFound
 from slimserve.operator.reconcile import (
     DeploymentState,
@@ -36,16 +39,20 @@ from slimserve.operator.reconcile import (
     spec_problems,
 )
 from slimserve.operator.settings import ANNOTATION_PREFIX, FINALIZER, OperatorSettings
+from slimserve.operator.wakeups import Wakeups, jitter, next_resync, seconds_until_due
 
 TEMPORARY_DELAY_SECONDS = 5.0
 MISSING_API_DELAY_SECONDS = 60.0
+FIRST_LOOK_SECONDS = 2.0
+# Children whose watch events wake their model (the phases wait on these); (group, plural).
+CHILD_RESOURCES = (("batch", "jobs"), ("apps", "deployments"))
 
 
 @kopf.on.startup()
 async def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
-    """Own finalizer and annotation prefix, watch timeouts, the API client and the metrics port."""
+    """Own finalizer and annotation prefix, watch timeouts, concurrency, the API client and the metrics port."""
     ops: OperatorSettings = memo.get("operator_settings") or OperatorSettings()
     memo["operator_settings"] = ops
     settings.persistence.finalizer = FINALIZER
@@ -57,10 +64,20 @@ async def configure(
     settings.watching.client_timeout = ops.watch_server_timeout_seconds + 1
     settings.watching.connect_timeout = ops.connect_timeout_seconds
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Children are watched only to wake their model: only ours, filtered by the API server.
+    for child in CHILD_RESOURCES:
+        settings.watching.label_selectors[child] = LABEL_MODEL
+    # At most this many objects' events are handled at once (kopf's default is one worker per object
+    # with events: a thousand creates would run a thousand handlers at once); the rest queue. An idle
+    # worker keeps its slot until `idle_timeout`: 1 s, not kopf's 5 s, or the queue drains at limit/5 s.
+    settings.queueing.worker_limit = ops.worker_limit
+    settings.queueing.idle_timeout = 1.0
+    settings.execution.max_workers = 2  # every handler is async: the thread pool is idle
     if not ops.scanning:
         settings.scanning.disabled = True
     settings.posting.level = logging.INFO
     memo["kube"] = KubeApi(settings)
+    memo["wakeups"] = Wakeups()  # shared: kopf copies the operator's memo shallowly into each object's
     if ops.metrics_port:
         metrics.serve(ops.metrics_port)
         logger.info("metrics on :%d/metrics", ops.metrics_port)
@@ -72,6 +89,14 @@ def _state(memo: kopf.Memo) -> tuple[asyncio.Lock, dict[str, Any]]:
         memo["lock"] = asyncio.Lock()
         memo["written"] = {}
     return memo["lock"], memo["written"]
+
+
+def _wake_event(memo: kopf.Memo, body: kopf.Body) -> asyncio.Event:
+    """This object's wake-up, registered where its children's watch events find it."""
+    if "wake" not in memo:
+        meta = body.get("metadata") or {}
+        memo["wake"] = memo["wakeups"].register(meta.get("namespace") or "", meta.get("name") or "")
+    return memo["wake"]  # type: ignore[no-any-return]
 
 
 async def _job(kube: KubeApi, namespace: str, name: str, late: bool, logger: Any) -> JobState | None:
@@ -171,6 +196,7 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
     lock, written = _state(memo)
     kube: KubeApi = memo["kube"]
     ops: OperatorSettings = memo["operator_settings"]
+    _wake_event(memo, body)
     async with lock:
         started = time.monotonic()
         owner = b.Owner.from_body(body)
@@ -253,32 +279,90 @@ async def _write_status(
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL)
 async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Create, spec change or operator restart: act now rather than at the next daemon tick."""
+    """Create, spec change or operator restart: act now rather than at the next wake-up."""
+    metrics.WAKEUPS.labels("handler").inc()
     await reconcile_object(body, memo, logger)
+
+
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, delay: float) -> str:
+    """Until a child's event, the delay, or the operator stops; says which ("child", "timer", "stopped")."""
+    waits = {asyncio.ensure_future(wake.wait()): "child", asyncio.ensure_future(stopped.wait()): "stopped"}
+    try:
+        done, _ = await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    return "stopped" if stopped else next((waits[t] for t in done), "timer")
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, id="observe-children", cancellation_timeout=5.0)
 async def observe_children(
     stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
-    """Level-based: every interval, read what the current phase waits on and move on if it is there."""
-    interval = memo["operator_settings"].reconcile_interval_seconds
-    while not stopped:
-        delay = interval
-        try:
-            await reconcile_object(body, memo, logger)
-        except kopf.PermanentError:
-            pass  # the status says why; a spec change (new generation) wakes `reconcile`
-        except kopf.TemporaryError as exc:
-            delay = exc.delay or interval
-            logger.warning("retrying in %ss: %s", delay, exc)
-        except Exception:  # noqa: BLE001 - keep observing: the next pass reads the same level again
-            metrics.RECONCILES.labels("error").inc()
-            logger.exception("reconcile failed; next try in %ss", interval)
-        await stopped.wait(delay)
+    """Level-based, woken by events: reconcile when a child changed, a deadline is due, or on a resync.
+
+    The resync (for what no watch reports: a Gateway accepting a route, a missed event) starts at
+    `reconcile_interval_seconds` and doubles while passes change nothing, up to `resync_max_seconds`.
+    The create/resume handler reconciles first, so the daemon starts by waiting; it looks once after
+    `FIRST_LOOK_SECONDS` if no handler has (kopf runs handlers only once its finalizer is in place,
+    and a conflict there waits for the object's next watch event).
+    """
+    ops: OperatorSettings = memo["operator_settings"]
+    wake = _wake_event(memo, body)
+    written = _state(memo)[1]
+    spread = jitter(str((body.get("metadata") or {}).get("uid") or ""))
+    resync = ops.reconcile_interval_seconds
+    retry: float | None = None
+    try:
+        while not stopped:
+            status = written.get("status") or body.get("status") or {}
+            due = seconds_until_due(status, datetime.now(UTC))
+            delay = retry if retry is not None else resync * spread
+            looking = not written and delay > FIRST_LOOK_SECONDS  # no handler has reconciled it yet
+            if looking:
+                delay = FIRST_LOOK_SECONDS
+            cause = await _sleep(stopped, wake, delay if due is None else min(delay, due))
+            if cause == "stopped":
+                return
+            if cause == "timer" and looking and written:  # the handler got there first: nothing to do
+                continue
+            wake.clear()
+            if cause == "timer" and due is not None and due <= delay:
+                cause = "deadline"
+            metrics.WAKEUPS.labels(cause if retry is None else "retry").inc()
+            retry = None
+            before = written.get("status")
+            try:
+                await reconcile_object(body, memo, logger)
+            except kopf.PermanentError:
+                pass  # the status says why; a spec change (new generation) wakes `reconcile`
+            except kopf.TemporaryError as exc:
+                retry = exc.delay or ops.reconcile_interval_seconds
+                logger.warning("retrying in %ss: %s", retry, exc)
+            except Exception:  # noqa: BLE001 - keep observing: the next pass reads the same level again
+                metrics.RECONCILES.labels("error").inc()
+                retry = ops.reconcile_interval_seconds
+                logger.exception("reconcile failed; next try in %ss", retry)
+            resync = next_resync(resync, written.get("status") != before, ops.reconcile_interval_seconds,
+                                 ops.resync_max_seconds)  # fmt: skip
+    finally:
+        meta = body.get("metadata") or {}
+        memo["wakeups"].forget(meta.get("namespace") or "", meta.get("name") or "")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MODEL: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MODEL: kopf.PRESENT})
+async def wake_owner(event: kopf.RawEvent, resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
+    """A Job or Deployment of ours changed status or went away: wake its model (and only it)."""
+    obj = event.get("object") or {}
+    if memo["wakeups"].child_event(resource.kind, event.get("type"), obj):
+        metrics.CHILD_EVENTS.labels(resource.kind, "woke").inc()
+    else:
+        metrics.CHILD_EVENTS.labels(resource.kind, "ignored").inc()
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)
-def forget(name: str, namespace: str | None, **_: Any) -> None:
-    """Children go through owner references; only the metric series are ours to drop."""
+async def forget(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Children go through owner references; only the metric series and the wake-up are ours to drop."""
     metrics.forget_model(namespace or "", name)
+    memo["wakeups"].forget(namespace or "", name)

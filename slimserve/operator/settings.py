@@ -55,8 +55,19 @@ class OperatorSettings(BaseSettings):
     )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Operator metrics port; 0 disables.")
     reconcile_interval_seconds: float = Field(
-        default=10.0, gt=0, description="How often each CompressedModel's children are observed."
-    )
+        default=10.0, gt=0,
+        description="First resync of a CompressedModel after a change. Children's watch events and the status's "
+        "deadlines wake a model at once; the resync is for what no watch reports (a Gateway accepting a route).",
+    )  # fmt: skip
+    resync_max_seconds: float = Field(
+        default=300.0, gt=0,
+        description="The resync doubles while a model's passes change nothing, up to this.",
+    )  # fmt: skip
+    worker_limit: int = Field(
+        default=200, ge=1,
+        description="Objects whose watch events kopf handles at once (settings.queueing.worker_limit); the rest "
+        "queue. Bounds memory and the API requests in flight when many models are created together.",
+    )  # fmt: skip
     scrape_interval: str = Field(
         default="3s", pattern=DURATION_PATTERN,
         description="How often Prometheus scrapes the Triton pods (the chart's PodMonitor interval): the evaluator "
