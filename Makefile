@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= out/digits
 
-.PHONY: demo test install system-deps manifests bench lint clean
+.PHONY: demo test e2e kube install system-deps manifests bench lint clean
 
 # A rollback (3) or an inconclusive gate (4) is an honest outcome of the demo, not a failure of it.
 demo: install examples/digits/data/train.npz
@@ -14,8 +14,18 @@ demo: install examples/digits/data/train.npz
 	  case $$rc in 0|3|4) echo "demo finished (exit $$rc: 0 promoted, 3 rolled back, 4 inconclusive); see $(OUT)/report.md";; \
 	  *) exit $$rc;; esac
 
+# Every tier, the e2e one included (its worker-image venv is built once under .e2e/, ~2 min).
 test: install examples/digits/data/train.npz
 	$(PY) -m pytest -q
+
+# The operator's objects run for real: Jobs in a venv installed as docker/worker.Dockerfile installs the
+# image, Triton Deployments with the local tritonserver, against kmock's API server (tests/e2e).
+e2e: install examples/digits/data/train.npz
+	$(PY) -m pytest -q -m e2e
+
+# The real kopf reactor against kmock (tests/kube, seconds).
+kube: install
+	$(PY) -m pytest -q -m kube
 
 install: $(STAMP) system-deps
 
@@ -53,4 +63,4 @@ lint: install
 	$(VENV)/bin/mypy slimserve
 
 clean:
-	rm -rf out .bench .pytest_cache
+	rm -rf out .bench .pytest_cache .e2e

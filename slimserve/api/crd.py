@@ -122,7 +122,7 @@ def build_crd() -> dict[str, Any]:
                 "plural": PLURAL,
                 "singular": KIND.lower(),
                 "listKind": f"{KIND}List",
-                "shortNames": ["cm", "cmodel"],
+                "shortNames": ["cmodel"],
                 "categories": ["slimserve"],
             },
             "versions": [

@@ -29,6 +29,7 @@ FACTORY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_PATTERN: Final = r"^[0-9]+(ms|s|m)$"
 CPU_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?m?$"
 MEMORY_PATTERN: Final = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"
+DEADLINE_PATTERN: Final = r"^[0-9]+(s|m|h)$"
 DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # What Triton's S3 client parses: bucket, then path segments of letters, digits, '.', '-' and '_'.
 S3_REPOSITORY_PATTERN: Final = r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/[0-9A-Za-z._-]+)*/?$"
@@ -58,6 +59,7 @@ PATTERN_HINTS: Final = {
     DURATION_PATTERN: "use a duration such as 500ms, 15s or 2m",
     CPU_PATTERN: "use a Kubernetes CPU quantity such as 2 or 500m",
     MEMORY_PATTERN: "use a Kubernetes memory quantity such as 512Mi or 8Gi",
+    DEADLINE_PATTERN: "use a duration in whole seconds, minutes or hours, such as 90s, 15m or 6h",
     DNS_SUBDOMAIN_PATTERN: "use the name of a Kubernetes object: lowercase letters, digits, '-' and '.'",
     S3_REPOSITORY_PATTERN: "use s3://bucket/prefix with path segments of letters, digits, '.', '-' and '_' "
     "(what Triton's S3 client reads), e.g. s3://models/digits/repository",
@@ -527,6 +529,11 @@ class JobPlacement(Model):
     memory: str = Field(default="8Gi", pattern=MEMORY_PATTERN)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    deadline: str = Field(
+        default="6h", pattern=DEADLINE_PATTERN,
+        description="Longest time the compression Job may run, waiting for a node included (activeDeadlineSeconds); "
+        "then the rollout fails with the pod's reason. Default 6h. Example: 30m.",
+    )  # fmt: skip
 
 
 class Measure(Model):
@@ -598,7 +605,13 @@ class Autoscaling(Model):
     min_replicas: int = Field(default=1, ge=1, le=1000)
     max_replicas: int = Field(default=4, ge=1, le=1000)
     target_cpu_utilization: int = Field(default=70, ge=1, le=100)
-    keda_query: str | None = Field(default=None, description="PromQL for a KEDA ScaledObject instead of the HPA.")
+    keda_query: str | None = Field(
+        default=None, max_length=4096,
+        description="PromQL for a KEDA ScaledObject instead of the HPA, one per variant's Deployment: {{namespace}}, "
+        "{{model}} and {{variant}} are replaced with that Deployment's, and {{variant}} is required so each scales "
+        "on its own pods. Example: sum(rate(nv_inference_queue_duration_us{namespace=\"{{namespace}}\", "
+        "slimserve_dev_model=\"{{model}}\", slimserve_dev_variant=\"{{variant}}\"}[1m])).",
+    )  # fmt: skip
     keda_threshold: float | None = Field(default=None, gt=0)
 
     cel: ClassVar[list[dict[str, str]]] = [
@@ -610,6 +623,10 @@ class Autoscaling(Model):
             "rule": "has(self.kedaQuery) == has(self.kedaThreshold)",
             "message": "set both kedaQuery and kedaThreshold, or neither",
         },
+        {
+            "rule": "!has(self.kedaQuery) || self.kedaQuery.contains('{{variant}}')",
+            "message": "kedaQuery must select one variant's pods with {{variant}} (and {{namespace}}, {{model}})",
+        },
     ]
 
     @model_validator(mode="after")
@@ -620,6 +637,11 @@ class Autoscaling(Model):
             )
         if (self.keda_query is None) != (self.keda_threshold is None):
             raise ValueError("set both 'kedaQuery' and 'kedaThreshold' to scale with KEDA, or neither")
+        if self.keda_query is not None and "{{variant}}" not in self.keda_query:
+            raise ValueError(
+                f"kedaQuery = {self.keda_query!r} scales every variant on the same series; select one variant's pods, "
+                'e.g. {namespace="{{namespace}}",slimserve_dev_model="{{model}}",slimserve_dev_variant="{{variant}}"}'
+            )
         return self
 
 
@@ -649,11 +671,60 @@ class Serving(Model):
     memory: str = Field(default="2Gi", pattern=MEMORY_PATTERN)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     model_repository: ModelRepository = Field(default_factory=ModelRepository)
+    model_name: str | None = Field(
+        default=None, max_length=63, pattern=DNS_LABEL_PATTERN,
+        description="The one model name clients call, /v2/models/<modelName>/infer, whichever variant serves it: "
+        "the stable, the canary and a promoted variant all serve under it, so neither a canary step nor a "
+        "promotion changes the URL. Default: metadata.name. Example: digits.",
+    )  # fmt: skip
+    startup_timeout: str = Field(
+        default="10m", pattern=DEADLINE_PATTERN,
+        description="How long a Triton pod may take to load its model (a TensorRT engine build takes minutes) "
+        "before Kubernetes restarts it (its startupProbe). Default 10m.",
+    )  # fmt: skip
+    deploy_deadline: str = Field(
+        default="20m", pattern=DEADLINE_PATTERN,
+        description="How long Deploying waits for ready stable, canary and control pods, image pulls included; "
+        "then the rollout fails with the pods' reasons (ImagePullBackOff, Unschedulable, a model that fails to "
+        "load). Default 20m.",
+    )  # fmt: skip
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels for the Triton pods. Example: {nvidia.com/gpu.present: 'true'}."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        description="Tolerations of the Triton pods, e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}].",
+    )
+    runtime_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN,
+        description="RuntimeClass of the Triton pods (e.g. nvidia where the GPU runtime is not the default).",
+    )  # fmt: skip
+    image_pull_secrets: list[Annotated[str, Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]] = Field(
+        default_factory=list,
+        description="Secrets (names) for pulling the Triton and worker images of this model, e.g. [nvcr-io].",
+    )
 
 
 class TrafficSplit(StrEnum):
     gateway = "gateway"
     replicas = "replicas"
+
+
+class Evaluator(Model):
+    """The evaluator Job of each judged step in a cluster (ignored locally): Locust, the served quality check
+    (the evaluation set and the uncompressed baseline in memory) and the gate."""
+
+    cpu: str = Field(default="1", pattern=CPU_PATTERN, description="CPU request. Default 1. Example: 2.")
+    memory: str = Field(
+        default="2Gi", pattern=MEMORY_PATTERN,
+        description="Memory request and limit: the evaluation set is loaded twice (the quality check and Locust) "
+        "plus the baseline ONNX model. Default 2Gi. Example: 8Gi.",
+    )  # fmt: skip
+    deadline: str = Field(
+        default="15m", pattern=DEADLINE_PATTERN,
+        description="Longest time one evaluator Job may run, waiting for a node included; then the rollout fails "
+        "with the pod's reason and the stable keeps serving. Default 15m.",
+    )  # fmt: skip
 
 
 class Rollout(Model):
@@ -695,6 +766,7 @@ class Rollout(Model):
     )  # fmt: skip
     traffic_split: TrafficSplit = TrafficSplit.gateway
     gateway: str | None = Field(default=None, description="Gateway API parent (name) for the HTTPRoute.")
+    evaluator: Evaluator = Field(default_factory=Evaluator)
 
     cel: ClassVar[list[dict[str, str]]] = [
         {

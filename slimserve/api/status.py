@@ -23,7 +23,7 @@ class Phase(StrEnum):
 
 
 TERMINAL_PHASES: Final = frozenset({Phase.promoted, Phase.rolled_back, Phase.failed})
-CONDITION_TYPES: Final = ("Compressed", "Deployed", "Evaluated", "Promoted", "Ready")
+CONDITION_TYPES: Final = ("Compressed", "Deployed", "TrafficReady", "Evaluated", "Promoted", "Ready")
 
 
 class StatusModel(BaseModel):
@@ -70,6 +70,25 @@ def set_condition(
     return [c for c in conditions if c.get("type") != type] + [condition]
 
 
+class CheckVerdict(StatusModel):
+    name: str
+    verdict: Literal["Pass", "Fail", "Inconclusive"]
+
+
+class JudgedStep(StatusModel):
+    """One judged weight of this generation's rollout (0 = the served quality check), as the rollout policy
+    (`slimserve.evaluator.policy.next_step`) reads it; the evaluator Job's pod log holds the full report."""
+
+    weight: int
+    verdict: Literal["Pass", "Fail", "Inconclusive"]
+    checks: list[CheckVerdict] = Field(default_factory=list)
+
+
+class Drain(StatusModel):
+    deployments: list[str]
+    at: str
+
+
 class CompressedModelStatus(StatusModel):
     """What the operator (or the local runtime) observed; every field is declared in the CRD."""
 
@@ -81,7 +100,7 @@ class CompressedModelStatus(StatusModel):
     previous_stable_variant: str | None = Field(
         default=None,
         description="The stable variant before the last promotion: its Deployment is kept at 0 replicas "
-        "(no autoscaler), one `kubectl scale` away.",
+        "(no autoscaler) with its model files (status.previousStableGeneration).",
     )
     candidate_variant: str | None = None
     size_ratio: float | None = Field(default=None, description="Baseline size / candidate size.")
@@ -95,4 +114,25 @@ class CompressedModelStatus(StatusModel):
     canary_step: int | None = None
     failed_steps: int | None = Field(default=None, description="Canary steps that failed the gate this generation.")
     decision: Literal["Promoted", "RolledBack", "Inconclusive"] | None = None
-    report_config_map: str | None = None
+    steps: list[JudgedStep] = Field(default_factory=list, description="The steps judged this generation, in order.")
+    model_name: str | None = Field(
+        default=None,
+        description="The model name clients call, fixed once a variant serves it (spec.serving.modelName).",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="What clients call, whichever variant serves: the shared Service's URL, or the HTTPRoute's "
+        "path on its Gateway; /v2/models/<modelName>/infer under it.",
+    )
+    stable_generation: int | None = Field(
+        default=None, description="The generation whose model files the stable variant serves (gen-N on the volume)."
+    )
+    previous_stable_generation: int | None = None
+    deadline: str | None = Field(
+        default=None, description="When the current phase (or canary step) fails if it has not moved on (RFC 3339)."
+    )
+    drain: Drain | None = Field(
+        default=None,
+        description="After a promotion or a rollback the losing side keeps its pods until `at` (RFC 3339), so "
+        "requests routed before the switch finish; then these Deployments scale to 0.",
+    )

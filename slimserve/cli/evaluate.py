@@ -4,16 +4,17 @@ Weight 0 is the served quality check: the candidate's answers on the evaluation 
 uncompressed baseline's (served, or its ONNX run in-process with `--reference-onnx`). A canary weight
 sends that share of the load to the candidate and the same share to the control (a fresh copy of the
 stable model), the rest to the stable model, and compares candidate with control over the same
-seconds. The step's verdict goes into an EvaluationReport (a file, and a ConfigMap when asked); the
-operator feeds it into the rollout policy, as `slimserve run` does.
+seconds. The step's verdict goes into an EvaluationReport (`--out`, and on one line to `--summary-file`:
+the evaluator Job's termination message); the operator feeds it into the rollout policy, as `slimserve
+run` does.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -21,21 +22,30 @@ from slimserve.api import load_compressed_model
 from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, err_console, handle_errors
 from slimserve.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLLED_BACK, InvalidInput
 
+if TYPE_CHECKING:
+    from slimserve.api.report import EvaluationReport
+
 STEP_EXIT_CODES = {"Pass": EXIT_OK, "Fail": EXIT_ROLLED_BACK, "Inconclusive": EXIT_INCONCLUSIVE}
 
 
-def patch_configmap(ref: str, report_json: str) -> None:
-    """Put the report into `data["report.json"]` of ConfigMap NS/NAME (in-cluster, else kubeconfig)."""
-    namespace, _, name = ref.partition("/")
-    if not namespace or not name:
-        raise InvalidInput(f"--configmap = {ref!r}: use NAMESPACE/NAME")
-    from kubernetes import client, config
+# Kubernetes keeps at most 4096 bytes of a termination message.
+SUMMARY_LIMIT = 4000
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    client.CoreV1Api().patch_namespaced_config_map(name, namespace, {"data": {"report.json": report_json}})
+
+def summary_json(report: EvaluationReport) -> str:
+    """The step on one line for `--summary-file` (an evaluator Job's termination message): every check's
+    name, verdict, value and threshold, the candidate's and the control's load, the quality drop."""
+    doc = report.to_json_dict()
+    for check in doc["step"]["checks"]:  # type: ignore[index]
+        check.pop("detail", None)
+    quality = doc.get("quality")
+    if isinstance(quality, dict):
+        doc["quality"] = {k: quality.get(k) for k in ("metric", "unit", "n", "drop", "drop_low", "drop_high")}
+    text = json.dumps(doc, separators=(",", ":"))
+    if len(text) > SUMMARY_LIMIT:  # the verdicts first; the numbers stay in --out and the log
+        doc.update(quality=None, load=None)
+        text = json.dumps(doc, separators=(",", ":"))
+    return text
 
 
 def parse_labels(text: str | None, option: str) -> tuple[tuple[str, str], ...]:
@@ -77,7 +87,11 @@ def evaluate(
     scrape_interval: str = typer.Option("1s", "--scrape-interval",
                                         help="Prometheus' scrape interval of Triton (windows are sized from it)."),
     out: Path = typer.Option(..., "--out", help="Where to write the EvaluationReport JSON."),
-    configmap: str = typer.Option(None, "--configmap", help="NAMESPACE/NAME of a ConfigMap to patch with the report."),
+    summary_file: Path = typer.Option(
+        None, "--summary-file",
+        help="Also write the step on one line (under 4 KiB) here: the operator's evaluator Jobs pass "
+        "/dev/termination-log, so the verdict reaches the operator without any API access.",
+    ),
     base_dir: Path = typer.Option(None, "--base-dir", help=BASE_DIR_HELP),
 ) -> None:
     """Judge one weight. Exit codes: 0 the step passed, 3 it failed, 4 inconclusive, 2 invalid input,
@@ -140,8 +154,8 @@ def evaluate(
     text = json.dumps(report.to_json_dict(), indent=2)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
-    if configmap:
-        patch_configmap(configmap, text)
+    if summary_file is not None:
+        summary_file.write_text(summary_json(report) + "\n")
     failing = ", ".join(c.name for c in step.checks if c.verdict != "Pass")
     err_console.print(f"{'quality' if weight == 0 else f'{weight}%'}: {step.verdict}"
                       f"{' (' + failing + ')' if failing else ''} → {out}")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 from rich.console import Console
 from rich.table import Table
 
+from slimserve.api.choice import choose_candidate, no_candidate_reason
 from slimserve.api.paths import check_files, data_files
 from slimserve.api.report import CompressionReport, Decision, StepResult, VariantRecord
 from slimserve.api.resource import CompressedModel
@@ -83,51 +84,6 @@ class Stages:
         self.console.print(f"[green]✓[/] {title} ({time.monotonic() - started:.1f} s)")
 
 
-def choose_candidate(
-    model: CompressedModel, report: CompressionReport, stable_sha: str | None, stable_size: int | None = None
-) -> VariantRecord | None:
-    """The variant to roll out: the named one, or (auto) the best one within the accuracy budget.
-
-    Within the budget means the upper end of the drop's paired 90% interval is (as the gate will judge
-    it). 'Best' follows the search objective when the spec has a search (else the smallest file). After a
-    promotion, auto only offers a variant that beats the stable model on that objective (judged on
-    this run's record of the same file, or on its size): rolling out something worse than what users
-    already get is not progress. A variant identical to the stable model is never offered.
-    """
-    wanted = model.spec.rollout.candidate
-    by_name = {v.name: v for v in report.variants}
-    if wanted != "auto":
-        if wanted not in by_name:
-            raise InvalidInput(
-                f"spec.rollout.candidate = {wanted!r}: not in the compression report; use one of {sorted(by_name)}"
-            )
-        return by_name[wanted]
-    search = model.spec.compression.search
-    objective = str(getattr(search.objective, "value", search.objective)) if search else "size"
-    keys: dict[str, Callable[[VariantRecord], float]] = {
-        "size": lambda v: v.size_bytes,
-        "latency": lambda v: v.latency_ms_p50,
-        "throughput": lambda v: -v.throughput_rps,
-    }
-    key = keys[objective]
-    stable = next((v for v in [report.baseline, *report.variants] if v.sha256 == stable_sha), None)
-
-    def improves(v: VariantRecord) -> bool:
-        if stable_sha is None:
-            return True
-        if v.sha256 == stable_sha:
-            return False
-        if stable is not None:
-            return key(v) < key(stable)
-        return objective != "size" or stable_size is None or v.size_bytes < stable_size
-
-    if report.search and report.search.chosen in by_name and improves(by_name[report.search.chosen]):
-        return by_name[report.search.chosen]
-    budget = model.spec.gates.max_accuracy_drop
-    eligible = [v for v in report.variants if v.drop_ci[1] <= budget and improves(v)]
-    return min(eligible, key=key) if eligible else None
-
-
 def _load_doc(m: Measurement) -> dict[str, Any]:
     return {
         "weight": m.weight,
@@ -184,15 +140,7 @@ def _run(
             report = compress(model, base_dir, compression_dir, progress=progress)
     candidate = choose_candidate(model, report, stable_sha, stable_size)
     if candidate is None:
-        budget = spec.gates.max_accuracy_drop
-        within = [v.name for v in report.variants if v.drop_ci[1] <= budget]
-        reason = (
-            f"no variant within maxAccuracyDrop ({', '.join(within)}) beats the stable model "
-            f"{state.stable.variant if state.stable else ''}; nothing new to roll out"
-            if within
-            else f"no variant's drop is within maxAccuracyDrop {budget} {report.baseline.drop_unit} "
-            "(upper end of its 90% interval) offline; nothing to roll out"
-        )
+        reason = no_candidate_reason(model, report, state.stable.variant if state.stable else None)
         return _finish(console, out_dir, model, report, state, None, None, "Inconclusive", reason)
     console.print(f"candidate: [bold]{candidate.name}[/] ({candidate.recipe})")
 

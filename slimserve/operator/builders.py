@@ -3,6 +3,11 @@
 No I/O here. Handlers adopt and apply what these return; tests compare them with golden files
 and validate them against the upstream schemas. Names are deterministic (never generateName),
 so re-running a builder after an operator restart names the same child.
+
+Every variant serves under one client-facing Triton model name (`model_name`), from a model
+repository of its own generation (`/models/<cr>/gen-<g>/repository/<variant>`): a later generation
+writes next to the files a serving stable reads, never over them, and a same-name candidate of a new
+generation is a new pod template, so its pods roll and load the new weights.
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ from typing import Any, Final, Literal
 import yaml
 
 from slimserve.api import API_GROUP, API_VERSION, KIND, CompressedModel
-from slimserve.operator.settings import ANNOTATION_PREFIX, OperatorSettings
+from slimserve.operator.settings import ANNOTATION_PREFIX, OperatorSettings, seconds
+from slimserve.storage.uris import PVC_MOUNT_ROOT, pvc_claim, scheme_of
 
 Manifest = dict[str, Any]
 # `previous`: the stable variant before the last promotion, kept at 0 replicas for a manual way back.
-Role = Literal["stable", "canary", "previous"]
+# `control`: a fresh copy of the stable that gets the canary's share of the evaluator's load, never clients'.
+Role = Literal["stable", "canary", "previous", "control"]
 
 SPEC_FILE: Final = "/spec/compressedmodel.yaml"
 MODELS_MOUNT: Final = "/models"
+TERMINATION_LOG: Final = "/dev/termination-log"
 HTTP_PORT: Final = 8000
 GRPC_PORT: Final = 8001
 METRICS_PORT: Final = 8002
@@ -34,21 +42,17 @@ LABEL_MODEL: Final = f"{API_GROUP}/model"
 LABEL_VARIANT: Final = f"{API_GROUP}/variant"
 LABEL_ROLE: Final = f"{API_GROUP}/role"
 LABEL_GENERATION: Final = f"{API_GROUP}/generation"
-REPORT_KEY: Final = "report.json"
-# Exit codes of `slimserve evaluate` that carry a decision (rolled back, inconclusive): not retried.
-DECISION_EXIT_CODES: Final = [3, 4]
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+TRITON: Final = "triton"
+# The control's pods carry their own component, so no Service that clients or the stable use selects them.
+TRITON_CONTROL: Final = "triton-control"
+BASELINE: Final = "baseline"
+# Exit codes that no retry changes: 2 invalid input, 3 a failed step, 4 an inconclusive one.
+FINAL_EXIT_CODES: Final = [2, 3, 4]
 NON_ROOT_UID: Final = 1000
-
-# Printed by the compression Job into its termination message: the operator reads the compact
-# summary of report.json from the Pod status, without mounting the model volume itself.
-SUMMARY_SCRIPT: Final = (
-    'import json,sys;r=json.load(open(sys.argv[1]));'
-    'k=("name","compressionRatio","accuracyDrop","speedup","throughputRps","latencyMsP99");'
-    'f=lambda x:round(x,4) if isinstance(x,float) else x;'
-    's={"variants":[{a:f(v.get(a)) for a in k} for v in r["variants"]],'
-    '"chosen":(r.get("search") or {}).get("chosen")};'
-    'print(json.dumps(s,separators=(",",":")))'
-)
+PROBE_PERIOD_S: Final = 10
+# Where a worker Job mounts spec.storage.secretName (slimserve.storage.SECRET_MOUNT_PATH; a test holds them equal).
+SECRET_MOUNT_PATH: Final = "/var/run/secrets/slimserve/storage"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,14 @@ class Owner:
         )
 
 
+@dataclass(frozen=True)
+class Served:
+    """One variant as a Triton Deployment serves it: its name there and the generation of its model files."""
+
+    variant: str
+    generation: int
+
+
 # ---------------------------------------------------------------------------------------------
 # names, labels, common pieces
 # ---------------------------------------------------------------------------------------------
@@ -89,12 +101,17 @@ def spec_config_map_name(owner: Owner) -> str:
     return child_name(owner.name, "spec")
 
 
-def compression_job_name(owner: Owner) -> str:
-    return child_name(owner.name, "compress", f"g{owner.generation}")
+def compression_job_name(owner: Owner, generation: int | None = None) -> str:
+    return child_name(owner.name, "compress", f"g{generation or owner.generation}")
 
 
-def packaging_job_name(owner: Owner) -> str:
-    return child_name(owner.name, "package", f"g{owner.generation}")
+def packaging_job_name(owner: Owner, generation: int | None = None) -> str:
+    return child_name(owner.name, "package", f"g{generation or owner.generation}")
+
+
+def evaluator_job_name(owner: Owner, index: int, generation: int | None = None) -> str:
+    """The Job judging the `index`-th step of a generation (0 = the served quality check; retries count on)."""
+    return child_name(owner.name, "eval", f"g{generation or owner.generation}", f"s{index}")
 
 
 def triton_name(owner: Owner, variant: str) -> str:
@@ -102,13 +119,18 @@ def triton_name(owner: Owner, variant: str) -> str:
     return child_name(owner.name, variant)
 
 
+def control_name(owner: Owner) -> str:
+    """Deployment and Service of the control. `<cr>--control` is never `<cr>-<variant>`: no variant starts with '-'."""
+    return child_name(owner.name, "-control")
+
+
 def canary_variant(status: Mapping[str, Any], generation: int) -> str | None:
-    """The name the status's candidate serves under: Triton model, Deployment, Service, autoscaler.
+    """The name the status's candidate serves under: Deployment, Service, autoscaler, repository folder.
 
     Its own name, unless that name is already taken by the stable variant or by the stable one
     parked at the last promotion: rolling out `int8` again after a spec change usually means new
-    weights, so it serves as `int8-g<generation>` with children and model files of its own instead
-    of taking over (and, on a rollback, destroying) the ones that serve now.
+    weights, so it serves as `int8-g<generation>` with children of its own instead of taking over
+    (and, on a rollback, destroying) the ones that serve now.
     """
     candidate = status.get("candidateVariant")
     if not candidate:
@@ -117,12 +139,9 @@ def canary_variant(status: Mapping[str, Any], generation: int) -> str | None:
     return f"{candidate}-g{generation}" if candidate in taken else str(candidate)
 
 
-def evaluator_job_name(owner: Owner, step: int, attempt: int = 0) -> str:
-    return child_name(owner.name, "eval", f"g{owner.generation}", f"s{step}", f"a{attempt}" if attempt else "")
-
-
-def report_config_map_name(owner: Owner, step: int, attempt: int = 0) -> str:
-    return child_name(owner.name, "report", f"g{owner.generation}", f"s{step}", f"a{attempt}" if attempt else "")
+def model_name(model: CompressedModel) -> str:
+    """The one Triton model name clients call, whichever variant serves it."""
+    return model.spec.serving.model_name or model.metadata.name
 
 
 def model_pvc_name(model: CompressedModel, owner: Owner) -> str:
@@ -142,20 +161,24 @@ def inputs_dir(owner: Owner) -> str:
     return f"{MODELS_MOUNT}/{owner.name}/inputs"
 
 
-def compressed_dir(owner: Owner) -> str:
-    return f"{MODELS_MOUNT}/{owner.name}/gen-{owner.generation}/compressed"
+def compressed_dir(owner: Owner, generation: int | None = None) -> str:
+    return f"{MODELS_MOUNT}/{owner.name}/gen-{generation or owner.generation}/compressed"
 
 
-def repository_location(model: CompressedModel, owner: Owner) -> str:
-    """Where Triton reads models: an s3:// URI (read natively by Triton) or a path on the PVC."""
-    return model.spec.serving.model_repository.uri or f"{MODELS_MOUNT}/{owner.name}/repository"
+def repository_dir(owner: Owner, served: Served) -> str:
+    """The Triton model repository of one variant of one generation: one model, named `model_name`."""
+    return f"{MODELS_MOUNT}/{owner.name}/gen-{served.generation}/repository/{served.variant}"
+
+
+def served_model_file(model: CompressedModel, owner: Owner, served: Served) -> str:
+    return f"{repository_dir(owner, served)}/{model_name(model)}/1/model.onnx"
 
 
 def labels(owner: Owner, component: str, variant: str | None = None) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "slimserve",
         "app.kubernetes.io/instance": owner.name,
-        "app.kubernetes.io/component": component,
+        LABEL_COMPONENT: component,
         "app.kubernetes.io/managed-by": "slimserve-operator",
         "app.kubernetes.io/part-of": "slimserve",
         LABEL_MODEL: owner.name,
@@ -179,7 +202,10 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
 
 def _metadata(owner: Owner, name: str, lbls: dict[str, str]) -> dict[str, Any]:
     return {
-        "name": name, "namespace": owner.namespace, "labels": dict(lbls), "ownerReferences": [owner_reference(owner)]
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": dict(lbls),
+        "ownerReferences": [owner_reference(owner)],
     }
 
 
@@ -217,23 +243,48 @@ def _resources(cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}
 
 
-def _volumes(model: CompressedModel, owner: Owner, with_spec: bool) -> list[dict[str, Any]]:
+def pvc_claims(model: CompressedModel) -> list[str]:
+    """The claims the spec's pvc:// URIs name (`slimserve.storage.pvc_claims`, without the fetchers the
+    operator image does not install; a test holds the two equal)."""
+    source, data = model.spec.source, model.spec.data
+    uris = [source.uri, source.code_uri, data.train, data.calibration, data.evaluation]
+    return sorted({pvc_claim(u) for u in uris if u and scheme_of(u) == "pvc"})
+
+
+def _pull_secrets(model: CompressedModel) -> list[dict[str, str]]:
+    return [{"name": name} for name in model.spec.serving.image_pull_secrets]
+
+
+def _worker_volumes(model: CompressedModel, owner: Owner, read_only_models: bool) -> list[dict[str, Any]]:
+    """The model volume, /tmp, the spec file, the storage Secret and every claim a pvc:// URI names."""
+    claim: dict[str, Any] = {"claimName": model_pvc_name(model, owner)}
+    if read_only_models:
+        claim["readOnly"] = True
     out: list[dict[str, Any]] = [
-        {"name": "models", "persistentVolumeClaim": {"claimName": model_pvc_name(model, owner)}},
+        {"name": "models", "persistentVolumeClaim": claim},
         {"name": "tmp", "emptyDir": {}},
+        {"name": "spec", "configMap": {"name": spec_config_map_name(owner)}},
     ]
-    if with_spec:
-        out.append({"name": "spec", "configMap": {"name": spec_config_map_name(owner)}})
+    if model.spec.storage.secret_name:
+        out.append({"name": "storage", "secret": {"secretName": model.spec.storage.secret_name}})
+    for i, pvc in enumerate(pvc_claims(model)):
+        out.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": pvc, "readOnly": True}})
     return out
 
 
-def _mounts(with_spec: bool) -> list[dict[str, Any]]:
+def _worker_mounts(model: CompressedModel, read_only_models: bool) -> list[dict[str, Any]]:
+    models: dict[str, Any] = {"name": "models", "mountPath": MODELS_MOUNT}
+    if read_only_models:
+        models["readOnly"] = True
     out: list[dict[str, Any]] = [
-        {"name": "models", "mountPath": MODELS_MOUNT},
+        models,
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "spec", "mountPath": "/spec", "readOnly": True},
     ]
-    if with_spec:
-        out.append({"name": "spec", "mountPath": "/spec", "readOnly": True})
+    if model.spec.storage.secret_name:
+        out.append({"name": "storage", "mountPath": SECRET_MOUNT_PATH, "readOnly": True})
+    for i, pvc in enumerate(pvc_claims(model)):
+        out.append({"name": f"pvc-{i}", "mountPath": f"{PVC_MOUNT_ROOT}/{pvc}", "readOnly": True})
     return out
 
 
@@ -265,7 +316,7 @@ def build_spec_config_map(model: CompressedModel, owner: Owner) -> Manifest:
 
 
 def build_model_repository_pvc(model: CompressedModel, owner: Owner, settings: OperatorSettings) -> Manifest:
-    """The volume holding compressed variants and the Triton model repository."""
+    """The volume holding compressed variants and the Triton model repositories."""
     spec: dict[str, Any] = {
         "accessModes": [settings.model_access_mode],
         "resources": {"requests": {"storage": model.spec.serving.model_repository.size}},
@@ -283,42 +334,55 @@ def build_model_repository_pvc(model: CompressedModel, owner: Owner, settings: O
 
 
 def _job(
+    model: CompressedModel,
     owner: Owner,
     name: str,
     component: str,
     container: dict[str, Any],
-    volumes: list[dict[str, Any]],
     *,
+    settings: OperatorSettings,
     backoff_limit: int,
-    service_account: str | None = None,
+    deadline_s: int,
+    read_only_models: bool = False,
     node_selector: dict[str, str] | None = None,
     tolerations: list[dict[str, Any]] | None = None,
-    pod_failure_policy: dict[str, Any] | None = None,
 ) -> Manifest:
+    """A worker Job: no API access (its results leave through the termination message), a deadline,
+    no retry of an exit code that cannot change, and garbage collection once finished."""
+    container["volumeMounts"] = _worker_mounts(model, read_only_models)
+    if model.spec.storage.secret_name:
+        container["envFrom"] = [{"secretRef": {"name": model.spec.storage.secret_name}}]
     lbls = {**labels(owner, component), LABEL_GENERATION: str(owner.generation)}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
         "securityContext": _pod_security_context(),
         "containers": [container],
-        "volumes": volumes,
+        "volumes": _worker_volumes(model, owner, read_only_models),
     }
-    if service_account:
-        pod["serviceAccountName"] = service_account
-    else:
-        pod["automountServiceAccountToken"] = False
     if node_selector:
         pod["nodeSelector"] = dict(node_selector)
     if tolerations:
         pod["tolerations"] = tolerations
-    template = {"metadata": {"labels": dict(lbls)}, "spec": pod}
-    spec: dict[str, Any] = {"backoffLimit": backoff_limit, "template": template}
-    if pod_failure_policy:
-        spec["podFailurePolicy"] = pod_failure_policy
+    if model.spec.serving.image_pull_secrets:
+        pod["imagePullSecrets"] = _pull_secrets(model)
+    spec: dict[str, Any] = {
+        "backoffLimit": backoff_limit,
+        "activeDeadlineSeconds": deadline_s,
+        "ttlSecondsAfterFinished": settings.job_ttl_seconds_after_finished,
+        "podFailurePolicy": {
+            "rules": [{
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "worker", "operator": "In", "values": FINAL_EXIT_CODES},
+            }]
+        },
+        "template": {"metadata": {"labels": dict(lbls)}, "spec": pod},
+    }  # fmt: skip
     return stamp({"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(owner, name, lbls), "spec": spec})
 
 
 def _worker_container(settings: OperatorSettings, script: str, resources: dict[str, Any]) -> dict[str, Any]:
-    """The worker image running one shell line (so the compression Job can chain its summary)."""
+    """The worker image running one shell line (so a Job can chain its summary into the termination log)."""
     return {
         "name": "worker",
         "image": settings.worker_image,
@@ -332,85 +396,109 @@ def _worker_container(settings: OperatorSettings, script: str, resources: dict[s
     }
 
 
-def build_compression_job(model: CompressedModel, owner: Owner, settings: OperatorSettings) -> Manifest:
-    """`slimserve compress` on the nodes the spec asks for (GPU limits only when gpus > 0).
+def build_compression_job(
+    model: CompressedModel,
+    owner: Owner,
+    settings: OperatorSettings,
+    stable: Served | None = None,
+    stable_name: str | None = None,
+) -> Manifest:
+    """`slimserve compress`, then the candidate choice (`slimserve.api.choice`) into the termination message.
 
-    The container prints a compact summary of report.json as its termination message; the
-    operator reads it from the Pod to choose the candidate and fill the status evidence.
+    `stable` is the variant serving now when it is not the baseline: auto only offers a variant that
+    beats it, judged on the model file it serves.
     """
     job = model.spec.compression.job
     out = compressed_dir(owner)
+    choice = ["python -m slimserve.api.choice", SPEC_FILE, "--report", shlex.quote(out + "/report.json")]
+    if stable is not None:
+        choice += [
+            "--stable-onnx",
+            shlex.quote(served_model_file(model, owner, stable)),
+            "--stable",
+            shlex.quote(stable_name or stable.variant),
+        ]
     script = (
         "set -e; "
         f"slimserve compress {SPEC_FILE} --base-dir {shlex.quote(inputs_dir(owner))} --out {shlex.quote(out)}; "
-        f"python -c {shlex.quote(SUMMARY_SCRIPT)} {shlex.quote(out + '/report.json')} > /dev/termination-log"
+        f"{' '.join(choice)} > {TERMINATION_LOG}"
     )
     container = _worker_container(settings, script, _resources(job.cpu, job.memory, job.gpus))
-    container["volumeMounts"] = _mounts(with_spec=True)
     return _job(
-        owner,
-        compression_job_name(owner),
-        "compression",
-        container,
-        _volumes(model, owner, with_spec=True),
-        backoff_limit=settings.job_backoff_limit,
+        model, owner, compression_job_name(owner), "compression", container, settings=settings,
+        backoff_limit=settings.job_backoff_limit, deadline_s=seconds(job.deadline),
         node_selector=job.node_selector,
         tolerations=[t.model_dump(mode="json", exclude_none=True) for t in job.tolerations],
-    )
+    )  # fmt: skip
+
+
+def triton_backend(model: CompressedModel, settings: OperatorSettings) -> str:
+    backend = str(getattr(model.spec.serving.backend, "value", model.spec.serving.backend))
+    return settings.auto_backend if backend == "auto" else backend
 
 
 def build_packaging_job(
-    model: CompressedModel, owner: Owner, settings: OperatorSettings, candidate: str, model_name: str | None = None
+    model: CompressedModel,
+    owner: Owner,
+    settings: OperatorSettings,
+    candidate: str,
+    served: str,
+    with_baseline: bool,
 ) -> Manifest:
-    """`slimserve package`: the baseline and the candidate into the Triton model repository (onnxruntime).
-
-    Only what will serve is written, as Triton model `model_name` when the candidate's own name is
-    taken (`canary_variant`): the repository is shared by every generation, and the files of the
-    variants serving or parked there must not change under them.
-    """
-    wanted = candidate if model_name in (None, candidate) else f"{candidate}={model_name}"
-    script = (
-        f"slimserve package {SPEC_FILE} --report {shlex.quote(compressed_dir(owner) + '/report.json')} "
-        f"--repository {shlex.quote(repository_location(model, owner))} --backend onnxruntime "
-        f"--variants {shlex.quote(wanted)}"
+    """`slimserve package`: the candidate (and, in a model's first generation, the baseline as the stable)
+    into repositories of their own under this generation, each serving as the client-facing model name."""
+    name = model_name(model)
+    report = shlex.quote(compressed_dir(owner) + "/report.json")
+    backend = triton_backend(model, settings)
+    wanted = [(BASELINE, BASELINE)] if with_baseline else []
+    wanted.append((candidate, served))
+    script = "set -e; " + "; ".join(
+        f"slimserve package {SPEC_FILE} --report {report} "
+        f"--repository {shlex.quote(repository_dir(owner, Served(variant, owner.generation)))} "
+        f"--backend {backend} --variants {shlex.quote(f'{source}={name}')}"
+        for source, variant in wanted
     )
     container = _worker_container(settings, script, _resources("500m", "1Gi", 0))
-    container["volumeMounts"] = _mounts(with_spec=True)
     return _job(
-        owner,
-        packaging_job_name(owner),
-        "packaging",
-        container,
-        _volumes(model, owner, with_spec=True),
-        backoff_limit=settings.job_backoff_limit,
-    )
+        model, owner, packaging_job_name(owner), "packaging", container, settings=settings,
+        backoff_limit=settings.job_backoff_limit, deadline_s=settings.packaging_deadline_seconds,
+    )  # fmt: skip
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
 
 def build_triton_deployment(
-    model: CompressedModel, owner: Owner, variant: str, role: Role, settings: OperatorSettings,
+    model: CompressedModel,
+    owner: Owner,
+    served: Served,
+    role: Role,
+    settings: OperatorSettings,
     replicas: int | None = None,
 ) -> Manifest:
-    """Triton serving one variant with the native onnxruntime backend.
+    """Triton serving one variant of one generation under the client-facing model name.
 
     `replicas` is left out when an autoscaler owns the count. The role label sits on the
     Deployment only (not the pod template or selector), so promoting a canary to stable
-    relabels it without restarting its pods.
+    relabels it without restarting its pods. The control's pods get a component of their own.
     """
     serving = model.spec.serving
-    name = triton_name(owner, variant)
-    pod_labels = labels(owner, "triton", variant)
-    selector = {LABEL_MODEL: owner.name, LABEL_VARIANT: variant, "app.kubernetes.io/component": "triton"}
+    name = control_name(owner) if role == "control" else triton_name(owner, served.variant)
+    component = TRITON_CONTROL if role == "control" else TRITON
+    pod_labels = labels(owner, component, served.variant)
+    selector = {LABEL_MODEL: owner.name, LABEL_VARIANT: served.variant, LABEL_COMPONENT: component}
     gpus = serving.gpus if serving.instance_kind == "gpu" or serving.gpus else 0
-    repo = repository_location(model, owner)
+    served_name = model_name(model)
     container: dict[str, Any] = {
         "name": "triton",
         "image": settings.triton_image,
         "imagePullPolicy": settings.image_pull_policy,
         "args": [
             "tritonserver",
-            f"--model-repository={repo}",
+            f"--model-repository={repository_dir(owner, served)}",
             "--model-control-mode=explicit",
-            f"--load-model={variant}",
+            f"--load-model={served_name}",
             f"--http-port={HTTP_PORT}",
             f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}",
@@ -422,46 +510,47 @@ def build_triton_deployment(
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "initialDelaySeconds": 15,
-            "periodSeconds": 10,
-        },
+        # Triton answers HTTP only once its models are loaded: the start-up probe covers a long load
+        # (a TensorRT engine build), readiness is the served model's own, liveness the server's.
+        "startupProbe": _probe("/v2/health/live", PROBE_PERIOD_S,
+                               max(1, math.ceil(seconds(serving.startup_timeout) / PROBE_PERIOD_S))),
+        "readinessProbe": _probe(f"/v2/models/{served_name}/ready", 5, 3),
+        "livenessProbe": _probe("/v2/health/live", PROBE_PERIOD_S, 3),
+        # Endpoints are removed asynchronously: keep answering a few seconds after the pod is told to stop.
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}},
         "resources": _resources(serving.cpu, serving.memory, gpus),
         "securityContext": _container_security_context(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }  # fmt: skip
+    pod: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security_context(),
+        "containers": [container],
+        "volumes": [
+            {"name": "models", "persistentVolumeClaim": {"claimName": model_pvc_name(model, owner), "readOnly": True}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
     }
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    if not repo.startswith("s3://"):  # Triton reads s3:// itself; a path needs the PVC, read-only
-        container["volumeMounts"].insert(0, {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-        claim = {"claimName": model_pvc_name(model, owner), "readOnly": True}
-        volumes.insert(0, {"name": "models", "persistentVolumeClaim": claim})
+    if serving.node_selector:
+        pod["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod["tolerations"] = [t.model_dump(mode="json", exclude_none=True) for t in serving.tolerations]
+    if serving.runtime_class_name:
+        pod["runtimeClassName"] = serving.runtime_class_name
+    if serving.image_pull_secrets:
+        pod["imagePullSecrets"] = _pull_secrets(model)
     meta = _metadata(owner, name, {**pod_labels, LABEL_ROLE: role})
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                "annotations": {
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(METRICS_PORT),
-                    "prometheus.io/path": "/metrics",
-                },
-            },
-            "spec": {
-                "automountServiceAccountToken": False,
-                "securityContext": _pod_security_context(),
-                "containers": [container],
-                "volumes": volumes,
-            },
-        },
-    }
+        "progressDeadlineSeconds": seconds(serving.deploy_deadline),
+        # A GPU node rarely has a spare GPU for a surge pod: replace in place there.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1 if gpus else 0,
+                                                                "maxSurge": 0 if gpus else 1}},
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+    }  # fmt: skip
     if replicas is not None:
         spec["replicas"] = replicas
     return stamp({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec})
@@ -488,18 +577,37 @@ def _service(owner: Owner, name: str, selector: dict[str, str], lbls: dict[str, 
 
 def build_triton_service(owner: Owner, variant: str) -> Manifest:
     """One Service per variant: the HTTPRoute's backends and the evaluator's URLs."""
-    selector = {LABEL_MODEL: owner.name, LABEL_VARIANT: variant, "app.kubernetes.io/component": "triton"}
-    return _service(owner, triton_name(owner, variant), selector, labels(owner, "triton", variant))
+    selector = {LABEL_MODEL: owner.name, LABEL_VARIANT: variant, LABEL_COMPONENT: TRITON}
+    return _service(owner, triton_name(owner, variant), selector, labels(owner, TRITON, variant))
+
+
+def build_control_service(owner: Owner) -> Manifest:
+    """The control's Service: the evaluator's only way to it (no route, no shared Service selects it)."""
+    selector = {LABEL_MODEL: owner.name, LABEL_COMPONENT: TRITON_CONTROL}
+    return _service(owner, control_name(owner), selector, labels(owner, TRITON_CONTROL))
 
 
 def build_shared_service(owner: Owner) -> Manifest:
-    """Traffic split by replica ratio: one Service in front of every variant's pods."""
-    selector = {LABEL_MODEL: owner.name, "app.kubernetes.io/component": "triton"}
-    return _service(owner, owner.name, selector, labels(owner, "triton"))
+    """Traffic split by replica ratio: one Service in front of every serving variant's pods (not the control)."""
+    selector = {LABEL_MODEL: owner.name, LABEL_COMPONENT: TRITON}
+    return _service(owner, owner.name, selector, labels(owner, TRITON))
 
 
-def service_url(owner: Owner, variant: str) -> str:
-    return f"http://{triton_name(owner, variant)}.{owner.namespace}.svc:{HTTP_PORT}"
+def service_url(owner: Owner, service: str) -> str:
+    return f"http://{service}.{owner.namespace}.svc:{HTTP_PORT}"
+
+
+def endpoint(model: CompressedModel, owner: Owner, settings: OperatorSettings) -> str:
+    """What clients call: `<this>/v2/models/<model_name>/infer`, whichever variant serves."""
+    if model.spec.rollout.traffic_split == "gateway":
+        gateway = model.spec.rollout.gateway or settings.gateway_name
+        namespace = (
+            settings.gateway_namespace
+            if not model.spec.rollout.gateway and settings.gateway_namespace
+            else owner.namespace
+        )
+        return f"Gateway {namespace}/{gateway}, path /v2/models/{model_name(model)}"
+    return f"{service_url(owner, owner.name)}/v2/models/{model_name(model)}"
 
 
 def build_hpa(model: CompressedModel, owner: Owner, variant: str) -> Manifest:
@@ -529,10 +637,15 @@ def build_hpa(model: CompressedModel, owner: Owner, variant: str) -> Manifest:
     )
 
 
-def build_keda_scaledobject(
-    model: CompressedModel, owner: Owner, variant: str, settings: OperatorSettings
-) -> Manifest:
-    """KEDA ScaledObject on the spec's PromQL (queue time or requests per second)."""
+def keda_query(query: str, owner: Owner, variant: str) -> str:
+    """The spec's PromQL for one variant's Deployment: {{namespace}}, {{model}} and {{variant}} filled in."""
+    for key, value in (("namespace", owner.namespace), ("model", owner.name), ("variant", variant)):
+        query = query.replace("{{" + key + "}}", value)
+    return query
+
+
+def build_keda_scaledobject(model: CompressedModel, owner: Owner, variant: str, settings: OperatorSettings) -> Manifest:
+    """KEDA ScaledObject on the spec's PromQL, scoped to this variant's pods."""
     scaling = model.spec.serving.autoscaling
     name = triton_name(owner, variant)
     assert scaling.keda_query is not None and scaling.keda_threshold is not None
@@ -550,7 +663,7 @@ def build_keda_scaledobject(
                         "type": "prometheus",
                         "metadata": {
                             "serverAddress": settings.prometheus_url,
-                            "query": scaling.keda_query,
+                            "query": keda_query(scaling.keda_query, owner, variant),
                             "threshold": f"{scaling.keda_threshold:g}",
                         },
                     }
@@ -566,101 +679,106 @@ def build_autoscaler(model: CompressedModel, owner: Owner, variant: str, setting
     return build_hpa(model, owner, variant)
 
 
+def autoscaler_refs(owner: Owner, variant: str) -> list[tuple[str, str, str]]:
+    """Both kinds an autoscaler of `variant` may be (the spec may have switched): deleting a missing one is a no-op."""
+    name = triton_name(owner, variant)
+    return [("autoscaling/v2", "HorizontalPodAutoscaler", name), ("keda.sh/v1alpha1", "ScaledObject", name)]
+
+
 def build_httproute(
-    model: CompressedModel, owner: Owner, stable: str, candidate: str | None, canary_weight: int,
+    model: CompressedModel,
+    owner: Owner,
+    stable: str,
+    candidate: str | None,
+    canary_weight: int,
     settings: OperatorSettings,
 ) -> Manifest:
-    """Gateway API HTTPRoute splitting traffic by backend weight (canary percent to the candidate)."""
+    """Gateway API HTTPRoute for the client-facing model's path, split by backend weight.
+
+    Only `/v2/models/<model_name>` is matched, so several CompressedModels share one Gateway.
+    """
     parent: dict[str, Any] = {"name": model.spec.rollout.gateway or settings.gateway_name}
     if not model.spec.rollout.gateway and settings.gateway_namespace:
         parent["namespace"] = settings.gateway_namespace
-    backends = [
-        {"name": triton_name(owner, stable), "port": HTTP_PORT, "weight": 100 - canary_weight}
-    ]
+    backends = [{"name": triton_name(owner, stable), "port": HTTP_PORT, "weight": 100 - canary_weight}]
     if candidate is not None and candidate != stable:
         backends.append({"name": triton_name(owner, candidate), "port": HTTP_PORT, "weight": canary_weight})
+    path = {"type": "PathPrefix", "value": f"/v2/models/{model_name(model)}"}
     return stamp(
         {
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
             "metadata": _metadata(owner, route_name(owner), labels(owner, "route")),
-            "spec": {
-                "parentRefs": [parent],
-                "rules": [
-                    {
-                        "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                        "backendRefs": backends,
-                    }
-                ],
-            },
+            "spec": {"parentRefs": [parent], "rules": [{"matches": [{"path": path}], "backendRefs": backends}]},
         }
     )
 
 
 def split_replicas(total: int, canary_weight: int) -> tuple[int, int]:
-    """(stable, canary) replicas approximating the weight; the canary gets one pod once weight > 0."""
-    canary = 0 if canary_weight <= 0 else min(total, max(1, math.ceil(total * canary_weight / 100)))
-    stable = total - canary
-    return stable, canary
+    """(stable, canary) replicas approximating the weight; the canary gets one pod once weight > 0,
+    and the stable keeps one until the promotion."""
+    if canary_weight <= 0:
+        return total, 0
+    canary = min(total - 1, max(1, math.ceil(total * canary_weight / 100)))
+    return total - canary, canary
 
 
-def build_report_config_map(owner: Owner, step: int, attempt: int = 0) -> Manifest:
-    """Where the evaluator Job of one canary step writes its full EvaluationReport."""
-    lbls = {**labels(owner, "report"), LABEL_GENERATION: str(owner.generation)}
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(owner, report_config_map_name(owner, step, attempt), lbls),
-        "data": {},
-    }
+def prometheus_labels(owner: Owner, model: CompressedModel, variant: str | None) -> str:
+    """Label matchers of one side's Triton series, as the chart's PodMonitor labels them: this
+    namespace, this CompressedModel, and the variant's pods (or, without a variant, the control's)."""
+    pairs = [("namespace", owner.namespace), ("slimserve_dev_model", owner.name), ("model", model_name(model))]
+    if variant is None:
+        pairs.append(("app_kubernetes_io_component", TRITON_CONTROL))
+    else:
+        pairs += [("slimserve_dev_variant", variant), ("app_kubernetes_io_component", TRITON)]
+    return ",".join(f"{k}={v}" for k, v in pairs)
 
 
 def build_evaluator_job(
-    model: CompressedModel, owner: Owner, step: int, stable: str, candidate: str, settings: OperatorSettings,
-    attempt: int = 0,
+    model: CompressedModel,
+    owner: Owner,
+    index: int,
+    weight: int,
+    stable: str,
+    candidate: str,
+    settings: OperatorSettings,
 ) -> Manifest:
-    """One canary step: served accuracy, Locust, PromQL and the gate; the report lands in a ConfigMap.
-
-    Exit codes 3 (rolled back) and 4 (inconclusive) are decisions, not crashes: the pod failure
-    policy ends the Job at once instead of retrying it.
+    """Judge one weight: 0 is the served quality check against this generation's uncompressed baseline
+    (run in-process); a canary weight sends that share of the load to the candidate and to the control,
+    the rest to the stable. The step's verdict leaves as the termination message (no API access needed).
     """
-    weight = model.spec.rollout.steps[step]
-    report = report_config_map_name(owner, step, attempt)
-    script = " ".join(
-            [
-                "slimserve evaluate",
-                SPEC_FILE,
-                "--base-dir", shlex.quote(inputs_dir(owner)),
-                "--baseline-url", shlex.quote(service_url(owner, stable)),
-                "--candidate-url", shlex.quote(service_url(owner, candidate)),
-                "--baseline-model", shlex.quote(stable),
-                "--candidate-model", shlex.quote(candidate),
-                "--weight", str(weight),
-                "--prometheus-url", shlex.quote(settings.prometheus_url),
-                "--out", "/tmp/report.json",
-                "--configmap", f"{owner.namespace}/{report}",
-            ]
-    )
-    container = _worker_container(settings, script, _resources("1", "1Gi", 0))
-    # The evaluation data set is read from the same volume the compression Job read it from.
-    container["volumeMounts"] = [{**m, "readOnly": True} if m["name"] == "models" else m for m in _mounts(True)]
-    volumes = _volumes(model, owner, with_spec=True)
+    evaluator = model.spec.rollout.evaluator
+    args = [
+        "slimserve evaluate", SPEC_FILE,
+        "--base-dir", shlex.quote(inputs_dir(owner)),
+        "--weight", str(weight),
+        "--model", shlex.quote(model_name(model)),
+        "--candidate-url", shlex.quote(service_url(owner, triton_name(owner, candidate))),
+    ]  # fmt: skip
+    if weight == 0:
+        args += ["--reference-onnx", shlex.quote(compressed_dir(owner) + "/baseline.onnx")]
+    else:
+        args += [
+            "--control-url", shlex.quote(service_url(owner, control_name(owner))),
+            "--stable-url", shlex.quote(service_url(owner, triton_name(owner, stable))),
+            "--candidate-labels", shlex.quote(prometheus_labels(owner, model, candidate)),
+            "--control-labels", shlex.quote(prometheus_labels(owner, model, None)),
+            "--prometheus-url", shlex.quote(settings.prometheus_url),
+            "--scrape-interval", shlex.quote(settings.scrape_interval),
+        ]  # fmt: skip
+    args += ["--out", "/tmp/report.json", "--summary-file", TERMINATION_LOG]
+    container = _worker_container(settings, " ".join(args), _resources(evaluator.cpu, evaluator.memory, 0))
     job = _job(
-        owner,
-        evaluator_job_name(owner, step, attempt),
-        "evaluator",
-        container,
-        volumes,
-        backoff_limit=1,
-        service_account=settings.worker_service_account,
-        pod_failure_policy={
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {"containerName": "worker", "operator": "In", "values": DECISION_EXIT_CODES},
-                }
-            ]
-        },
-    )
+        model, owner, evaluator_job_name(owner, index), "evaluator", container, settings=settings,
+        backoff_limit=1, deadline_s=seconds(evaluator.deadline), read_only_models=True,
+    )  # fmt: skip
     job["metadata"]["labels"][LABEL_VARIANT] = candidate
     return stamp(job)
+
+
+def route_to_stable_patch(stable_service: str, served_model: str) -> Manifest:
+    """A merge patch sending all of the route's traffic to the stable when the spec cannot be read
+    (an invalid spec mid-rollout); the next valid generation re-applies the whole route."""
+    path = {"type": "PathPrefix", "value": f"/v2/models/{served_model}"}
+    rule = {"matches": [{"path": path}], "backendRefs": [{"name": stable_service, "port": HTTP_PORT, "weight": 100}]}
+    return {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: None}}, "spec": {"rules": [rule]}}

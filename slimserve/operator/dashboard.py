@@ -1,7 +1,9 @@
 """The Grafana dashboard SREs watch during a rollout, built as data (and checked by tests).
 
-Triton's metrics carry `model` = the variant (the Triton model name) and, through the chart's
-PodMonitor, `slimserve_dev_model` = the CompressedModel. The operator's own gauges carry
+Every variant serves under one client-facing Triton model name, so Triton's own `model` label does not
+tell variants apart: the chart's PodMonitor adds the pods' labels, `slimserve_dev_model` = the
+CompressedModel, `slimserve_dev_variant` = the variant and `app_kubernetes_io_component` (`triton`, or
+`triton-control` for the evaluator's control copy, left out here). The operator's own gauges carry
 `model` = the CompressedModel (canary weight, gate thresholds, variant roles).
 `python -m slimserve.operator.manifests` writes it into the chart.
 """
@@ -11,19 +13,19 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-TRITON: Final = 'namespace=~"$namespace", slimserve_dev_model=~"$model"'
+TRITON: Final = 'namespace=~"$namespace", slimserve_dev_model=~"$model", app_kubernetes_io_component="triton"'
 OPERATOR: Final = 'namespace=~"$namespace", model=~"$model"'
 RATE: Final = "$__rate_interval"
 
 
 def _rate(metric: str) -> str:
-    return f"sum by (model) (rate({metric}{{{TRITON}}}[{RATE}]))"
+    return f"sum by (slimserve_dev_variant) (rate({metric}{{{TRITON}}}[{RATE}]))"
 
 
 QUERIES: Final = {
     "throughput": _rate("nv_inference_request_success"),
-    "p50": f'max by (model) (nv_inference_request_summary_us{{{TRITON}, quantile="0.5"}}) / 1000',
-    "p99": f'max by (model) (nv_inference_request_summary_us{{{TRITON}, quantile="0.99"}}) / 1000',
+    "p50": f'max by (slimserve_dev_variant) (nv_inference_request_summary_us{{{TRITON}, quantile="0.5"}}) / 1000',
+    "p99": f'max by (slimserve_dev_variant) (nv_inference_request_summary_us{{{TRITON}, quantile="0.99"}}) / 1000',
     "error_rate": (
         f"{_rate('nv_inference_request_failure')} / "
         f"({_rate('nv_inference_request_success')} + {_rate('nv_inference_request_failure')})"
@@ -56,7 +58,13 @@ def _target(expr: str, legend: str, ref: str, instant: bool = False) -> dict[str
 
 
 def _timeseries(
-    id: int, title: str, unit: str, targets: list[dict[str, Any]], x: int, y: int, description: str,
+    id: int,
+    title: str,
+    unit: str,
+    targets: list[dict[str, Any]],
+    x: int,
+    y: int,
+    description: str,
     threshold_refs: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     overrides = [
@@ -86,27 +94,82 @@ def build_dashboard() -> dict[str, Any]:
     """Per model and variant: throughput, p50/p99, errors, queue time, batch size, replicas, canary."""
     q = QUERIES
     panels = [
-        _timeseries(1, "Throughput per variant", "reqps", [
-            _target(q["throughput"], "{{model}}", "A"),
-            _target(_threshold("min_throughput_rps"), "gate: min throughput", "T"),
-        ], 0, 0, "Successful inferences per second, by variant (Triton model).", ("T",)),
-        _timeseries(2, "Latency p50 / p99 per variant", "ms", [
-            _target(q["p50"], "{{model}} p50", "A"),
-            _target(q["p99"], "{{model}} p99", "B"),
-            _target(_threshold("max_p99_ms"), "gate: max p99", "T"),
-        ], 12, 0, "Server-side request latency summary (summary_latencies=true).", ("T",)),
-        _timeseries(3, "Error rate per variant", "percentunit", [
-            _target(q["error_rate"], "{{model}}", "A"),
-            _target(_threshold("max_error_rate"), "gate: max error rate", "T"),
-        ], 0, 8, "Failed / all requests.", ("T",)),
-        _timeseries(4, "Queue time per request", "ms", [_target(q["queue_ms"], "{{model}}", "A")], 12, 8,
-                    "Time requests wait for a batch: rising queue time means too few instances."),
-        _timeseries(5, "Average batch size", "short", [_target(q["batch_size"], "{{model}}", "A")], 0, 16,
-                    "Inferences per model execution (dynamic batching at work)."),
-        _timeseries(6, "Replicas", "short", [_target(q["replicas"], "{{deployment}}", "A")], 12, 16,
-                    "Available Triton replicas per variant (kube-state-metrics)."),
-        _timeseries(7, "Canary weight", "percent", [_target(q["canary_weight"], "{{model}}", "A")], 0, 24,
-                    "Percent of traffic the HTTPRoute sends to the canary."),
+        _timeseries(
+            1,
+            "Throughput per variant",
+            "reqps",
+            [
+                _target(q["throughput"], "{{slimserve_dev_variant}}", "A"),
+                _target(_threshold("min_throughput_rps"), "gate: min throughput", "T"),
+            ],
+            0,
+            0,
+            "Successful inferences per second, by variant (the pods' slimserve.dev/variant).",
+            ("T",),
+        ),
+        _timeseries(
+            2,
+            "Latency p50 / p99 per variant",
+            "ms",
+            [
+                _target(q["p50"], "{{slimserve_dev_variant}} p50", "A"),
+                _target(q["p99"], "{{slimserve_dev_variant}} p99", "B"),
+                _target(_threshold("max_p99_ms"), "gate: max p99", "T"),
+            ],
+            12,
+            0,
+            "Server-side request latency summary (summary_latencies=true).",
+            ("T",),
+        ),
+        _timeseries(
+            3,
+            "Error rate per variant",
+            "percentunit",
+            [
+                _target(q["error_rate"], "{{slimserve_dev_variant}}", "A"),
+                _target(_threshold("max_error_rate"), "gate: max error rate", "T"),
+            ],
+            0,
+            8,
+            "Failed / all requests.",
+            ("T",),
+        ),
+        _timeseries(
+            4,
+            "Queue time per request",
+            "ms",
+            [_target(q["queue_ms"], "{{slimserve_dev_variant}}", "A")],
+            12,
+            8,
+            "Time requests wait for a batch: rising queue time means too few instances.",
+        ),
+        _timeseries(
+            5,
+            "Average batch size",
+            "short",
+            [_target(q["batch_size"], "{{slimserve_dev_variant}}", "A")],
+            0,
+            16,
+            "Inferences per model execution (dynamic batching at work).",
+        ),
+        _timeseries(
+            6,
+            "Replicas",
+            "short",
+            [_target(q["replicas"], "{{deployment}}", "A")],
+            12,
+            16,
+            "Available Triton replicas per variant (kube-state-metrics).",
+        ),
+        _timeseries(
+            7,
+            "Canary weight",
+            "percent",
+            [_target(q["canary_weight"], "{{model}}", "A")],
+            0,
+            24,
+            "Percent of traffic the HTTPRoute sends to the canary.",
+        ),
         {
             "id": 8,
             "type": "table",
@@ -117,8 +180,11 @@ def build_dashboard() -> dict[str, Any]:
             "targets": [
                 _target(
                     'label_replace(label_replace(slimserve_variant_role{namespace=~"$namespace", model=~"$model"},'
-                    ' "slimserve_dev_model", "$1", "model", "(.*)"), "model", "$1", "variant", "(.*)")',
-                    "", "ROLE", instant=True),
+                    ' "slimserve_dev_model", "$1", "model", "(.*)"), "slimserve_dev_variant", "$1", "variant", "(.*)")',
+                    "",
+                    "ROLE",
+                    instant=True,
+                ),
                 _target(q["throughput"], "", "RPS", instant=True),
                 _target(q["p99"], "", "P99", instant=True),
                 _target(q["error_rate"], "", "ERR", instant=True),
@@ -126,17 +192,38 @@ def build_dashboard() -> dict[str, Any]:
             ],
             "transformations": [
                 {"id": "merge", "options": {}},
-                {"id": "organize", "options": {
-                    "excludeByName": {"Time": True, "namespace": True, "slimserve_dev_model": True,
-                                      "__name__": True, "variant": True, "Value #ROLE": True},
-                    "renameByName": {"model": "variant", "Value #RPS": "req/s", "Value #P99": "p99 ms",
-                                     "Value #ERR": "error rate", "Value #QUEUE": "queue ms"},
-                }},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {
+                            "Time": True,
+                            "namespace": True,
+                            "slimserve_dev_model": True,
+                            "__name__": True,
+                            "model": True,
+                            "variant": True,
+                            "Value #ROLE": True,
+                        },
+                        "renameByName": {
+                            "slimserve_dev_variant": "variant",
+                            "Value #RPS": "req/s",
+                            "Value #P99": "p99 ms",
+                            "Value #ERR": "error rate",
+                            "Value #QUEUE": "queue ms",
+                        },
+                    },
+                },
             ],
         },
     ]
-    variable = {"type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                "refresh": 2, "includeAll": True, "multi": True, "current": {"text": "All", "value": "$__all"}}
+    variable = {
+        "type": "query",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "refresh": 2,
+        "includeAll": True,
+        "multi": True,
+        "current": {"text": "All", "value": "$__all"},
+    }
     return {
         "uid": "slimserve-rollout",
         "title": "slimserve: compressed models and canary rollouts",
@@ -146,13 +233,23 @@ def build_dashboard() -> dict[str, Any]:
         "version": 1,
         "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": [
-            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
-            {**variable, "name": "namespace", "label": "Namespace",
-             "query": "label_values(slimserve_canary_weight_percent, namespace)"},
-            {**variable, "name": "model", "label": "CompressedModel",
-             "query": 'label_values(slimserve_canary_weight_percent{namespace=~"$namespace"}, model)'},
-        ]},
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
+                {
+                    **variable,
+                    "name": "namespace",
+                    "label": "Namespace",
+                    "query": "label_values(slimserve_canary_weight_percent, namespace)",
+                },
+                {
+                    **variable,
+                    "name": "model",
+                    "label": "CompressedModel",
+                    "query": 'label_values(slimserve_canary_weight_percent{namespace=~"$namespace"}, model)',
+                },
+            ]
+        },
         "panels": panels,
     }
 

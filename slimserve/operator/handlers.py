@@ -1,47 +1,58 @@
 """Thin kopf handlers: read the CR, observe the children its phase waits on, apply the plan.
 
-One `reconcile` runs on create, update and resume (so a new generation restarts at once) and a
-per-object daemon repeats it every `reconcile_interval_seconds` (level-based: Job and Deployment
-state is read, never waited for). Both share a per-object lock and the status last written, so
-they never act on an older status than the one already stored. The decisions themselves live in
-the pure `slimserve.operator.reconcile`.
+One `reconcile` runs on create, update and resume (so a new generation restarts at once). A
+per-object daemon runs it again when something it waits on may have changed: a watch event of one
+of its own Jobs or Deployments (`wake_owner`), the status's deadline or drain time, or a resync
+that backs off from `reconcile_interval_seconds` to `resync_max_seconds` while nothing changes
+(level-based: Job and Deployment state is read, never waited for). All share a per-object lock
+and the status last written, so they never act on an older status than the one already stored.
+The decisions themselves live in the pure `slimserve.operator.reconcile`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from slimserve.api import API_GROUP, API_VERSION, KIND, PLURAL, Phase, parse_compressed_model
+from slimserve.api import API_GROUP, API_VERSION, KIND, PLURAL, CompressedModel, Phase, parse_compressed_model
 from slimserve.api.status import TERMINAL_PHASES, now_rfc3339
 from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
 from slimserve.operator import metrics
-from slimserve.operator.kube import APIError, KubeApi
+from slimserve.operator.builders import BASELINE, LABEL_MODEL
+from slimserve.operator.kube import APIError, KubeApi, MissingAPI, NotFound
 from slimserve.operator.reconcile import (
-    BASELINE,
+    DeploymentState,
     JobState,
     Observed,
-    deployment_ready,
-    invalid_spec_status,
-    parse_report,
-    parse_summary,
+    Plan,
+    RouteState,
+    invalid_api_status,
+    invalid_spec,
     plan,
+    spec_problems,
 )
 from slimserve.operator.settings import ANNOTATION_PREFIX, FINALIZER, OperatorSettings
+from slimserve.operator.wakeups import Wakeups, jitter, next_resync, seconds_until_due
 
 TEMPORARY_DELAY_SECONDS = 5.0
+MISSING_API_DELAY_SECONDS = 60.0
+FIRST_LOOK_SECONDS = 2.0
+# Children whose watch events wake their model (the phases wait on these); (group, plural).
+CHILD_RESOURCES = (("batch", "jobs"), ("apps", "deployments"))
 
 
 @kopf.on.startup()
 async def configure(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any
 ) -> None:
-    """Own finalizer and annotation prefix, watch timeouts, the API client and the metrics port."""
+    """Own finalizer and annotation prefix, watch timeouts, concurrency, the API client and the metrics port."""
     ops: OperatorSettings = memo.get("operator_settings") or OperatorSettings()
     memo["operator_settings"] = ops
     settings.persistence.finalizer = FINALIZER
@@ -53,10 +64,20 @@ async def configure(
     settings.watching.client_timeout = ops.watch_server_timeout_seconds + 1
     settings.watching.connect_timeout = ops.connect_timeout_seconds
     settings.networking.error_backoffs = [1, 2, 5, 10]
+    # Children are watched only to wake their model: only ours, filtered by the API server.
+    for child in CHILD_RESOURCES:
+        settings.watching.label_selectors[child] = LABEL_MODEL
+    # At most this many objects' events are handled at once (kopf's default is one worker per object
+    # with events: a thousand creates would run a thousand handlers at once); the rest queue. An idle
+    # worker keeps its slot until `idle_timeout`: 1 s, not kopf's 5 s, or the queue drains at limit/5 s.
+    settings.queueing.worker_limit = ops.worker_limit
+    settings.queueing.idle_timeout = 1.0
+    settings.execution.max_workers = 2  # every handler is async: the thread pool is idle
     if not ops.scanning:
         settings.scanning.disabled = True
     settings.posting.level = logging.INFO
     memo["kube"] = KubeApi(settings)
+    memo["wakeups"] = Wakeups()  # shared: kopf copies the operator's memo shallowly into each object's
     if ops.metrics_port:
         metrics.serve(ops.metrics_port)
         logger.info("metrics on :%d/metrics", ops.metrics_port)
@@ -70,49 +91,104 @@ def _state(memo: kopf.Memo) -> tuple[asyncio.Lock, dict[str, Any]]:
     return memo["lock"], memo["written"]
 
 
+def _wake_event(memo: kopf.Memo, body: kopf.Body) -> asyncio.Event:
+    """This object's wake-up, registered where its children's watch events find it."""
+    if "wake" not in memo:
+        meta = body.get("metadata") or {}
+        memo["wake"] = memo["wakeups"].register(meta.get("namespace") or "", meta.get("name") or "")
+    return memo["wake"]  # type: ignore[no-any-return]
+
+
+async def _job(kube: KubeApi, namespace: str, name: str, late: bool, logger: Any) -> JobState | None:
+    """A Job, with its pods once it finished (their termination messages) or is late (why it waits)."""
+    job = await kube.get("batch/v1", "Job", namespace, name, logger)
+    if job is None:
+        return None
+    state = JobState.from_objects(job)
+    if state.finished or late:
+        state = JobState.from_objects(job, await kube.list("v1", "Pod", namespace, {"job-name": name}, logger))
+    return state
+
+
+async def _deployment(kube: KubeApi, namespace: str, name: str, logger: Any) -> DeploymentState | None:
+    deployment = await kube.get("apps/v1", "Deployment", namespace, name, logger)
+    if deployment is None:
+        return None
+    state = DeploymentState.from_objects(deployment)
+    if not state.ready:  # say why: the pods' waiting reasons
+        selector = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        state = DeploymentState.from_objects(deployment, await kube.list("v1", "Pod", namespace, selector, logger))
+    return state
+
+
+async def _route(kube: KubeApi, owner: b.Owner, logger: Any) -> RouteState | None:
+    route = await kube.get("gateway.networking.k8s.io/v1", "HTTPRoute", owner.namespace, b.route_name(owner), logger)
+    if route is None:
+        return None
+    state = RouteState.from_objects(route, None)
+    if state.accepted is None:  # nobody reported: is the Gateway there at all?
+        parent = (route.get("spec") or {}).get("parentRefs", [{}])[0]
+        gateway = await kube.get("gateway.networking.k8s.io/v1", "Gateway", parent.get("namespace") or owner.namespace,
+                                 parent.get("name", ""), logger)  # fmt: skip
+        state = RouteState.from_objects(route, gateway is not None)
+    return state
+
+
 async def observe(
-    kube: KubeApi, owner: b.Owner, status: dict[str, Any], logger: Any
+    kube: KubeApi,
+    model: CompressedModel,
+    owner: b.Owner,
+    status: dict[str, Any],
+    api_error: str,
+    logger: Any,
 ) -> Observed:
     """Read only the children the current phase waits on (few requests per pass)."""
     phase = status.get("phase")
     ns = owner.namespace
     if status.get("observedGeneration") != owner.generation or phase in (None, *[p.value for p in TERMINAL_PHASES]):
         return Observed()
+    deadline = status.get("deadline")
+    late = bool(deadline) and now_rfc3339() > str(deadline)  # same format: string order is time order
     if phase == Phase.compressing.value:
-        name = b.compression_job_name(owner)
-        job = await kube.get("batch/v1", "Job", ns, name, logger)
-        state = JobState.from_job(job) if job is not None else None
-        summary = None
-        if state is not None and state.succeeded:
-            pods = await kube.list("v1", "Pod", ns, {"job-name": name}, logger)
-            for pod in pods:
-                for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                    terminated = (cs.get("state") or {}).get("terminated") or {}
-                    if terminated.get("exitCode") == 0:
-                        summary = parse_summary(terminated.get("message")) or summary
-        return Observed(compression_job=state, compression_summary=summary)
+        return Observed(compression_job=await _job(kube, ns, b.compression_job_name(owner), late, logger),
+                        api_error=api_error)  # fmt: skip
     if phase == Phase.packaging.value:
-        job = await kube.get("batch/v1", "Job", ns, b.packaging_job_name(owner), logger)
-        return Observed(packaging_job=JobState.from_job(job) if job is not None else None)
-    stable = status.get("stableVariant") or BASELINE
-    candidate = b.canary_variant(status, owner.generation) or ""
+        return Observed(packaging_job=await _job(kube, ns, b.packaging_job_name(owner), late, logger),
+                        api_error=api_error)  # fmt: skip
     if phase == Phase.deploying.value:
-        ready = {}
-        for variant in (stable, candidate):
-            deployment = await kube.get("apps/v1", "Deployment", ns, b.triton_name(owner, variant), logger)
-            if deployment is not None:
-                ready[variant] = deployment_ready(deployment)
-        return Observed(deployments_ready=ready)
-    step, attempt = int(status.get("canaryStep") or 0), int(status.get("failedSteps") or 0)
-    report_cm = await kube.get("v1", "ConfigMap", ns, b.report_config_map_name(owner, step, attempt), logger)
-    report = parse_report(report_cm)
-    job = None
-    if report is None:
-        job = await kube.get("batch/v1", "Job", ns, b.evaluator_job_name(owner, step, attempt), logger)
-    return Observed(
-        evaluator_job=JobState.from_job(job) if job is not None else (JobState() if report_cm else None),
-        report=report,
-    )
+        stable = status.get("stableVariant") or BASELINE
+        candidate = b.canary_variant(status, owner.generation) or ""
+        states = {}
+        for name in (b.triton_name(owner, stable), b.triton_name(owner, candidate), b.control_name(owner)):
+            state = await _deployment(kube, ns, name, logger)
+            if state is not None:
+                states[name] = state
+        route = await _route(kube, owner, logger) if model.spec.rollout.traffic_split == "gateway" else None
+        return Observed(deployments=states, route=route, api_error=api_error)
+    index = len(status.get("steps") or [])
+    return Observed(evaluator_job=await _job(kube, ns, b.evaluator_job_name(owner, index), late, logger),
+                    api_error=api_error)  # fmt: skip
+
+
+async def _execute(kube: KubeApi, owner: b.Owner, result: Plan, logger: Any) -> None:
+    """Delete, reset the route, apply, scale: in that order (see Plan)."""
+    ns = owner.namespace
+    for api_version, kind, name in result.delete:
+        if await kube.delete(api_version, kind, ns, name, logger):
+            logger.debug("deleted %s %s", kind, name)
+    if result.route_reset is not None:
+        service, served = result.route_reset
+        with contextlib.suppress(NotFound):
+            await kube.patch("gateway.networking.k8s.io/v1", "HTTPRoute", ns, b.route_name(owner),
+                             b.route_to_stable_patch(service, served), logger)  # fmt: skip
+    for manifest in result.apply:
+        outcome = await kube.apply(manifest, logger)
+        metrics.CHILDREN_APPLIED.labels(manifest["kind"], outcome).inc()
+        if outcome != "unchanged":  # debug: not posted as a Kubernetes Event (one per child is noise)
+            logger.debug("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+    for name, replicas in result.scale:
+        if await kube.scale(ns, name, replicas, logger):
+            logger.debug("scaled Deployment %s to %d", name, replicas)
 
 
 async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str:
@@ -120,6 +196,7 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
     lock, written = _state(memo)
     kube: KubeApi = memo["kube"]
     ops: OperatorSettings = memo["operator_settings"]
+    _wake_event(memo, body)
     async with lock:
         started = time.monotonic()
         owner = b.Owner.from_body(body)
@@ -129,31 +206,39 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             status = dict(written["status"])
         try:
             model = parse_compressed_model(
-                {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")} | {"metadata": {
-                    "name": owner.name, "namespace": owner.namespace}}
+                {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+                | {"metadata": {"name": owner.name, "namespace": owner.namespace}}
             )
+            problems = spec_problems(model, status, ops)
         except InvalidInput as exc:
             problems = exc.problems
+        if problems:
             if not (status.get("observedGeneration") == owner.generation and status.get("phase") == Phase.failed.value):
-                new = invalid_spec_status(status, owner.generation, problems, now_rfc3339())
-                await _write_status(kube, owner, status, new, written, logger)
+                result = invalid_spec(owner, status, problems, now_rfc3339())
+                try:
+                    await _execute(kube, owner, result, logger)
+                except APIError as exc:
+                    raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=TEMPORARY_DELAY_SECONDS) from exc
+                await _write_status(kube, owner, status, result.status, written, logger)
             metrics.RECONCILES.labels("invalid").inc()
             raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}") from None
         try:
-            observed = await observe(kube, owner, status, logger)
+            observed = await observe(kube, model, owner, status, written.get("api_error", ""), logger)
             result = plan(model, owner, status, observed, ops, now_rfc3339())
-            for api_version, kind, name in result.delete:  # autoscalers first: see Plan
-                if await kube.delete(api_version, kind, owner.namespace, name, logger):
-                    logger.debug("deleted %s %s", kind, name)
-            for manifest in result.apply:
-                outcome = await kube.apply(manifest, logger)
-                metrics.CHILDREN_APPLIED.labels(manifest["kind"], outcome).inc()
-                if outcome != "unchanged":  # debug: not posted as a Kubernetes Event (one per child is noise)
-                    logger.debug("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+            await _execute(kube, owner, result, logger)
+            written.pop("api_error", None)
             if result.gate_decision:
                 metrics.GATE_DECISIONS.labels(result.gate_decision).inc()
             await _write_status(kube, owner, status, result.status, written, logger)
+        except MissingAPI as exc:
+            # Say so in the status (a condition a person reads), not only in a retry loop's events.
+            kind = "TrafficReady" if exc.kind == "HTTPRoute" else "Deployed"
+            flagged = invalid_api_status(status, owner.generation, kind, str(exc), now_rfc3339())
+            await _write_status(kube, owner, status, flagged, written, logger)
+            metrics.RECONCILES.labels("retry").inc()
+            raise kopf.TemporaryError(str(exc), delay=MISSING_API_DELAY_SECONDS) from exc
         except APIError as exc:
+            written["api_error"] = f"{type(exc).__name__}: {exc}"
             metrics.RECONCILES.labels("retry").inc()
             raise kopf.TemporaryError(f"Kubernetes API: {exc}", delay=TEMPORARY_DELAY_SECONDS) from exc
         metrics.observe_model(model, owner.namespace, result.status)
@@ -170,7 +255,12 @@ async def _write_status(
         return
     if new != old:
         await kube.patch(
-            f"{API_GROUP}/{API_VERSION}", KIND, owner.namespace, owner.name, {"status": new}, logger,
+            f"{API_GROUP}/{API_VERSION}",
+            KIND,
+            owner.namespace,
+            owner.name,
+            {"status": new},
+            logger,
             subresource="status",
         )
     written["status"] = {k: v for k, v in new.items() if v is not None}
@@ -181,39 +271,98 @@ async def _write_status(
         now = time.monotonic()
         metrics.PHASE_SECONDS.labels(before).observe(now - written.get("entered", now))
         written["entered"] = now
-        logger.info("phase %s → %s: %s", before, after, new.get("message") or "")
+        bad = after in (Phase.failed.value, Phase.rolled_back.value)  # a Warning Event: someone should look
+        (logger.warning if bad else logger.info)("phase %s → %s: %s", before, after, new.get("message") or "")
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.create(API_GROUP, API_VERSION, PLURAL)
 @kopf.on.update(API_GROUP, API_VERSION, PLURAL)
 async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Create, spec change or operator restart: act now rather than at the next daemon tick."""
+    """Create, spec change or operator restart: act now rather than at the next wake-up."""
+    metrics.WAKEUPS.labels("handler").inc()
     await reconcile_object(body, memo, logger)
+
+
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, delay: float) -> str:
+    """Until a child's event, the delay, or the operator stops; says which ("child", "timer", "stopped")."""
+    waits = {asyncio.ensure_future(wake.wait()): "child", asyncio.ensure_future(stopped.wait()): "stopped"}
+    try:
+        done, _ = await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    return "stopped" if stopped else next((waits[t] for t in done), "timer")
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, id="observe-children", cancellation_timeout=5.0)
 async def observe_children(
     stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
-    """Level-based: every interval, read what the current phase waits on and move on if it is there."""
-    interval = memo["operator_settings"].reconcile_interval_seconds
-    while not stopped:
-        delay = interval
-        try:
-            await reconcile_object(body, memo, logger)
-        except kopf.PermanentError:
-            pass  # the status says why; a spec change (new generation) wakes `reconcile`
-        except kopf.TemporaryError as exc:
-            delay = exc.delay or interval
-            logger.warning("retrying in %ss: %s", delay, exc)
-        except Exception:  # noqa: BLE001 - keep observing: the next pass reads the same level again
-            metrics.RECONCILES.labels("error").inc()
-            logger.exception("reconcile failed; next try in %ss", interval)
-        await stopped.wait(delay)
+    """Level-based, woken by events: reconcile when a child changed, a deadline is due, or on a resync.
+
+    The resync (for what no watch reports: a Gateway accepting a route, a missed event) starts at
+    `reconcile_interval_seconds` and doubles while passes change nothing, up to `resync_max_seconds`.
+    The create/resume handler reconciles first, so the daemon starts by waiting; it looks once after
+    `FIRST_LOOK_SECONDS` if no handler has (kopf runs handlers only once its finalizer is in place,
+    and a conflict there waits for the object's next watch event).
+    """
+    ops: OperatorSettings = memo["operator_settings"]
+    wake = _wake_event(memo, body)
+    written = _state(memo)[1]
+    spread = jitter(str((body.get("metadata") or {}).get("uid") or ""))
+    resync = ops.reconcile_interval_seconds
+    retry: float | None = None
+    try:
+        while not stopped:
+            status = written.get("status") or body.get("status") or {}
+            due = seconds_until_due(status, datetime.now(UTC))
+            delay = retry if retry is not None else resync * spread
+            looking = not written and delay > FIRST_LOOK_SECONDS  # no handler has reconciled it yet
+            if looking:
+                delay = FIRST_LOOK_SECONDS
+            cause = await _sleep(stopped, wake, delay if due is None else min(delay, due))
+            if cause == "stopped":
+                return
+            if cause == "timer" and looking and written:  # the handler got there first: nothing to do
+                continue
+            wake.clear()
+            if cause == "timer" and due is not None and due <= delay:
+                cause = "deadline"
+            metrics.WAKEUPS.labels(cause if retry is None else "retry").inc()
+            retry = None
+            before = written.get("status")
+            try:
+                await reconcile_object(body, memo, logger)
+            except kopf.PermanentError:
+                pass  # the status says why; a spec change (new generation) wakes `reconcile`
+            except kopf.TemporaryError as exc:
+                retry = exc.delay or ops.reconcile_interval_seconds
+                logger.warning("retrying in %ss: %s", retry, exc)
+            except Exception:  # noqa: BLE001 - keep observing: the next pass reads the same level again
+                metrics.RECONCILES.labels("error").inc()
+                retry = ops.reconcile_interval_seconds
+                logger.exception("reconcile failed; next try in %ss", retry)
+            resync = next_resync(resync, written.get("status") != before, ops.reconcile_interval_seconds,
+                                 ops.resync_max_seconds)  # fmt: skip
+    finally:
+        meta = body.get("metadata") or {}
+        memo["wakeups"].forget(meta.get("namespace") or "", meta.get("name") or "")
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MODEL: kopf.PRESENT})
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MODEL: kopf.PRESENT})
+async def wake_owner(event: kopf.RawEvent, resource: kopf.Resource, memo: kopf.Memo, **_: Any) -> None:
+    """A Job or Deployment of ours changed status or went away: wake its model (and only it)."""
+    obj = event.get("object") or {}
+    if memo["wakeups"].child_event(resource.kind, event.get("type"), obj):
+        metrics.CHILD_EVENTS.labels(resource.kind, "woke").inc()
+    else:
+        metrics.CHILD_EVENTS.labels(resource.kind, "ignored").inc()
 
 
 @kopf.on.delete(API_GROUP, API_VERSION, PLURAL, optional=True)
-def forget(name: str, namespace: str | None, **_: Any) -> None:
-    """Children go through owner references; only the metric series are ours to drop."""
+async def forget(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Children go through owner references; only the metric series and the wake-up are ours to drop."""
     metrics.forget_model(namespace or "", name)
+    memo["wakeups"].forget(namespace or "", name)

@@ -31,7 +31,15 @@ PLURALS: Final = {
     "HorizontalPodAutoscaler": "horizontalpodautoscalers",
     "ScaledObject": "scaledobjects",
     "HTTPRoute": "httproutes",
+    "Gateway": "gateways",
     "CompressedModel": "compressedmodels",
+}
+# Kinds from CRDs a cluster may not have: a 404 on their create means the API is missing, and says which.
+OPTIONAL_APIS: Final = {
+    "HTTPRoute": "the Gateway API CRDs are not installed (gateway.networking.k8s.io/v1 HTTPRoute): install them "
+    "and a Gateway controller, or set spec.rollout.trafficSplit: replicas",
+    "ScaledObject": "KEDA is not installed (keda.sh/v1alpha1 ScaledObject): install KEDA, or remove "
+    "spec.serving.autoscaling.kedaQuery to scale with an HPA",
 }
 # Children whose spec cannot change after creation: a 409 means "already there", never a patch.
 IMMUTABLE_KINDS: Final = frozenset({"Job", "PersistentVolumeClaim"})
@@ -40,6 +48,15 @@ MERGE_PATCH: Final = {"Content-Type": "application/merge-patch+json"}
 NotFound = kopf_errors.APINotFoundError
 Conflict = kopf_errors.APIConflictError
 APIError = kopf_errors.APIError
+BACKGROUND: Final = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+
+
+class MissingAPI(Exception):
+    """A child's kind is not served by this cluster (its CRD is not installed)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(OPTIONAL_APIS.get(kind, f"the API of {kind} is not installed"))
 
 
 def url(api_version: str, kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
@@ -81,7 +98,8 @@ class KubeApi:
         found = await kopf_api.get(path, **self._kw(logger, "list"))
         items = found.get("items") or []
         return [
-            item for item in items
+            item
+            for item in items
             if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
         ]
 
@@ -95,29 +113,52 @@ class KubeApi:
             return "created"
         except Conflict:
             pass
+        except NotFound as exc:  # a namespaced create is 404 only when the resource type itself is missing
+            raise MissingAPI(kind) from exc
         if kind in IMMUTABLE_KINDS:
             return "unchanged"
         existing = await self.get(api_version, kind, namespace, name, logger)
         wanted = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-        if existing is not None and wanted and (
-            (existing.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted
+        if (
+            existing is not None
+            and wanted
+            and ((existing.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION) == wanted)
         ):
             return "unchanged"
         await self.patch(api_version, kind, namespace, name, manifest, logger)
         return "patched"
 
     async def patch(
-        self, api_version: str, kind: str, namespace: str, name: str, body: Manifest, logger: Any = None,
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        body: Manifest,
+        logger: Any = None,
         subresource: str | None = None,
     ) -> Manifest:
         return await kopf_api.patch(  # type: ignore[no-any-return]
-            url(api_version, kind, namespace, name, subresource), payload=body, headers=MERGE_PATCH,
+            url(api_version, kind, namespace, name, subresource),
+            payload=body,
+            headers=MERGE_PATCH,
             **self._kw(logger, "patch"),
         )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str, logger: Any = None) -> bool:
+        """Delete with its dependents (a Job's pods go too); False when it was not there (or its API is not)."""
         try:
-            await kopf_api.delete(url(api_version, kind, namespace, name), **self._kw(logger, "delete"))
+            await kopf_api.delete(url(api_version, kind, namespace, name), payload=BACKGROUND,
+                                  **self._kw(logger, "delete"))  # fmt: skip
+            return True
+        except NotFound:
+            return False
+
+    async def scale(self, namespace: str, name: str, replicas: int, logger: Any = None) -> bool:
+        """Set a Deployment's replicas, and forget its spec hash so the next apply of its manifest patches it."""
+        body = {"metadata": {"annotations": {SPEC_HASH_ANNOTATION: None}}, "spec": {"replicas": replicas}}
+        try:
+            await self.patch("apps/v1", "Deployment", namespace, name, body, logger)
             return True
         except NotFound:
             return False

@@ -85,9 +85,9 @@ def render_chart_readme() -> str:
     for line in source.splitlines():
         line = line.strip()
         if line.startswith("## @section "):
-            lines += ["", f"## {line[len('## @section '):]}", "", "| Name | Description | Default |", "|---|---|---|"]
+            lines += ["", f"## {line[len('## @section ') :]}", "", "| Name | Description | Default |", "|---|---|---|"]
         elif line.startswith("## @param "):
-            name, _, description = line[len("## @param "):].partition(" ")
+            name, _, description = line[len("## @param ") :].partition(" ")
             lines.append(f"| `{name}` | {description} | `{_default(values, name)}` |")
     return "\n".join(lines) + "\n"
 

@@ -21,62 +21,111 @@ RECONCILES: Final = Counter(
     "slimserve_operator_reconciles_total", "Reconcile passes by result.", ["result"], registry=REGISTRY
 )
 RECONCILE_SECONDS: Final = Histogram(
-    "slimserve_operator_reconcile_duration_seconds", "Time of one reconcile pass.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY,
+    "slimserve_operator_reconcile_duration_seconds",
+    "Time of one reconcile pass.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
 )
 API_REQUESTS: Final = Counter(
-    "slimserve_operator_api_requests_total", "Kubernetes API requests made by reconciles (not kopf's own).",
-    ["verb"], registry=REGISTRY,
+    "slimserve_operator_api_requests_total",
+    "Kubernetes API requests made by reconciles (not kopf's own).",
+    ["verb"],
+    registry=REGISTRY,
+)
+WAKEUPS: Final = Counter(
+    "slimserve_operator_wakeups_total",
+    "Why a reconcile pass ran: handler (create/update/resume), child (a Job or Deployment's watch event), "
+    "deadline, timer (the backing-off resync) or retry.",
+    ["cause"],
+    registry=REGISTRY,
+)
+CHILD_EVENTS: Final = Counter(
+    "slimserve_operator_child_events_total",
+    "Watch events of the models' Jobs and Deployments: woke the model, or ignored (status unchanged).",
+    ["kind", "outcome"],
+    registry=REGISTRY,
 )
 PHASE_TRANSITIONS: Final = Counter(
-    "slimserve_operator_phase_transitions_total", "CompressedModel phase changes.", ["from_phase", "to_phase"],
+    "slimserve_operator_phase_transitions_total",
+    "CompressedModel phase changes.",
+    ["from_phase", "to_phase"],
     registry=REGISTRY,
 )
 GATE_DECISIONS: Final = Counter(
-    "slimserve_operator_gate_decisions_total", "Evaluator step decisions read from reports.", ["decision"],
+    "slimserve_operator_gate_decisions_total",
+    "Evaluator step decisions read from reports.",
+    ["decision"],
     registry=REGISTRY,
 )
 CHILDREN_APPLIED: Final = Counter(
-    "slimserve_operator_children_applied_total", "Child objects applied, by kind and outcome.", ["kind", "outcome"],
+    "slimserve_operator_children_applied_total",
+    "Child objects applied, by kind and outcome.",
+    ["kind", "outcome"],
     registry=REGISTRY,
 )
 PHASE_SECONDS: Final = Histogram(
-    "slimserve_operator_phase_duration_seconds", "Time spent in a phase before leaving it.", ["phase"],
-    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200), registry=REGISTRY,
+    "slimserve_operator_phase_duration_seconds",
+    "Time spent in a phase before leaving it.",
+    ["phase"],
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+    registry=REGISTRY,
 )
 CANARY_WEIGHT: Final = Gauge(
     "slimserve_canary_weight_percent", "Percent of traffic on the canary.", ["namespace", "model"], registry=REGISTRY
 )
 VARIANT_ROLE: Final = Gauge(
-    "slimserve_variant_role", "1 for the variant serving as stable or canary (joins Triton's model label).",
-    ["namespace", "model", "variant", "role"], registry=REGISTRY,
-)
-PHASE_ENTERED: Final = Gauge(
-    "slimserve_phase_entered_timestamp_seconds", "When the model entered its current phase (stuck-phase alerts).",
-    ["namespace", "model", "phase"], registry=REGISTRY,
-)
-GATE_THRESHOLD: Final = Gauge(
-    "slimserve_gate_threshold", "Gate thresholds from the spec (for dashboard lines).", ["namespace", "model", "gate"],
+    "slimserve_variant_role",
+    "1 for the variant serving as stable or canary (joins Triton's model label).",
+    ["namespace", "model", "variant", "role"],
     registry=REGISTRY,
 )
+PHASE_ENTERED: Final = Gauge(
+    "slimserve_phase_entered_timestamp_seconds",
+    "When the model entered its current phase (stuck-phase alerts).",
+    ["namespace", "model", "phase"],
+    registry=REGISTRY,
+)
+GATE_THRESHOLD: Final = Gauge(
+    "slimserve_gate_threshold",
+    "Gate thresholds from the spec (for dashboard lines).",
+    ["namespace", "model", "gate"],
+    registry=REGISTRY,
+)
+
+
+# The label tuples set per model and gauge, so a model's series are dropped without scanning every
+# model's (prometheus-client has no prefix removal): a reconcile's cost does not grow with N.
+_SERIES: Final[dict[tuple[str, str], dict[str, set[tuple[str, ...]]]]] = {}
+
+
+def _set(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+    gauge.labels(*labels).set(value)
+    _SERIES.setdefault((labels[0], labels[1]), {}).setdefault(gauge._name, set()).add(labels)  # noqa: SLF001
 
 
 def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]) -> None:
     """Publish the per-model gauges: canary weight, variant roles, phase and the gate thresholds."""
     name = model.metadata.name
     CANARY_WEIGHT.labels(namespace, name).set(status.get("canaryWeight") or 0)
-    roles = {"stable": status.get("stableVariant"),
-             "canary": canary_variant(status, int(status.get("observedGeneration") or 0))}
+    roles = {
+        "stable": status.get("stableVariant"),
+        "canary": canary_variant(status, int(status.get("observedGeneration") or 0)),
+    }
     if status.get("phase") in ("Promoted", "RolledBack", "Failed"):
         roles["canary"] = None
-    _forget(VARIANT_ROLE, namespace, name)
-    for role, variant in roles.items():
-        if variant and not (role == "canary" and variant == roles["stable"]):
-            VARIANT_ROLE.labels(namespace, name, variant, role).set(1)
+    wanted = {
+        (namespace, name, variant, role)
+        for role, variant in roles.items()
+        if variant and not (role == "canary" and variant == roles["stable"])
+    }
+    for labels in _series(VARIANT_ROLE, namespace, name) - wanted:
+        _remove(VARIANT_ROLE, labels)
+    for labels in wanted:
+        _set(VARIANT_ROLE, labels, 1)
     phase = str(status.get("phase") or "Pending")
-    if (namespace, name, phase) not in PHASE_ENTERED._metrics:  # noqa: SLF001
+    if (namespace, name, phase) not in _series(PHASE_ENTERED, namespace, name):
         _forget(PHASE_ENTERED, namespace, name)
-        PHASE_ENTERED.labels(namespace, name, phase).set(time.time())
+        _set(PHASE_ENTERED, (namespace, name, phase), time.time())
     gates = model.spec.gates
     for gate, value in (
         ("max_p99_ms", gates.max_p99_ms),
@@ -87,7 +136,7 @@ def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]
         ("min_throughput_ratio", gates.min_throughput_ratio),
     ):
         if value is not None:
-            GATE_THRESHOLD.labels(namespace, name, gate).set(value)
+            _set(GATE_THRESHOLD, (namespace, name, gate), value)
 
 
 def forget_model(namespace: str, name: str) -> None:
@@ -96,12 +145,22 @@ def forget_model(namespace: str, name: str) -> None:
         CANARY_WEIGHT.remove(namespace, name)
     for gauge in (GATE_THRESHOLD, VARIANT_ROLE, PHASE_ENTERED):
         _forget(gauge, namespace, name)
+    _SERIES.pop((namespace, name), None)
+
+
+def _series(gauge: Gauge, namespace: str, name: str) -> set[tuple[str, ...]]:
+    return set(_SERIES.get((namespace, name), {}).get(gauge._name, ()))  # noqa: SLF001
+
+
+def _remove(gauge: Gauge, labels: tuple[str, ...]) -> None:
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)
+    _SERIES.get((labels[0], labels[1]), {}).get(gauge._name, set()).discard(labels)  # noqa: SLF001
 
 
 def _forget(gauge: Gauge, namespace: str, name: str) -> None:
-    for labels in list(gauge._metrics):  # noqa: SLF001 - prometheus-client has no prefix removal
-        if labels[:2] == (namespace, name):
-            gauge.remove(*labels)
+    for labels in _series(gauge, namespace, name):
+        _remove(gauge, labels)
 
 
 def serve(port: int) -> None:

@@ -1,53 +1,181 @@
 """The phase machine, pure: spec + current status + observed children → children to apply + status.
 
 `Pending → Compressing → Packaging → Deploying → Evaluating → Progressing → Promoted | RolledBack
-| Failed`. Every decision is a function of what was observed (Job finished? Deployment ready?
-report written?), so running it twice, or after an operator restart, gives the same answer and
-the same deterministic child names: nothing is duplicated.
+| Failed`. Every decision is a function of what was observed (Job finished? Deployment rolled out?
+route accepted?) and of the clock against `status.deadline`, so running it twice, or after an operator
+restart, gives the same answer and the same deterministic child names: nothing is duplicated.
+
+What to judge next and when to stop is `slimserve.evaluator.policy.next_step`'s call, fed with the
+steps judged so far (`status.steps`), exactly as `slimserve run` feeds it: the served quality check
+(weight 0), then `spec.rollout.steps`. Each judged step is one evaluator Job.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any, Final
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal
 
 from slimserve.api import CompressedModel, Phase, set_condition
+from slimserve.api.report import CheckResult, EvaluationReport, StepResult
 from slimserve.api.status import TERMINAL_PHASES
+from slimserve.evaluator import policy
 from slimserve.operator import builders as b
-from slimserve.operator.settings import OperatorSettings
+from slimserve.operator.builders import BASELINE, Served
+from slimserve.operator.settings import OperatorSettings, duration_seconds, seconds
 
 Manifest = dict[str, Any]
-BASELINE: Final = "baseline"
-OBJECTIVE_KEYS: Final = {"size": "compressionRatio", "latency": "speedup", "throughput": "throughputRps"}
+ConditionStatus = Literal["True", "False", "Unknown"]
+Ref = tuple[str, str, str]  # (apiVersion, kind, name)
+# How long after a Job's own deadline the phase gives up (the Job controller should have failed it by then).
+DEADLINE_GRACE_S: Final = 120
+# The evaluator's Prometheus windows need this many scrapes (slimserve.evaluator.canary.MIN_SCRAPES).
+MIN_SCRAPES: Final = 4
+# Exit codes of `slimserve evaluate` that come with a judged step.
+STEP_EXIT_CODES: Final = frozenset({0, 3, 4})
+IN_FLIGHT: Final = frozenset({Phase.packaging, Phase.deploying, Phase.evaluating, Phase.progressing})
+MESSAGE_LIMIT: Final = 600
+
+
+# ---------------------------------------------------------------------------------------------
+# what is observed, parsed from API objects (pure: the handler fetches, these read)
+# ---------------------------------------------------------------------------------------------
+
+
+def _clip(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def pod_problem(pod: Mapping[str, Any]) -> str:
+    """Why a pod is not (or no longer) running, as `kubectl describe` would say it; "" when nothing is wrong."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        waiting, last = state.get("waiting") or {}, (cs.get("lastState") or {}).get("terminated") or {}
+        if waiting and waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+            why = f"{waiting['reason']}: {waiting.get('message') or ''}".rstrip(": ")
+            if last:
+                why += f" (last exit {last.get('exitCode')}: {last.get('reason') or ''} {last.get('message') or ''})"
+            return _clip(f"pod {name}: {why}")
+        terminated = state.get("terminated") or {}
+        if terminated and terminated.get("exitCode") not in (0, None):
+            return _clip(f"pod {name}: exited {terminated['exitCode']} ({terminated.get('reason') or 'Error'}): "
+                         f"{terminated.get('message') or ''}")  # fmt: skip
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return _clip(f"pod {name}: {cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}")
+    return ""
 
 
 @dataclass(frozen=True)
 class JobState:
-    """What a Job reports about itself (level, not edge)."""
+    """What a Job and its latest finished pod report (level, not edge)."""
 
     succeeded: bool = False
     failed: bool = False
     reason: str = ""
     message: str = ""
+    exit_code: int | None = None
+    output: str = ""  # the latest finished container's termination message (or log tail)
+    waiting: str = ""  # why its pod is not running, while it is not
 
     @property
     def finished(self) -> bool:
         return self.succeeded or self.failed
 
     @classmethod
-    def from_job(cls, job: dict[str, Any]) -> JobState:
+    def from_objects(cls, job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> JobState:
+        """The Job's conditions, plus its own pods (by owner uid: a recreated Job ignores its predecessor's)."""
+        uid = (job.get("metadata") or {}).get("uid")
+        mine = [p for p in pods if not uid or any(
+            r.get("uid") == uid for r in (p.get("metadata") or {}).get("ownerReferences") or [])]  # fmt: skip
+        finished: list[Mapping[str, Any]] = []
+        waiting = ""
+        for pod in mine:
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (cs.get("state") or {}).get("terminated")
+                if terminated:
+                    finished.append(terminated)
+            waiting = waiting or pod_problem(pod)
+        last: Mapping[str, Any] = max(finished, key=lambda t: str(t.get("finishedAt") or ""), default={})
+        exit_code = last.get("exitCode")
+        seen = cls(exit_code=int(exit_code) if exit_code is not None else None, output=str(last.get("message") or ""),
+                  waiting=waiting)  # fmt: skip
         status = job.get("status") or {}
         for cond in status.get("conditions") or []:
             if cond.get("status") != "True":
                 continue
+            reason, message = str(cond.get("reason") or ""), str(cond.get("message") or "")
             if cond.get("type") in ("Complete", "SuccessCriteriaMet"):
-                return cls(succeeded=True, reason=cond.get("reason", "Complete"), message=cond.get("message", ""))
+                return replace(seen, succeeded=True, reason=reason or "Complete", message=message)
             if cond.get("type") in ("Failed", "FailureTarget"):
-                return cls(failed=True, reason=cond.get("reason") or "JobFailed", message=cond.get("message", ""))
+                return replace(seen, failed=True, reason=reason or "JobFailed", message=message)
         if (status.get("succeeded") or 0) >= 1:
-            return cls(succeeded=True, reason="Complete")
-        return cls()
+            return replace(seen, succeeded=True, reason="Complete")
+        return seen
+
+    def describe(self, job_name: str) -> str:
+        """The reason a person acts on: the pod's own words first, then the Job's."""
+        head = f"Job {job_name}"
+        if self.failed:
+            head += f" failed ({self.reason}{': ' + self.message if self.message else ''})"
+        parts = [head]
+        if self.exit_code not in (None, 0):
+            parts.append(f"exit {self.exit_code}: {_clip(self.output) or 'no message'}")
+        elif self.waiting:
+            parts.append(self.waiting)
+        elif not self.finished:
+            parts.append("no running pod yet (see its events: quota, admission, a missing Secret or claim)")
+        return _clip("; ".join(parts), 2 * MESSAGE_LIMIT)
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """Rolled out = every replica runs the current pod template and is available (`kubectl rollout status`)."""
+
+    ready: bool = False
+    failed: str = ""  # Progressing=False (ProgressDeadlineExceeded): the Deployment gave up
+    waiting: str = ""  # why a pod is not ready
+
+    @classmethod
+    def from_objects(cls, deployment: Mapping[str, Any], pods: Sequence[Mapping[str, Any]] = ()) -> DeploymentState:
+        meta, spec, status = (deployment.get(k) or {} for k in ("metadata", "spec", "status"))
+        waiting = next((p for p in map(pod_problem, pods) if p), "")
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "Progressing" and cond.get("status") == "False":
+                return cls(failed=_clip(f"{cond.get('reason')}: {cond.get('message') or ''}"), waiting=waiting)
+        desired = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+        generation, observed = meta.get("generation"), status.get("observedGeneration")
+        current = generation is None or observed is None or int(observed) >= int(generation)
+        updated, total = int(status.get("updatedReplicas") or 0), int(status.get("replicas") or 0)
+        available = int(status.get("availableReplicas") or 0)
+        ready = current and updated >= desired and total <= updated and available >= max(updated, 1 if desired else 0)
+        return cls(ready=ready, waiting=waiting)
+
+
+@dataclass(frozen=True)
+class RouteState:
+    """Whether a Gateway accepted the HTTPRoute (`status.parents[].conditions`); None until one says."""
+
+    accepted: bool | None = None
+    message: str = ""
+
+    @classmethod
+    def from_objects(cls, route: Mapping[str, Any], gateway_found: bool | None) -> RouteState:
+        parents = (route.get("status") or {}).get("parents") or []
+        for parent in parents:
+            for cond in parent.get("conditions") or []:
+                if cond.get("type") == "Accepted":
+                    ok = cond.get("status") == "True"
+                    return cls(ok, "" if ok else f"{cond.get('reason')}: {cond.get('message') or ''}")
+        if gateway_found is False:
+            return cls(False, "GatewayNotFound")
+        return cls(None, "no Gateway controller has reported on the route yet")
 
 
 @dataclass(frozen=True)
@@ -55,184 +183,380 @@ class Observed:
     """The children the current phase waits on; None means the child does not exist (yet)."""
 
     compression_job: JobState | None = None
-    compression_summary: dict[str, Any] | None = None
     packaging_job: JobState | None = None
-    deployments_ready: dict[str, bool] = field(default_factory=dict)  # variant -> ready; absent = missing
+    deployments: dict[str, DeploymentState] = field(default_factory=dict)  # by Deployment name; absent = missing
+    route: RouteState | None = None
     evaluator_job: JobState | None = None
-    report: dict[str, Any] | None = None
+    api_error: str = ""  # the last failed request of this object's reconciles (a create refused by a quota)
 
 
 @dataclass
 class Plan:
-    """Children to create-or-patch, autoscalers to remove, and the whole new status.
+    """Children to create-or-patch, objects to remove, Deployments to scale, and the whole new status.
 
-    `delete` runs before `apply`: an autoscaler still in place would scale a Deployment the plan
-    sets to 0 replicas straight back up (KEDA enforces its minimum).
+    Order in the handler: delete, route reset, apply, scale. An autoscaler still in place would scale a
+    Deployment the plan sets to 0 replicas straight back up (KEDA enforces its minimum); a scale comes
+    last so no manifest applied in the same pass sets the replicas back.
     """
 
     apply: list[Manifest] = field(default_factory=list)
-    delete: list[tuple[str, str, str]] = field(default_factory=list)  # (apiVersion, kind, name)
+    delete: list[Ref] = field(default_factory=list)
+    scale: list[tuple[str, int]] = field(default_factory=list)  # (Deployment, replicas)
+    route_reset: tuple[str, str] | None = None  # (stable's Service, model name): all traffic back, spec unknown
     status: dict[str, Any] = field(default_factory=dict)
     gate_decision: str | None = None
 
 
-def deployment_ready(deployment: dict[str, Any]) -> bool:
-    status = deployment.get("status") or {}
-    return int(status.get("readyReplicas") or 0) >= 1
+# ---------------------------------------------------------------------------------------------
+# checks that need the installation (the spec alone passed pydantic and the CRD)
+# ---------------------------------------------------------------------------------------------
 
 
-def parse_report(config_map: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The evaluator's EvaluationReport from its ConfigMap, or None while it is not written."""
-    if not config_map:
-        return None
-    raw = (config_map.get("data") or {}).get(b.REPORT_KEY)
-    if not raw:
-        return None
-    try:
-        report = json.loads(raw)
-    except ValueError:
-        return {"decision": "Inconclusive", "reason": "the report in the ConfigMap is not valid JSON", "steps": []}
-    return report if isinstance(report, dict) else None
+def spec_problems(model: CompressedModel, status: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
+    """What this installation cannot run, each naming the field, the value and the fix.
 
-
-def parse_summary(text: str | None) -> dict[str, Any] | None:
-    if not text:
-        return None
-    try:
-        summary = json.loads(text.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("variants"), list) else None
-
-
-def choose_candidate(model: CompressedModel, summary: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The variant to roll out: the named one, the search's choice, or the best one within the gate.
-
-    Returns (variant record, why) — the record is None with a reason a person can act on.
+    The step check is the twin of `slimserve.evaluator.canary.Timing.of` (tests hold them to the same
+    verdicts): the evaluator would refuse the same spec, but only after compression.
     """
-    variants = {v["name"]: v for v in summary.get("variants", []) if isinstance(v, dict) and v.get("name")}
-    wanted = model.spec.rollout.candidate
-    if wanted != "auto":
-        if wanted not in variants:
-            return None, f"rollout.candidate '{wanted}' is not in the compression report ({sorted(variants)})"
-        return variants[wanted], "named by rollout.candidate"
-    chosen = summary.get("chosen")
-    if chosen in variants:
-        return variants[chosen], "chosen by the search"
-    limit = model.spec.gates.max_accuracy_drop
-    eligible = [v for v in variants.values() if v.get("accuracyDrop") is not None and v["accuracyDrop"] <= limit]
-    if not eligible:
-        drops = ", ".join(f"{n}: {v.get('accuracyDrop')}" for n, v in sorted(variants.items()))
-        return None, (
-            f"no variant drops at most {limit} points of accuracy ({drops}); "
-            "relax gates.maxAccuracyDrop or add recipes"
+    rollout = model.spec.rollout
+    problems = []
+    scrape = duration_seconds(settings.scrape_interval)
+    step, warmup = duration_seconds(rollout.step_duration), duration_seconds(rollout.warmup)
+    ramp = rollout.users / max(rollout.spawn_rate, 1)
+    judged = step - warmup - ramp
+    if judged < MIN_SCRAPES * scrape:
+        problems.append(
+            f"spec.rollout.stepDuration = {rollout.step_duration!r}: after the warm-up ({warmup:g} s) and the spawn "
+            f"ramp ({ramp:g} s) {judged:g} s are judged, fewer than {MIN_SCRAPES} scrapes of {scrape:g} s (the "
+            f"operator's scrape interval); use at least {math.ceil(warmup + ramp + MIN_SCRAPES * scrape)}s"
         )
-    search = model.spec.compression.search
-    key = OBJECTIVE_KEYS[search.objective if search else "size"]
-    best = max(eligible, key=lambda v: (v.get(key) or 0.0, -(v.get("accuracyDrop") or 0.0)))
-    return best, f"best {key} within maxAccuracyDrop {limit}"
+    longest = max(duration_seconds(rollout.max_step_duration) if rollout.max_step_duration else 4 * step, step)
+    windows = math.ceil(longest / step)
+    needed = step / 2 + longest + windows * 1.5 * scrape + DEADLINE_GRACE_S
+    if seconds(rollout.evaluator.deadline) < needed:
+        problems.append(
+            f"spec.rollout.evaluator.deadline = {rollout.evaluator.deadline!r}: a canary step may take {needed:.0f} s "
+            f"(warm-up, maxStepDuration {longest:g} s, Prometheus scrapes and start-up); use at least "
+            f"{math.ceil(needed / 60)}m"
+        )
+    uri = model.spec.serving.model_repository.uri
+    if uri:
+        problems.append(
+            f"spec.serving.modelRepository.uri = {uri!r}: the operator serves every variant from the model volume "
+            f"(spec.serving.modelRepository.pvc, default {model.metadata.name}-models); an s3:// repository is not "
+            "wired into the cluster path yet: remove uri (`slimserve package --repository s3://...` works by hand)"
+        )
+    served_as = status.get("modelName")
+    if served_as and served_as != b.model_name(model):
+        problems.append(
+            f"spec.serving.modelName = {b.model_name(model)!r}: clients call {served_as!r} (status.modelName) and the "
+            "stable variant serves it; the name cannot change once served: set it back, or create a new "
+            "CompressedModel for the new name"
+        )
+    return problems
 
 
-def _check_value(report: dict[str, Any], needle: str) -> float | None:
-    steps = report.get("steps") or []
-    for check in (steps[-1].get("checks") or []) if steps else []:
-        if needle in str(check.get("name", "")).lower() and isinstance(check.get("value"), int | float):
-            return float(check["value"])
-    return None
+# ---------------------------------------------------------------------------------------------
+# status helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _after(now: str, delay_s: float) -> str:
+    return (_parse_time(now) + timedelta(seconds=delay_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Status:
     """A mutable working copy of status with condition helpers bound to generation and time."""
 
-    def __init__(self, status: dict[str, Any], generation: int, now: str) -> None:
-        self.data = {k: v for k, v in status.items()}
+    def __init__(self, status: Mapping[str, Any], generation: int, now: str) -> None:
+        self.data = dict(status)
         self.data.setdefault("conditions", [])
         self.generation = generation
         self.now = now
 
-    def condition(self, type: str, status: str, reason: str, message: str = "") -> None:
+    def condition(self, type: str, status: ConditionStatus, reason: str, message: str = "") -> None:
         self.data["conditions"] = set_condition(
-            list(self.data.get("conditions") or []), type, status, reason, message,  # type: ignore[arg-type]
-            observed_generation=self.generation, now=self.now,
+            list(self.data.get("conditions") or []),
+            type,
+            status,
+            reason,
+            message,
+            observed_generation=self.generation,
+            now=self.now,
         )
 
-    def phase(self, phase: Phase, message: str) -> None:
+    def phase(self, phase: Phase, message: str, deadline_s: float | None = None) -> None:
         self.data["phase"] = phase.value
         self.data["message"] = message
+        self.data["deadline"] = _after(self.now, deadline_s) if deadline_s is not None else None
+
+    def past_deadline(self) -> bool:
+        deadline = self.data.get("deadline")
+        return bool(deadline) and _parse_time(self.now) > _parse_time(str(deadline))
+
+
+def _stable(status: Mapping[str, Any], generation: int) -> Served:
+    return Served(status.get("stableVariant") or BASELINE, int(status.get("stableGeneration") or generation))
+
+
+def _steps(status: Mapping[str, Any]) -> list[StepResult]:
+    """`status.steps` as the policy reads them (values are not needed to decide)."""
+    return [
+        StepResult(weight=s["weight"], verdict=s["verdict"], checks=[
+            CheckResult(name=c["name"], verdict=c["verdict"], value=None, threshold=None) for c in s.get("checks") or []
+        ])
+        for s in status.get("steps") or []
+    ]  # fmt: skip
+
+
+def _next(model: CompressedModel, steps: list[StepResult]) -> policy.NextStep:
+    rollout = model.spec.rollout
+    return policy.next_step(steps, rollout.steps, rollout.failure_budget, rollout.inconclusive_limit)
+
+
+def parse_step_report(job: JobState) -> EvaluationReport | None:
+    """The judged step an evaluator Job left in its termination message; None if it judged nothing."""
+    if job.exit_code not in STEP_EXIT_CODES or not job.output.strip():
+        return None
+    try:
+        return EvaluationReport.model_validate_json(job.output.strip().splitlines()[-1])
+    except ValueError:
+        return None
+
+
+def parse_choice(output: str) -> dict[str, Any] | None:
+    """The compression Job's choice (`slimserve.api.choice.summary`): {candidate: {...} | null, reason}."""
+    try:
+        parsed = json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+    return parsed if isinstance(parsed, dict) and "candidate" in parsed else None
+
+
+# ---------------------------------------------------------------------------------------------
+# children of one pass
+# ---------------------------------------------------------------------------------------------
+
+
+def _gateway(model: CompressedModel) -> bool:
+    return model.spec.rollout.traffic_split == "gateway"
 
 
 def _serving_children(
-    model: CompressedModel, owner: b.Owner, variant: str, role: b.Role, settings: OperatorSettings,
-    replicas: int | None, autoscale: bool,
+    model: CompressedModel,
+    owner: b.Owner,
+    served: Served,
+    role: b.Role,
+    settings: OperatorSettings,
+    replicas: int | None,
+    autoscale: bool,
 ) -> list[Manifest]:
     out = [
-        b.build_triton_deployment(model, owner, variant, role, settings, replicas=replicas),
-        b.build_triton_service(owner, variant),
+        b.build_triton_deployment(model, owner, served, role, settings, replicas=replicas),
+        b.build_triton_service(owner, served.variant),
     ]
     if autoscale:
-        out.append(b.build_autoscaler(model, owner, variant, settings))
+        out.append(b.build_autoscaler(model, owner, served.variant, settings))
     return out
+
+
+def _replica_weight(model: CompressedModel, weight: int) -> int:
+    """In replica mode the canary serves clients from its first pod: at least the first step's share."""
+    return max(weight, model.spec.rollout.steps[0])
 
 
 def _traffic(
-    model: CompressedModel, owner: b.Owner, stable: str, candidate: str | None, weight: int,
+    model: CompressedModel,
+    owner: b.Owner,
+    stable: Served,
+    candidate: Served | None,
+    weight: int,
     settings: OperatorSettings,
 ) -> list[Manifest]:
     """Children that carry the canary weight: the HTTPRoute, or the replica counts."""
-    if model.spec.rollout.traffic_split == "gateway":
-        return [b.build_httproute(model, owner, stable, candidate, weight, settings)]
-    stable_n, canary_n = b.split_replicas(settings.split_replicas, weight)
-    out = [b.build_triton_deployment(model, owner, stable, "stable", settings, replicas=stable_n)]
-    if candidate is not None:
-        out.append(b.build_triton_deployment(model, owner, candidate, "canary", settings, replicas=canary_n))
-    return out
-
-
-def _evaluation_children(
-    model: CompressedModel, owner: b.Owner, step: int, attempt: int, stable: str, candidate: str,
-    settings: OperatorSettings,
-) -> list[Manifest]:
+    if _gateway(model):
+        return [b.build_httproute(model, owner, stable.variant, candidate.variant if candidate else None, weight,
+                                  settings)]  # fmt: skip
+    if candidate is None:
+        return [b.build_triton_deployment(model, owner, stable, "stable", settings, replicas=settings.split_replicas)]
+    stable_n, canary_n = b.split_replicas(settings.split_replicas, _replica_weight(model, weight))
     return [
-        b.build_report_config_map(owner, step, attempt),
-        b.build_evaluator_job(model, owner, step, stable, candidate, settings, attempt=attempt),
+        b.build_triton_deployment(model, owner, stable, "stable", settings, replicas=stable_n),
+        b.build_triton_deployment(model, owner, candidate, "canary", settings, replicas=canary_n),
     ]
 
 
+def _deploy_children(
+    model: CompressedModel, owner: b.Owner, stable: Served, candidate: Served, settings: OperatorSettings
+) -> list[Manifest]:
+    """Stable, canary and control Triton (Deployments, Services, autoscalers) and traffic at weight 0."""
+    control = [
+        b.build_triton_deployment(model, owner, stable, "control", settings,
+                                  replicas=model.spec.serving.autoscaling.min_replicas),
+        b.build_control_service(owner),
+    ]  # fmt: skip
+    if _gateway(model):
+        # A canary starts at the autoscaler's minimum: an earlier rollback may have left it at 0
+        # replicas, and an HPA never scales a Deployment up from 0. The stable count stays the HPA's.
+        minimum = model.spec.serving.autoscaling.min_replicas
+        children = _serving_children(model, owner, stable, "stable", settings, None, autoscale=True)
+        children += _serving_children(model, owner, candidate, "canary", settings, minimum, autoscale=True)
+        return children + control + _traffic(model, owner, stable, candidate, 0, settings)
+    stable_n, canary_n = b.split_replicas(settings.split_replicas, _replica_weight(model, 0))
+    children = _serving_children(model, owner, stable, "stable", settings, stable_n, autoscale=False)
+    children += _serving_children(model, owner, candidate, "canary", settings, canary_n, autoscale=False)
+    return children + control + [b.build_shared_service(owner)]
+
+
+def _remove_control(owner: b.Owner, out: Plan) -> None:
+    name = b.control_name(owner)
+    out.delete += [("apps/v1", "Deployment", name), ("v1", "Service", name)]
+
+
+def _drain(owner: b.Owner, variants: list[str], st: _Status, out: Plan, settings: OperatorSettings) -> None:
+    """The losing side keeps its pods `scale_down_delay_seconds` while the switch propagates, then goes to 0."""
+    deployments = [b.triton_name(owner, v) for v in variants]
+    if settings.scale_down_delay_seconds <= 0:
+        _scale_down(owner, deployments, out)
+        return
+    st.data["drain"] = {"deployments": deployments, "at": _after(st.now, settings.scale_down_delay_seconds)}
+
+
+def _scale_down(owner: b.Owner, deployments: list[str], out: Plan) -> None:
+    prefix = f"{owner.name}-"
+    for name in deployments:
+        out.delete += b.autoscaler_refs(owner, name[len(prefix) :] if name.startswith(prefix) else name)
+        out.scale.append((name, 0))
+
+
+def _drain_if_due(owner: b.Owner, st: _Status, out: Plan, force: bool = False) -> None:
+    drain = st.data.get("drain")
+    if drain and (force or _parse_time(st.now) >= _parse_time(drain["at"])):
+        _scale_down(owner, list(drain["deployments"]), out)
+        st.data["drain"] = None
+
+
+def _supersede(owner: b.Owner, status: Mapping[str, Any], out: Plan) -> None:
+    """A new generation (or an invalid spec) while one is in flight: its canary, control and Jobs go.
+
+    The canary drains no longer: traffic is back on the stable in the same pass.
+    """
+    old_gen = int(status.get("observedGeneration") or 0)
+    phase = status.get("phase")
+    if not old_gen or not phase:
+        return
+    old = b.Owner(owner.name, owner.namespace, owner.uid, old_gen)
+    jobs = {
+        Phase.compressing.value: b.compression_job_name(old),
+        Phase.packaging.value: b.packaging_job_name(old),
+        Phase.evaluating.value: b.evaluator_job_name(old, len(status.get("steps") or [])),
+        Phase.progressing.value: b.evaluator_job_name(old, len(status.get("steps") or [])),
+    }
+    if phase in jobs:
+        out.delete.append(("batch/v1", "Job", jobs[phase]))
+    candidate = b.canary_variant(status, old_gen)
+    if phase in {p.value for p in IN_FLIGHT} - {Phase.packaging.value} and candidate:
+        _scale_down(owner, [b.triton_name(owner, candidate)], out)
+        _remove_control(owner, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the phase machine
+# ---------------------------------------------------------------------------------------------
+
+
 def start_pipeline(
-    model: CompressedModel, owner: b.Owner, status: dict[str, Any], settings: OperatorSettings, now: str
+    model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings, now: str
 ) -> Plan:
     """A new generation: compress again; whatever serves keeps serving from the stable variant."""
-    previous_weight = status.get("canaryWeight")
-    stable = status.get("stableVariant") or BASELINE
-    st = _Status({"conditions": status.get("conditions") or []}, owner.generation, now)
+    serving = status.get("canaryWeight") is not None
+    stable = _stable(status, owner.generation)
+    # TrafficReady is judged again when this generation's canary deploys.
+    conditions = [c for c in status.get("conditions") or [] if c.get("type") != "TrafficReady"]
+    st = _Status({"conditions": conditions, "drain": status.get("drain")}, owner.generation, now)
+    plan = Plan(status=st.data)
+    _drain_if_due(owner, st, plan, force=True)
+    _supersede(owner, status, plan)
+    job = model.spec.compression.job
     st.data.update(
-        observedGeneration=owner.generation, stableVariant=stable,
-        previousStableVariant=status.get("previousStableVariant"), candidateVariant=None, sizeRatio=None,
-        accuracyDrop=None, p99Ms=None, throughputRps=None, canaryStep=None, decision=None,
-        reportConfigMap=None, failedSteps=0, canaryWeight=0 if previous_weight is not None else None,
-    )
-    st.phase(Phase.compressing, f"compressing generation {owner.generation} ({b.compression_job_name(owner)})")
+        observedGeneration=owner.generation, stableVariant=stable.variant,
+        stableGeneration=status.get("stableGeneration"), previousStableVariant=status.get("previousStableVariant"),
+        previousStableGeneration=status.get("previousStableGeneration"), modelName=status.get("modelName"),
+        endpoint=status.get("endpoint"), candidateVariant=None, sizeRatio=None, metric=None, qualityDrop=None,
+        p99Ms=None, throughputRps=None, canaryStep=None, decision=None, steps=[], failedSteps=0,
+        canaryWeight=0 if serving else None,
+    )  # fmt: skip
+    st.phase(Phase.compressing, f"compressing generation {owner.generation} ({b.compression_job_name(owner)})",
+             seconds(job.deadline) + DEADLINE_GRACE_S)  # fmt: skip
     st.condition("Compressed", "Unknown", "Compressing", f"Job {b.compression_job_name(owner)} is running")
     st.condition("Deployed", "Unknown", "Pending", "waiting for compression")
     st.condition("Evaluated", "Unknown", "Pending", "waiting for deployment")
     st.condition("Promoted", "Unknown", "Pending", "waiting for the gate")
-    serving = previous_weight is not None
-    st.condition("Ready", "True" if serving else "False", "ServingStable" if serving else "Compressing",
-                 f"stable variant {stable} serves all traffic" if serving else "nothing is served yet")
-    plan = Plan(status=st.data)
+    st.condition(
+        "Ready",
+        "True" if serving else "False",
+        "ServingStable" if serving else "Compressing",
+        f"stable variant {stable.variant} serves all traffic" if serving else "nothing is served yet",
+    )
     plan.apply.append(b.build_spec_config_map(model, owner))
     if not model.spec.serving.model_repository.pvc:
         plan.apply.append(b.build_model_repository_pvc(model, owner, settings))
-    plan.apply.append(b.build_compression_job(model, owner, settings))
-    if serving and model.spec.rollout.traffic_split == "gateway":
-        plan.apply.extend(_traffic(model, owner, stable, None, 0, settings))
+    plan.apply.append(_compression_job(model, owner, status, settings))
+    if serving:
+        plan.apply += _traffic(model, owner, stable, None, 0, settings)
     return plan
+
+
+def _compression_job(
+    model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings
+) -> Manifest:
+    stable = status.get("stableVariant")
+    served = _stable(status, owner.generation) if stable and stable != BASELINE else None
+    return b.build_compression_job(model, owner, settings, served, stable)
+
+
+def invalid_spec(owner: b.Owner, status: Mapping[str, Any] | None, problems: list[str], now: str) -> Plan:
+    """Failed with a Ready condition naming each field, value and fix; a rollout in flight is called off."""
+    status = dict(status or {})
+    st = _Status(status, owner.generation, now)
+    plan = Plan(status=st.data)
+    if status.get("observedGeneration") != owner.generation:
+        _drain_if_due(owner, st, plan, force=True)
+        _supersede(owner, status, plan)
+        stable = status.get("stableVariant")
+        if stable and status.get("modelName") and status.get("phase") in {p.value for p in IN_FLIGHT}:
+            plan.route_reset = (b.triton_name(owner, stable), str(status["modelName"]))
+            st.data["canaryWeight"] = 0
+    msg = "invalid spec: " + "; ".join(problems)
+    st.data["observedGeneration"] = owner.generation
+    st.phase(Phase.failed, msg)
+    serving = status.get("canaryWeight") is not None
+    st.condition(
+        "Ready",
+        "False",
+        "InvalidSpec",
+        msg + (f"; stable variant {status.get('stableVariant')} keeps serving" if serving else ""),
+    )
+    return plan
+
+
+def invalid_api_status(
+    status: Mapping[str, Any], generation: int, condition: str, message: str, now: str
+) -> dict[str, Any]:
+    """The status as it was, plus a condition saying which API the cluster lacks and how to fix it."""
+    st = _Status(status, generation, now)
+    st.condition(condition, "False", "APIMissing", message)
+    return st.data
 
 
 def plan(
     model: CompressedModel,
     owner: b.Owner,
-    status: dict[str, Any] | None,
+    status: Mapping[str, Any] | None,
     observed: Observed,
     settings: OperatorSettings,
     now: str,
@@ -241,194 +565,371 @@ def plan(
     status = dict(status or {})
     if status.get("observedGeneration") != owner.generation or not status.get("phase"):
         return start_pipeline(model, owner, status, settings, now)
-    phase = Phase(status["phase"])
     st = _Status(status, owner.generation, now)
     out = Plan(status=st.data)
+    _drain_if_due(owner, st, out)
+    phase = Phase(status["phase"])
     if phase in TERMINAL_PHASES or phase == Phase.pending:
         return out
-    stable = status.get("stableVariant") or BASELINE
-    # From packaging on the candidate goes by the name it serves under (its own, or generation-suffixed).
-    candidate = b.canary_variant(status, owner.generation)
-    steps = model.spec.rollout.steps
-
     if phase == Phase.compressing:
-        job = observed.compression_job
-        if job is None:
-            out.apply += [b.build_spec_config_map(model, owner), b.build_compression_job(model, owner, settings)]
-        elif job.failed:
-            why = f"compression Job {b.compression_job_name(owner)} failed: {job.reason}" + (
-                f": {job.message}" if job.message else "")
-            st.phase(Phase.failed, why)
-            st.condition("Compressed", "False", "JobFailed", why)
-            st.condition("Ready", "False", "CompressionFailed", why)
-        elif job.succeeded:
-            summary = observed.compression_summary
-            chosen, why = choose_candidate(model, summary) if summary else (
-                None, "the compression Job left no summary in its termination message")
-            if chosen is None:
-                st.phase(Phase.failed, why)
-                st.condition("Compressed", "False", "NoCandidate", why)
-                st.condition("Ready", "False", "NoCandidate", why)
-            else:
-                st.data.update(candidateVariant=chosen["name"], sizeRatio=chosen.get("compressionRatio"),
-                               accuracyDrop=chosen.get("accuracyDrop"))
-                served = b.canary_variant(st.data, owner.generation)
-                msg = (f"candidate {chosen['name']} ({why}): size ratio {chosen.get('compressionRatio')}, "
-                       f"accuracy drop {chosen.get('accuracyDrop')} points")
-                if served != chosen["name"]:
-                    msg += (f"; it serves as {served}: {chosen['name']} is the name of a variant already "
-                            "deployed (stable or kept from the last promotion)")
-                st.condition("Compressed", "True", "CandidateChosen", msg)
-                st.phase(Phase.packaging, f"packaging the model repository; {msg}")
-                st.condition("Deployed", "Unknown", "Packaging", f"Job {b.packaging_job_name(owner)} is running")
-                out.apply.append(b.build_packaging_job(model, owner, settings, chosen["name"], served))
-        return out
-
-    assert candidate is not None, "a candidate is chosen before packaging"
-    gateway = model.spec.rollout.traffic_split == "gateway"
-    if phase == Phase.packaging:
-        job = observed.packaging_job
-        if job is None:
-            out.apply.append(b.build_packaging_job(model, owner, settings, status["candidateVariant"], candidate))
-        elif job.failed:
-            why = f"packaging Job {b.packaging_job_name(owner)} failed: {job.reason}" + (
-                f": {job.message}" if job.message else "")
-            st.phase(Phase.failed, why)
-            st.condition("Deployed", "False", "PackagingFailed", why)
-            st.condition("Ready", "False", "PackagingFailed", why)
-        elif job.succeeded:
-            st.phase(Phase.deploying, f"deploying Triton for stable {stable} and canary {candidate}")
-            st.condition("Deployed", "False", "WaitingForReadiness", f"Triton for {stable} and {candidate} starting")
-            out.apply += _deploy_children(model, owner, stable, candidate, settings)
-        return out
-
-    if phase == Phase.deploying:
-        ready = observed.deployments_ready
-        if stable not in ready or candidate not in ready:
-            out.apply += _deploy_children(model, owner, stable, candidate, settings)
-        elif ready[stable] and ready[candidate]:
-            st.condition("Deployed", "True", "DeploymentsReady",
-                         f"Triton serves {stable} (stable) and {candidate} (canary)")
-            out.apply += _start_step(model, owner, st, 0, stable, candidate, settings)
-        return out
-
-    # Evaluating / Progressing: one evaluator Job per canary step (and per retry).
-    step = int(status.get("canaryStep") or 0)
-    failures = int(status.get("failedSteps") or 0)
-    job = observed.evaluator_job
-    report = observed.report
-    if job is None and report is None:
-        out.apply += _evaluation_children(model, owner, step, failures, stable, candidate, settings)
-        return out
-    if report is None:
-        if job is None or not job.finished:
-            return out
-        job_name = b.evaluator_job_name(owner, step, failures)
-        report = {"decision": "Inconclusive", "steps": [],
-                  "reason": f"evaluator Job {job_name} ended ({job.reason}) without a report"}
-    decision = str(report.get("decision") or "Inconclusive")
-    reason = str(report.get("reason") or "")
-    out.gate_decision = decision
-    st.data.update(p99Ms=_check_value(report, "p99"), throughputRps=_check_value(report, "throughput"))
-    weight = steps[step]
-    if decision == "Promoted":
-        st.condition("Evaluated", "True", "StepPassed", f"canary at {weight}% passed the gate: {reason}".rstrip(": "))
-        if step + 1 < len(steps):
-            out.apply += _start_step(model, owner, st, step + 1, stable, candidate, settings)
-            return out
-        msg = (f"{candidate} promoted: it serves 100% of traffic; {stable} is kept at 0 replicas; "
-               f"{reason}").rstrip("; ")
-        st.data.update(stableVariant=candidate, previousStableVariant=stable, decision="Promoted", canaryWeight=100)
-        st.phase(Phase.promoted, msg)
-        st.condition("Promoted", "True", "GatePassed", msg)
-        st.condition("Ready", "True", "Promoted", msg)
-        _promote(model, owner, stable, candidate, settings, out)
-        return out
-    failures += 1
-    st.data["failedSteps"] = failures
-    budget = model.spec.rollout.failure_budget
-    if failures <= budget:
-        st.condition("Evaluated", "False", "StepFailed",
-                     f"canary at {weight}% did not pass ({decision}: {reason}); retry {failures} of {budget}")
-        out.apply += _start_step(model, owner, st, step, stable, candidate, settings)
-        return out
-    msg = f"rolled back to {stable}: canary {candidate} at {weight}% was {decision}: {reason}".rstrip(": ")
-    st.data.update(decision="RolledBack", canaryWeight=0)
-    st.phase(Phase.rolled_back, msg)
-    st.condition("Evaluated", "False", "GateFailed" if decision == "RolledBack" else "Inconclusive", msg)
-    st.condition("Promoted", "False", "GateFailed", msg)
-    st.condition("Ready", "True", "ServingStable", f"stable variant {stable} serves all traffic")
-    out.apply += _traffic(model, owner, stable, None if gateway else candidate, 0, settings)
-    if gateway:
-        # The canary keeps its Deployment (evidence) at zero replicas; its autoscaler must go first.
-        scaler = b.build_autoscaler(model, owner, candidate, settings)
-        out.delete.append((scaler["apiVersion"], scaler["kind"], scaler["metadata"]["name"]))
-        out.apply.append(b.build_triton_deployment(model, owner, candidate, "canary", settings, replicas=0))
+        _compressing(model, owner, st, observed, settings, out)
+    elif phase == Phase.packaging:
+        _packaging(model, owner, st, observed, settings, out)
+    elif phase == Phase.deploying:
+        _deploying(model, owner, st, observed, settings, out)
+    else:
+        _evaluating(model, owner, st, observed, settings, out)
     return out
 
 
-def _promote(
-    model: CompressedModel, owner: b.Owner, old: str, new: str, settings: OperatorSettings, out: Plan
+def _fail(st: _Status, condition: str, reason: str, why: str) -> None:
+    serving = st.data.get("canaryWeight") is not None
+    stable = st.data.get("stableVariant") or BASELINE
+    st.phase(Phase.failed, why + (f"; stable variant {stable} keeps serving all traffic" if serving else ""))
+    st.condition(condition, "False", reason, why)
+    st.condition(
+        "Ready",
+        "True" if serving else "False",
+        "ServingStable" if serving else reason,
+        f"stable variant {stable} serves all traffic" if serving else why,
+    )
+
+
+def _job_phase(st: _Status, job: JobState | None, name: str, what: str, condition: str, api_error: str) -> str | None:
+    """Common to the Job phases: "failed"/"late" after setting Failed, "missing", "running" or "done"."""
+    if job is not None and job.failed:
+        _fail(st, condition, f"{what}Failed", job.describe(name))
+        return "failed"
+    if job is not None and job.succeeded:
+        return "done"
+    if st.past_deadline():
+        why = job.describe(name) if job is not None else f"Job {name} was never created ({api_error or 'unknown'})"
+        _fail(st, condition, "DeadlineExceeded", f"{what.lower()} did not finish by {st.data['deadline']}: {why}")
+        return "late"
+    return "missing" if job is None else "running"
+
+
+def _compressing(
+    model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, settings: OperatorSettings, out: Plan
 ) -> None:
-    """All traffic on the promoted variant; the old stable stops using resources but is not lost.
+    job = observed.compression_job
+    name = b.compression_job_name(owner)
+    state = _job_phase(st, job, name, "Compression", "Compressed", observed.api_error)
+    if state == "missing":  # deleted, or its create was refused: ask again
+        out.apply += [b.build_spec_config_map(model, owner), _compression_job(model, owner, st.data, settings)]
+    if state != "done":
+        return
+    assert job is not None
+    choice = parse_choice(job.output)
+    if choice is None or choice.get("candidate") is None:
+        why = choice["reason"] if choice else f"Job {name} left no candidate choice in its termination message"
+        _fail(st, "Compressed", "NoCandidate", why)
+        return
+    chosen = choice["candidate"]
+    st.data.update(candidateVariant=chosen["name"], sizeRatio=chosen.get("compressionRatio"),
+                   metric=chosen.get("metric"), qualityDrop=chosen.get("drop"))  # fmt: skip
+    served = b.canary_variant(st.data, owner.generation)
+    assert served is not None
+    msg = (f"candidate {chosen['name']} ({choice.get('reason')}): size ratio {chosen.get('compressionRatio')}, "
+           f"{chosen.get('metric')} drop {chosen.get('drop')} {chosen.get('dropUnit') or ''}".rstrip())  # fmt: skip
+    if served != chosen["name"]:
+        msg += (
+            f"; it serves as {served}: {chosen['name']} is the name of a variant already deployed (stable or "
+            "kept from the last promotion)"
+        )
+    st.condition("Compressed", "True", "CandidateChosen", msg)
+    st.phase(Phase.packaging, f"packaging the model repository; {msg}",
+             settings.packaging_deadline_seconds + DEADLINE_GRACE_S)  # fmt: skip
+    st.condition("Deployed", "Unknown", "Packaging", f"Job {b.packaging_job_name(owner)} is running")
+    out.apply.append(_packaging_job(model, owner, st.data, settings))
 
-    The new stable keeps its pods (label change only). The old stable's Deployment stays at 0
-    replicas without an autoscaler, so going back is one `kubectl scale` away; its Service stays.
-    """
-    if model.spec.rollout.traffic_split == "gateway":
-        out.apply += _traffic(model, owner, new, None, 0, settings)
-        scaler = b.build_autoscaler(model, owner, old, settings)
-        out.delete.append((scaler["apiVersion"], scaler["kind"], scaler["metadata"]["name"]))
-        replicas = None  # the new stable's HPA keeps its count
-    else:
-        replicas = settings.split_replicas
-    out.apply.append(b.build_triton_deployment(model, owner, new, "stable", settings, replicas=replicas))
-    out.apply.append(b.build_triton_deployment(model, owner, old, "previous", settings, replicas=0))
+
+def _packaging_job(
+    model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings
+) -> Manifest:
+    served = b.canary_variant(status, owner.generation)
+    assert served is not None
+    first = status.get("stableGeneration") is None  # the baseline is packaged once, as the first stable
+    return b.build_packaging_job(model, owner, settings, status["candidateVariant"], served, with_baseline=first)
 
 
-def _deploy_children(
-    model: CompressedModel, owner: b.Owner, stable: str, candidate: str, settings: OperatorSettings
-) -> list[Manifest]:
-    """Stable and canary Triton (Deployment, Service, autoscaler) and traffic at weight 0."""
-    gateway = model.spec.rollout.traffic_split == "gateway"
+def _packaging(
+    model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, settings: OperatorSettings, out: Plan
+) -> None:
+    state = _job_phase(st, observed.packaging_job, b.packaging_job_name(owner), "Packaging", "Deployed",
+                       observed.api_error)  # fmt: skip
+    if state == "missing":
+        out.apply.append(_packaging_job(model, owner, st.data, settings))
+    if state != "done":
+        return
+    if st.data.get("stableGeneration") is None:
+        st.data["stableGeneration"] = owner.generation
+    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
+    st.data.update(modelName=b.model_name(model), endpoint=b.endpoint(model, owner, settings))
+    st.phase(Phase.deploying, f"deploying Triton for stable {stable.variant}, canary {candidate.variant} and the "
+             "control", seconds(model.spec.serving.deploy_deadline))  # fmt: skip
+    st.condition(
+        "Deployed",
+        "False",
+        "WaitingForReadiness",
+        f"Triton for {stable.variant}, {candidate.variant} and the control starting",
+    )
+    out.apply += _deploy_children(model, owner, stable, candidate, settings)
+
+
+def _candidate(status: Mapping[str, Any], owner: b.Owner) -> Served:
+    served = b.canary_variant(status, owner.generation)
+    assert served is not None, "a candidate is chosen before packaging"
+    return Served(served, owner.generation)
+
+
+def _deploying(
+    model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, settings: OperatorSettings, out: Plan
+) -> None:
+    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
+    names = {b.triton_name(owner, stable.variant): "stable", b.triton_name(owner, candidate.variant): "canary",
+             b.control_name(owner): "control"}  # fmt: skip
+    states = observed.deployments
+    gateway = _gateway(model)
+    route = observed.route or RouteState()
+    failed = [f"{role} ({n}): {states[n].failed}" for n, role in names.items() if n in states and states[n].failed]
+    if failed or st.past_deadline():
+        waiting = [
+            f"{role} ({n}): {states[n].waiting or 'not ready'}"
+            for n, role in names.items()
+            if n in states and not states[n].ready
+        ]
+        waiting += [f"{role} ({n}): never created" for n, role in names.items() if n not in states]
+        if gateway and not route.accepted:
+            waiting.append(f"HTTPRoute {b.route_name(owner)}: {route.message or 'not accepted'}")
+        why = (
+            "; ".join(failed)
+            if failed
+            else f"Triton was not ready by {st.data['deadline']}: {'; '.join(waiting)} {observed.api_error}".rstrip()
+        )
+        _fail(st, "Deployed", "DeploymentFailed" if failed else "DeadlineExceeded", why)
+        _scale_down(owner, [b.triton_name(owner, candidate.variant)], out)
+        _remove_control(owner, out)
+        return
+    if any(n not in states for n in names) or (gateway and observed.route is None):
+        out.apply += _deploy_children(model, owner, stable, candidate, settings)
     if gateway:
-        # A canary starts at the autoscaler's minimum: an earlier rollback may have left it at 0
-        # replicas, and an HPA never scales a Deployment up from 0. The stable count stays the HPA's.
-        minimum = model.spec.serving.autoscaling.min_replicas
-        children = _serving_children(model, owner, stable, "stable", settings, None, autoscale=True)
-        children += _serving_children(model, owner, candidate, "canary", settings, minimum, autoscale=True)
-        children += _traffic(model, owner, stable, candidate, 0, settings)
-        return children
-    stable_n, canary_n = b.split_replicas(settings.split_replicas, model.spec.rollout.steps[0])
-    children = _serving_children(model, owner, stable, "stable", settings, stable_n, autoscale=False)
-    children += _serving_children(model, owner, candidate, "canary", settings, canary_n, autoscale=False)
-    children.append(b.build_shared_service(owner))
-    return children
+        if route.accepted:
+            st.condition("TrafficReady", "True", "RouteAccepted", f"HTTPRoute {b.route_name(owner)} is accepted")
+        elif observed.route is not None:
+            gw = model.spec.rollout.gateway or settings.gateway_name
+            why = (
+                (
+                    f"Gateway {gw} not found: create it, or name yours in spec.rollout.gateway (or the chart's "
+                    "gateway.name)"
+                )
+                if route.message == "GatewayNotFound"
+                else f"HTTPRoute {b.route_name(owner)} is not accepted by Gateway {gw}: {route.message}"
+            )
+            st.condition("TrafficReady", "False", "RouteNotAccepted", why)
+    if all(n in states and states[n].ready for n in names) and (route.accepted or not gateway):
+        st.condition(
+            "Deployed",
+            "True",
+            "DeploymentsReady",
+            f"Triton serves {stable.variant} (stable), {candidate.variant} (canary) and the control",
+        )
+        _start_step(model, owner, st, 0, 0, stable, candidate, settings, out)
 
 
 def _start_step(
-    model: CompressedModel, owner: b.Owner, st: _Status, step: int, stable: str, candidate: str,
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    index: int,
+    weight: int,
+    stable: Served,
+    candidate: Served,
     settings: OperatorSettings,
-) -> list[Manifest]:
-    weight = model.spec.rollout.steps[step]
-    attempt = int(st.data.get("failedSteps") or 0)
-    st.data.update(canaryStep=step, canaryWeight=weight,
-                   reportConfigMap=b.report_config_map_name(owner, step, attempt))
-    st.phase(Phase.evaluating if step == 0 else Phase.progressing,
-             f"canary {candidate} at {weight}% (step {step + 1} of {len(model.spec.rollout.steps)})")
-    st.condition("Evaluated", "Unknown", "Evaluating",
-                 f"Job {b.evaluator_job_name(owner, step, attempt)} judges {candidate} at {weight}%")
-    return _traffic(model, owner, stable, candidate, weight, settings) + _evaluation_children(
-        model, owner, step, attempt, stable, candidate, settings)
+    out: Plan,
+) -> None:
+    steps = model.spec.rollout.steps
+    st.data.update(canaryWeight=weight, canaryStep=steps.index(weight) if weight in steps else None)
+    job = b.evaluator_job_name(owner, index)
+    deadline = seconds(model.spec.rollout.evaluator.deadline) + DEADLINE_GRACE_S
+    if weight == policy.QUALITY_WEIGHT:
+        st.phase(Phase.evaluating, f"served quality of canary {candidate.variant} against the baseline ({job})",
+                 deadline)  # fmt: skip
+        st.condition("Evaluated", "Unknown", "Evaluating", f"Job {job} judges {candidate.variant}'s served quality")
+    else:
+        where = steps.index(weight) + 1
+        st.phase(Phase.progressing, f"canary {candidate.variant} at {weight}% (step {where} of {len(steps)}, {job})",
+                 deadline)  # fmt: skip
+        st.condition("Evaluated", "Unknown", "Evaluating", f"Job {job} judges {candidate.variant} at {weight}%")
+    out.apply += _traffic(model, owner, stable, candidate, weight, settings)
+    out.apply.append(b.build_evaluator_job(model, owner, index, weight, stable.variant, candidate.variant, settings))
 
 
-def invalid_spec_status(
-    status: dict[str, Any] | None, generation: int, problems: list[str], now: str
-) -> dict[str, Any]:
-    """Failed with a Ready condition naming each field, value and fix."""
-    st = _Status(dict(status or {}), generation, now)
-    msg = "invalid spec: " + "; ".join(problems)
-    st.data["observedGeneration"] = generation
-    st.phase(Phase.failed, msg)
-    st.condition("Ready", "False", "InvalidSpec", msg)
-    return st.data
+def _evaluating(
+    model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, settings: OperatorSettings, out: Plan
+) -> None:
+    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
+    judged = _steps(st.data)
+    index = len(judged)
+    pending = _next(model, judged)
+    assert pending.weight is not None, "a decided rollout is terminal"
+    name = b.evaluator_job_name(owner, index)
+    job = observed.evaluator_job
+    if job is None or not job.finished:
+        if st.past_deadline():
+            why = job.describe(name) if job is not None else f"Job {name} was never created ({observed.api_error})"
+            out.delete.append(("batch/v1", "Job", name))
+            _give_up(
+                owner,
+                st,
+                stable,
+                candidate,
+                model,
+                settings,
+                out,
+                "DeadlineExceeded",
+                f"the step at {pending.weight}% did not finish by {st.data['deadline']}: {why}",
+            )
+        elif job is None:  # deleted, or its create was refused: ask again
+            out.apply.append(b.build_evaluator_job(model, owner, index, pending.weight, stable.variant,
+                                                   candidate.variant, settings))  # fmt: skip
+        return
+    report = parse_step_report(job)
+    if report is None:
+        _give_up(
+            owner,
+            st,
+            stable,
+            candidate,
+            model,
+            settings,
+            out,
+            "EvaluatorFailed",
+            f"the step at {pending.weight}% was not judged: {job.describe(name)}",
+        )
+        return
+    step = report.step
+    record = {
+        "weight": step.weight,
+        "verdict": step.verdict,
+        "checks": [{"name": c.name, "verdict": c.verdict} for c in step.checks],
+    }
+    st.data["steps"] = [*(st.data.get("steps") or []), record]
+    mine = (report.load or {}).get("candidate") or {}
+    if mine:
+        st.data.update(p99Ms=mine.get("p99Ms"), throughputRps=mine.get("rps"))
+    nxt = _next(model, [*judged, step])
+    st.data["failedSteps"] = nxt.failures
+    failing = ", ".join(f"{c.name} {c.verdict}" for c in step.checks if c.verdict != "Pass")
+    where = "served quality" if step.weight == 0 else f"canary at {step.weight}%"
+    if nxt.decision is None:
+        assert nxt.weight is not None
+        if step.verdict == "Pass":
+            st.condition("Evaluated", "True", "StepPassed", f"{where} passed the gate")
+        else:
+            st.condition(
+                "Evaluated",
+                "False",
+                "StepFailed" if step.verdict == "Fail" else "StepInconclusive",
+                f"{where} was {step.verdict} ({failing}); judging {nxt.weight}% again ({nxt.reason})",
+            )
+        _start_step(model, owner, st, index + 1, nxt.weight, stable, candidate, settings, out)
+        return
+    out.gate_decision = nxt.decision
+    if nxt.decision == "Promoted":
+        _promote(model, owner, st, stable, candidate, settings, out, nxt.reason)
+    else:
+        _roll_back(model, owner, st, stable, candidate, settings, out, nxt.decision, f"{nxt.reason} ({failing})")
+
+
+def _promote(
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    old: Served,
+    new: Served,
+    settings: OperatorSettings,
+    out: Plan,
+    reason: str,
+) -> None:
+    """All traffic on the promoted variant; the old stable drains, then stops using resources but is kept.
+
+    The new stable keeps its pods (label change only). The old stable's Deployment ends at 0 replicas
+    without an autoscaler; its Service stays.
+    """
+    msg = f"{new.variant} promoted ({reason}): it serves all traffic; {old.variant} drains, then is kept at 0 replicas"
+    st.data.update(stableVariant=new.variant, stableGeneration=new.generation, previousStableVariant=old.variant,
+                   previousStableGeneration=old.generation, decision="Promoted", canaryWeight=100)  # fmt: skip
+    st.phase(Phase.promoted, msg)
+    st.condition("Promoted", "True", "GatePassed", msg)
+    st.condition("Ready", "True", "Promoted", msg)
+    if _gateway(model):
+        out.apply += _traffic(model, owner, new, None, 0, settings)
+        out.apply.append(b.build_triton_deployment(model, owner, new, "stable", settings))
+        out.apply.append(b.build_triton_deployment(model, owner, old, "previous", settings))
+    else:
+        stable_n, _ = b.split_replicas(settings.split_replicas, _replica_weight(model, 100))
+        out.apply.append(b.build_triton_deployment(model, owner, new, "stable", settings,
+                                                   replicas=settings.split_replicas))  # fmt: skip
+        out.apply.append(b.build_triton_deployment(model, owner, old, "previous", settings, replicas=stable_n))
+    _remove_control(owner, out)
+    _drain(owner, [old.variant], st, out, settings)
+
+
+def _roll_back(
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    stable: Served,
+    candidate: Served,
+    settings: OperatorSettings,
+    out: Plan,
+    decision: str,
+    reason: str,
+) -> None:
+    msg = (
+        f"rolled back to {stable.variant}: {reason}"
+        if decision == "RolledBack"
+        else f"nothing promoted, {stable.variant} keeps serving: {reason}"
+    )
+    st.data.update(decision=decision, canaryWeight=0)
+    st.phase(Phase.rolled_back, msg)
+    st.condition("Evaluated", "False", "GateFailed" if decision == "RolledBack" else "Inconclusive", msg)
+    st.condition("Promoted", "False", "GateFailed" if decision == "RolledBack" else "Inconclusive", msg)
+    st.condition("Ready", "True", "ServingStable", f"stable variant {stable.variant} serves all traffic")
+    _back_to_stable(model, owner, st, stable, candidate, settings, out)
+
+
+def _give_up(
+    owner: b.Owner,
+    st: _Status,
+    stable: Served,
+    candidate: Served,
+    model: CompressedModel,
+    settings: OperatorSettings,
+    out: Plan,
+    reason: str,
+    why: str,
+) -> None:
+    """The rollout cannot be judged (an evaluator that crashed or never ran): Failed, traffic back on stable."""
+    st.data["canaryWeight"] = 0
+    _fail(st, "Evaluated", reason, why)
+    _back_to_stable(model, owner, st, stable, candidate, settings, out)
+
+
+def _back_to_stable(
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    stable: Served,
+    candidate: Served,
+    settings: OperatorSettings,
+    out: Plan,
+) -> None:
+    if _gateway(model):
+        out.apply += _traffic(model, owner, stable, None, 0, settings)
+    else:
+        out.apply.append(b.build_triton_deployment(model, owner, stable, "stable", settings,
+                                                   replicas=settings.split_replicas))  # fmt: skip
+    _remove_control(owner, out)
+    _drain(owner, [candidate.variant], st, out, settings)

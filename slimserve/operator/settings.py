@@ -6,15 +6,33 @@ here; everything a model owner sets per model lives in the CompressedModel spec.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Final, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from slimserve.api.spec import DURATION_PATTERN
+
 # Our own finalizer and annotation prefix, so kopf's defaults never appear on our objects.
 FINALIZER: Final = "slimserve.dev/finalizer"
 ANNOTATION_PREFIX: Final = "slimserve.dev"
 FIELD_MANAGER: Final = "slimserve-operator"
+_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """'500ms', '15s', '2m', '6h' → seconds (values already checked by the spec's or the settings' pattern)."""
+    match = re.fullmatch(r"([0-9]+)(ms|s|m|h)", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 15s, 10m or 6h")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def seconds(text: str) -> int:
+    """A duration as whole seconds (Kubernetes fields), rounded up."""
+    return math.ceil(duration_seconds(text))
 
 
 class OperatorSettings(BaseSettings):
@@ -37,11 +55,39 @@ class OperatorSettings(BaseSettings):
     )
     metrics_port: int = Field(default=8080, ge=0, le=65535, description="Operator metrics port; 0 disables.")
     reconcile_interval_seconds: float = Field(
-        default=10.0, gt=0, description="How often each CompressedModel's children are observed."
+        default=10.0, gt=0,
+        description="First resync of a CompressedModel after a change. Children's watch events and the status's "
+        "deadlines wake a model at once; the resync is for what no watch reports (a Gateway accepting a route).",
+    )  # fmt: skip
+    resync_max_seconds: float = Field(
+        default=300.0, gt=0,
+        description="The resync doubles while a model's passes change nothing, up to this.",
+    )  # fmt: skip
+    worker_limit: int = Field(
+        default=200, ge=1,
+        description="Objects whose watch events kopf handles at once (settings.queueing.worker_limit); the rest "
+        "queue. Bounds memory and the API requests in flight when many models are created together.",
+    )  # fmt: skip
+    scrape_interval: str = Field(
+        default="3s", pattern=DURATION_PATTERN,
+        description="How often Prometheus scrapes the Triton pods (the chart's PodMonitor interval): the evaluator "
+        "sizes its windows from it, and a step shorter than four scrapes is refused.",
+    )  # fmt: skip
+    auto_backend: Literal["onnxruntime", "python"] = Field(
+        default="onnxruntime",
+        description="What spec.serving.backend auto packages for: onnxruntime for the official Triton images; python "
+        "for a Triton with only the Python backend (the pytriton wheel's, as the e2e tests run).",
     )
-    worker_service_account: str = Field(
-        default="slimserve-worker",
-        description="ServiceAccount of evaluator Jobs (patches their report ConfigMap).",
+    packaging_deadline_seconds: int = Field(
+        default=1800, ge=60, description="Longest time a packaging Job may run, waiting for a node included."
+    )
+    scale_down_delay_seconds: float = Field(
+        default=30.0, ge=0,
+        description="After a promotion or rollback the losing side keeps its pods this long while Gateways and "
+        "kube-proxy pick up the switch, then scales to 0 (Argo Rollouts' scaleDownDelaySeconds).",
+    )  # fmt: skip
+    job_ttl_seconds_after_finished: int = Field(
+        default=86400, ge=60, description="Finished Jobs (and their pods' logs) are deleted after this long."
     )
     model_storage_class: str | None = Field(default=None, description="StorageClass of the model repository PVC.")
     model_access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
@@ -53,7 +99,12 @@ class OperatorSettings(BaseSettings):
     split_replicas: int = Field(
         default=4, ge=2, le=100, description="Total Triton replicas when traffic is split by replica ratio."
     )
-    job_backoff_limit: int = Field(default=1, ge=0, le=10, description="Retries of a failed compression Job.")
+    job_backoff_limit: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Retries of a crashed compression or packaging Job (invalid input, exit 2, is never retried).",
+    )
     scanning: bool = Field(
         default=True,
         description="kopf's cluster-wide scan of CRDs and namespaces; turn off where RBAC forbids it "

@@ -14,26 +14,46 @@ import pytest
 import yaml
 
 from slimserve.api import parse_compressed_model
+from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
-from slimserve.operator.reconcile import parse_summary
+from slimserve.operator.builders import Served
+from slimserve.operator.reconcile import parse_choice
 from slimserve.operator.settings import OperatorSettings
 from tests.kube.emulator import example_model
 from tests.kube.schemas import validate_custom
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SLIMSERVE_UPDATE_GOLDEN") == "1"
-SETTINGS = OperatorSettings(worker_image="worker:test", triton_image="triton:test", prometheus_url="http://prom:9090")
+SETTINGS = OperatorSettings(
+    worker_image="worker:test", triton_image="triton:test", prometheus_url="http://prom:9090", scrape_interval="3s"
+)
 
 
 def gpu_body() -> dict[str, Any]:
     body = example_model()
     body["spec"]["compression"]["job"] = {
-        "gpus": 1, "cpu": "4", "memory": "16Gi",
+        "gpus": 1,
+        "cpu": "4",
+        "memory": "16Gi",
         "nodeSelector": {"nvidia.com/gpu.present": "true"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     }
-    body["spec"]["serving"] = {"autoscaling": {"kedaQuery": "sum(rate(nv_inference_queue_duration_us[1m]))",
-                                               "kedaThreshold": 5000}}
+    body["spec"]["serving"] = {
+        "instanceKind": "gpu",
+        "gpus": 1,
+        "startupTimeout": "15m",
+        "autoscaling": {
+            "kedaQuery": 'sum(rate(nv_inference_queue_duration_us{namespace="{{namespace}}",'
+            'slimserve_dev_model="{{model}}",slimserve_dev_variant="{{variant}}"}[1m]))',
+            "kedaThreshold": 5000,
+        },
+        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "runtimeClassName": "nvidia",
+        "imagePullSecrets": ["nvcr-io"],
+    }
+    body["spec"]["storage"] = {"secretName": "model-storage"}
+    body["spec"]["data"]["evaluation"] = "pvc://datasets/digits/test.npz"
     return body
 
 
@@ -42,23 +62,31 @@ GPU_MODEL = parse_compressed_model(gpu_body())
 OWNER = b.Owner.from_body(example_model())
 
 
+BASELINE_G1 = Served("baseline", 1)
+INT8_G1 = Served("int8", 1)
+
+
 def all_manifests() -> dict[str, dict[str, Any]]:
     """One of each child, named for its golden file."""
     return {
         "spec-configmap": b.build_spec_config_map(MODEL, OWNER),
         "pvc": b.build_model_repository_pvc(MODEL, OWNER, SETTINGS),
         "compression-job-cpu": b.build_compression_job(MODEL, OWNER, SETTINGS),
-        "compression-job-gpu": b.build_compression_job(GPU_MODEL, OWNER, SETTINGS),
-        "packaging-job": b.build_packaging_job(MODEL, OWNER, SETTINGS, "int8"),
-        "deployment-stable": b.build_triton_deployment(MODEL, OWNER, "baseline", "stable", SETTINGS),
-        "deployment-canary-replicas": b.build_triton_deployment(MODEL, OWNER, "int8", "canary", SETTINGS, replicas=1),
+        "compression-job-gpu": b.build_compression_job(GPU_MODEL, OWNER, SETTINGS, INT8_G1, "int8"),
+        "packaging-job": b.build_packaging_job(MODEL, OWNER, SETTINGS, "int8", "int8", with_baseline=True),
+        "deployment-stable": b.build_triton_deployment(MODEL, OWNER, BASELINE_G1, "stable", SETTINGS),
+        "deployment-canary-replicas": b.build_triton_deployment(MODEL, OWNER, INT8_G1, "canary", SETTINGS, replicas=1),
+        "deployment-gpu": b.build_triton_deployment(GPU_MODEL, OWNER, INT8_G1, "canary", SETTINGS),
+        "deployment-control": b.build_triton_deployment(MODEL, OWNER, BASELINE_G1, "control", SETTINGS, replicas=1),
         "service": b.build_triton_service(OWNER, "int8"),
+        "service-control": b.build_control_service(OWNER),
         "service-shared": b.build_shared_service(OWNER),
         "hpa": b.build_hpa(MODEL, OWNER, "int8"),
         "scaledobject": b.build_keda_scaledobject(GPU_MODEL, OWNER, "int8", SETTINGS),
         "httproute": b.build_httproute(MODEL, OWNER, "baseline", "int8", 10, SETTINGS),
-        "report-configmap": b.build_report_config_map(OWNER, 1),
-        "evaluator-job": b.build_evaluator_job(MODEL, OWNER, 1, "baseline", "int8", SETTINGS),
+        "evaluator-job-quality": b.build_evaluator_job(MODEL, OWNER, 0, 0, "baseline", "int8", SETTINGS),
+        "evaluator-job": b.build_evaluator_job(MODEL, OWNER, 2, 50, "baseline", "int8", SETTINGS),
+        "evaluator-job-storage": b.build_evaluator_job(GPU_MODEL, OWNER, 1, 10, "baseline", "int8", SETTINGS),
     }
 
 
@@ -116,9 +144,16 @@ def test_every_child_is_owned_labelled_and_deterministically_named() -> None:
     again = all_manifests()
     for name, manifest in MANIFESTS.items():
         meta = manifest["metadata"]
-        assert meta["ownerReferences"] == [{
-            "apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "name": "digits",
-            "uid": "uid-digits", "controller": True, "blockOwnerDeletion": True}], name
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "slimserve.dev/v1alpha1",
+                "kind": "CompressedModel",
+                "name": "digits",
+                "uid": "uid-digits",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ], name
         assert meta["labels"]["slimserve.dev/model"] == "digits"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "slimserve-operator"
         assert again[name] == manifest, "builders are pure: same input, same output"
@@ -146,18 +181,101 @@ def test_worker_commands_use_the_cli_contract() -> None:
         return MANIFESTS[name]["spec"]["template"]["spec"]["containers"][0]["args"][0]
 
     # Relative URIs in the spec resolve where the user put the files next to their YAML.
-    assert ("slimserve compress /spec/compressedmodel.yaml --base-dir /models/digits/inputs "
-            "--out /models/digits/gen-1/compressed;") in script("compression-job-cpu")
+    assert (
+        "slimserve compress /spec/compressedmodel.yaml --base-dir /models/digits/inputs "
+        "--out /models/digits/gen-1/compressed; python -m slimserve.api.choice /spec/compressedmodel.yaml "
+        "--report /models/digits/gen-1/compressed/report.json > /dev/termination-log"
+    ) in script("compression-job-cpu")
+    assert "--stable-onnx /models/digits/gen-1/repository/int8/digits/1/model.onnx --stable int8" in script(
+        "compression-job-gpu"
+    )
+    # Each variant of each generation gets a repository of its own, serving the one client-facing name.
     assert script("packaging-job") == (
+        "set -e; slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
+        "--repository /models/digits/gen-1/repository/baseline --backend onnxruntime --variants baseline=digits; "
         "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
-        "--repository /models/digits/repository --backend onnxruntime --variants int8")
+        "--repository /models/digits/gen-1/repository/int8 --backend onnxruntime --variants int8=digits"
+    )
+    assert script("evaluator-job-quality") == (
+        "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --weight 0 --model digits "
+        "--candidate-url http://digits-int8.models.svc:8000 "
+        "--reference-onnx /models/digits/gen-1/compressed/baseline.onnx "
+        "--out /tmp/report.json --summary-file /dev/termination-log"
+    )
     assert script("evaluator-job") == (
-        "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --baseline-url http://digits-baseline.models.svc:8000 "
-        "--candidate-url http://digits-int8.models.svc:8000 --baseline-model baseline --candidate-model int8 "
-        "--weight 50 --prometheus-url http://prom:9090 --out /tmp/report.json "
-        "--configmap models/digits-report-g1-s1")
-    policy = MANIFESTS["evaluator-job"]["spec"]["podFailurePolicy"]["rules"][0]
-    assert policy["action"] == "FailJob" and policy["onExitCodes"]["values"] == [3, 4]
+        "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --weight 50 --model digits "
+        "--candidate-url http://digits-int8.models.svc:8000 --control-url http://digits--control.models.svc:8000 "
+        "--stable-url http://digits-baseline.models.svc:8000 "
+        "--candidate-labels namespace=models,slimserve_dev_model=digits,model=digits,slimserve_dev_variant=int8,"
+        "app_kubernetes_io_component=triton "
+        "--control-labels namespace=models,slimserve_dev_model=digits,model=digits,"
+        "app_kubernetes_io_component=triton-control "
+        "--prometheus-url http://prom:9090 --scrape-interval 3s --out /tmp/report.json "
+        "--summary-file /dev/termination-log"
+    )
+    for name in ("compression-job-cpu", "packaging-job", "evaluator-job"):
+        spec = MANIFESTS[name]["spec"]
+        assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [2, 3, 4]  # no retry changes them
+        assert spec["activeDeadlineSeconds"] > 0 and spec["ttlSecondsAfterFinished"] > 0
+        pod = spec["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod  # no API access
+    assert MANIFESTS["compression-job-cpu"]["spec"]["activeDeadlineSeconds"] == 6 * 3600
+    assert MANIFESTS["evaluator-job"]["spec"]["activeDeadlineSeconds"] == 15 * 60
+
+
+def test_one_client_facing_model_name_whichever_variant_serves() -> None:
+    names = set()
+    for name in ("deployment-stable", "deployment-canary-replicas", "deployment-control"):
+        container = MANIFESTS[name]["spec"]["template"]["spec"]["containers"][0]
+        names |= {a.split("=", 1)[1] for a in container["args"] if a.startswith("--load-model=")}
+        assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/digits/ready"
+    assert names == {"digits"}
+    rule = MANIFESTS["httproute"]["spec"]["rules"][0]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v2/models/digits"}}]
+
+
+def test_the_control_is_behind_no_client_or_stable_service() -> None:
+    control_pods = MANIFESTS["deployment-control"]["spec"]["template"]["metadata"]["labels"]
+    for name in ("service", "service-shared"):
+        selector = MANIFESTS[name]["spec"]["selector"]
+        assert not all(control_pods.get(k) == v for k, v in selector.items()), name
+    stable_selector = b.build_triton_service(OWNER, "baseline")["spec"]["selector"]
+    assert not all(control_pods.get(k) == v for k, v in stable_selector.items())
+    selector = MANIFESTS["service-control"]["spec"]["selector"]
+    assert all(control_pods.get(k) == v for k, v in selector.items())
+
+
+def test_triton_pods_start_slowly_and_land_where_the_spec_says() -> None:
+    pod = MANIFESTS["deployment-gpu"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] == 15 * 60
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["runtimeClassName"] == "nvidia" and pod["imagePullSecrets"] == [{"name": "nvcr-io"}]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert MANIFESTS["deployment-gpu"]["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert MANIFESTS["deployment-stable"]["spec"]["progressDeadlineSeconds"] == 20 * 60
+
+
+def test_storage_secret_and_pvc_uris_reach_the_worker_jobs() -> None:
+    pod = MANIFESTS["evaluator-job-storage"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "model-storage"}}]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/mnt/pvc/datasets"]["readOnly"] is True and mounts["/models"]["readOnly"] is True
+    assert "/var/run/secrets/slimserve/storage" in mounts
+    assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}} in pod["volumes"]
+    assert pod["imagePullSecrets"] == [{"name": "nvcr-io"}]
+
+
+def test_keda_queries_select_each_variants_own_pods() -> None:
+    query = MANIFESTS["scaledobject"]["spec"]["triggers"][0]["metadata"]["query"]
+    assert 'namespace="models",slimserve_dev_model="digits",slimserve_dev_variant="int8"' in query
+    with pytest.raises(InvalidInput, match="kedaQuery"):
+        body = gpu_body()
+        body["spec"]["serving"]["autoscaling"]["kedaQuery"] = "sum(rate(nv_inference_queue_duration_us[1m]))"
+        parse_compressed_model(body)
 
 
 def test_spec_configmap_holds_a_file_the_worker_can_load(tmp_path: Path) -> None:
@@ -168,15 +286,56 @@ def test_spec_configmap_holds_a_file_the_worker_can_load(tmp_path: Path) -> None
     assert load_compressed_model(path).spec == MODEL.spec
 
 
-def test_summary_script_turns_a_report_into_the_termination_message(tmp_path: Path) -> None:
-    variant = {"name": "int8", "compressionRatio": 3.91234567, "accuracyDrop": 0.2, "speedup": 2.5,
-               "throughputRps": 900.0, "latencyMsP99": 1.5, "sha256": "x" * 64, "notes": ["long"] * 50}
-    (tmp_path / "report.json").write_text(json.dumps({"variants": [variant] * 32, "search": None}))
-    out = subprocess.run([sys.executable, "-c", b.SUMMARY_SCRIPT, str(tmp_path / "report.json")],
-                         capture_output=True, text=True, check=True).stdout
-    assert len(out) < 4096, "Kubernetes keeps at most 4096 bytes of a termination message"
-    summary = parse_summary(out)
-    assert summary is not None and summary["variants"][0]["compressionRatio"] == 3.9123
+def _variant(name: str, size: int, drop: float) -> dict[str, Any]:
+    return {"name": name, "recipe": name, "path": f"{name}.onnx", "sha256": name * 8, "sizeBytes": size,
+            "compressionRatio": 4000 / size, "params": 1, "macs": 1, "metric": "accuracy", "quality": 98.0,
+            "qualityCI": [97.0, 99.0], "qualityUnit": "% correct", "drop": drop, "dropCI": [drop - 0.3, drop + 0.3],
+            "dropUnit": "points", "latencyMsP50": 1.0, "latencyMsP99": 2.0, "throughputRps": 100.0, "speedup": 1.0,
+            "compressSeconds": 1.0, "notes": ["long"] * 50}  # fmt: skip
+
+
+def test_the_choice_script_fits_the_termination_message_whatever_the_report(tmp_path: Path) -> None:
+    """32 variants with 40-character names: the Job prints only the chosen one (Kubernetes keeps 4096 bytes)."""
+    variants = [_variant(f"v{i:02d}-" + "x" * 36, 1000 + i, 0.1) for i in range(32)]
+    report = {"model": "m", "device": "cpu", "baseline": _variant("baseline", 4000, 0.0), "variants": variants}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    spec = tmp_path / "cm.yaml"
+    spec.write_text(MANIFESTS["spec-configmap"]["data"]["compressedmodel.yaml"])
+    out = subprocess.run(
+        [sys.executable, "-m", "slimserve.api.choice", str(spec), "--report", str(tmp_path / "report.json")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert len(out) < 1024
+    choice = parse_choice(out)
+    assert choice is not None and choice["candidate"]["name"] == "v00-" + "x" * 36  # the smallest within budget
+    # The stable's own file is never offered again, and auto must beat it.
+    (tmp_path / "stable.onnx").write_bytes(b"s" * 900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slimserve.api.choice",
+            str(spec),
+            "--report",
+            str(tmp_path / "report.json"),
+            "--stable-onnx",
+            str(tmp_path / "stable.onnx"),
+            "--stable",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert parse_choice(out) == {
+        "candidate": None,
+        "reason": (
+            "no variant within maxAccuracyDrop (" + ", ".join(v["name"] for v in variants) + ") beats the stable "
+            "model tiny; nothing new to roll out"
+        ),
+    }
 
 
 def test_httproute_weights_and_replica_split() -> None:
@@ -185,7 +344,7 @@ def test_httproute_weights_and_replica_split() -> None:
     assert b.split_replicas(4, 0) == (4, 0)
     assert b.split_replicas(4, 10) == (3, 1)
     assert b.split_replicas(4, 50) == (2, 2)
-    assert b.split_replicas(4, 100) == (0, 4)
+    assert b.split_replicas(4, 100) == (1, 3)  # the stable keeps a pod until the promotion (never 0 ready)
 
 
 def test_a_candidate_named_like_a_deployed_variant_serves_under_a_generation_suffix() -> None:
@@ -195,7 +354,12 @@ def test_a_candidate_named_like_a_deployed_variant_serves_under_a_generation_suf
     # The stable parked at the last promotion keeps its name (and files) too.
     assert b.canary_variant({**status, "stableVariant": "int8-g2", "previousStableVariant": "int8"}, 3) == "int8-g3"
     assert b.canary_variant({"stableVariant": "int8"}, 2) is None
-    owner = b.Owner("digits", "models", "uid-digits", 2)
-    script = b.build_packaging_job(MODEL, owner, SETTINGS, "int8", "int8-g2")["spec"]["template"]["spec"][
-        "containers"][0]["args"][0]
-    assert script.endswith("--backend onnxruntime --variants int8=int8-g2")
+    assert b.control_name(OWNER) == "digits--control"  # never `<cr>-<variant>`: variants start with a letter or digit
+
+
+def test_the_operator_mounts_what_the_storage_layer_reads() -> None:
+    import slimserve.storage as storage
+
+    assert b.SECRET_MOUNT_PATH == storage.SECRET_MOUNT_PATH
+    assert b.pvc_claims(GPU_MODEL) == storage.pvc_claims(GPU_MODEL) == ["datasets"]
+    assert b.pvc_claims(MODEL) == storage.pvc_claims(MODEL) == []

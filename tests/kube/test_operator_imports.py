@@ -6,7 +6,20 @@ import json
 import subprocess
 import sys
 
-FORBIDDEN = ("torch", "onnxruntime", "tritonclient", "locust", "slimserve.compression", "slimserve.local", "gevent")
+FORBIDDEN = (
+    "torch",
+    "onnxruntime",
+    "tritonclient",
+    "locust",
+    "slimserve.compression",
+    "slimserve.local",
+    "gevent",
+    "numpy",
+    "fsspec",
+    "s3fs",
+    "gcsfs",
+    "huggingface_hub",
+)
 
 
 def test_importing_the_operator_pulls_in_no_heavy_module() -> None:

@@ -52,7 +52,8 @@ app.kubernetes.io/component: operator
 {{- printf "%s:%s" .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) -}}
 {{- end -}}
 
-{{/* The operator's rules: read/patch its CRs, create-or-patch the children it builds. */}}
+{{/* The operator's rules: read/patch its CRs, create-or-patch the children it builds, remove the
+     ones a decision or a new generation supersedes, read pods (Job results, failure reasons) and Gateways. */}}
 {{- define "slimserve.operatorRules" -}}
 - apiGroups: ["slimserve.dev"]
   resources: ["compressedmodels"]
@@ -60,12 +61,19 @@ app.kubernetes.io/component: operator
 - apiGroups: ["slimserve.dev"]
   resources: ["compressedmodels/status"]
   verbs: ["get", "patch", "update"]
+# Children set blockOwnerDeletion: OwnerReferencesPermissionEnforcement (OpenShift) checks this.
+- apiGroups: ["slimserve.dev"]
+  resources: ["compressedmodels/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: [""]
-  resources: ["configmaps", "services"]
+  resources: ["configmaps"]
   verbs: ["get", "create", "patch"]
+- apiGroups: [""]
+  resources: ["services"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["get", "create"]
@@ -80,7 +88,7 @@ app.kubernetes.io/component: operator
   verbs: ["create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "create", "patch", "delete"]
@@ -90,4 +98,7 @@ app.kubernetes.io/component: operator
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "create", "patch"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["gateways"]
+  verbs: ["get"]
 {{- end -}}
