@@ -3,7 +3,7 @@
 `python -m benchmarks.emulator --port PORT` serves the API on 127.0.0.1:PORT until SIGTERM.
 `GET /_bench/stats` answers, as JSON: requests by client (`operator` = kopf's User-Agent, else
 `bench`) and by `verb resource[/subresource]`, watch events sent to the operator by resource,
-the open watch streams, and the wall-clock time (`time.time()`, comparable across processes on
+the open watch streams, creates refused by resource (409s), and the wall-clock time (`time.time()`, comparable across processes on
 one machine) of each CompressedModel's and each Job's first create. `?times=0` leaves the times out.
 
 Two costs of the test double are kept out of the measurement, because a real API server has
@@ -30,6 +30,7 @@ import kmock
 from tests.kube.emulator import ClusterEmulator
 
 CR = "slimserve.dev/v1alpha1/compressedmodels"
+PEERING = "kopf.dev/v1/kopfpeerings"
 STATS_PATH = "/_bench/stats"
 
 
@@ -43,12 +44,14 @@ class CountingEmulator(ClusterEmulator):
     watch_events: collections.Counter[str]
     watches_open: int
     created: dict[str, dict[str, float]]
+    refused: collections.Counter[str]
 
     def start_counting(self) -> None:
         self.requests = collections.Counter()
         self.watch_events = collections.Counter()
         self.watches_open = 0
         self.created = {"compressedmodels": {}, "jobs": {}}
+        self.refused = collections.Counter()  # creates answered >= 300 (a 409: the object exists)
 
     async def _handle(self, request: Any) -> Any:
         if request.resource is None and request.url.path == STATS_PATH:
@@ -61,7 +64,9 @@ class CountingEmulator(ClusterEmulator):
             for payload in self._payloads:
                 payload._requests.clear()  # noqa: SLF001
         response = await super()._handle(request)
-        if request.resource is not None and request.action == kmock.action.CREATE and response.status < 300:
+        if request.resource is not None and request.action == kmock.action.CREATE and response.status >= 300:
+            self.refused[request.resource.plural] += 1
+        elif request.resource is not None and request.action == kmock.action.CREATE:
             seen = self.created.get(request.resource.plural)
             meta = (request.data or {}).get("metadata") or {}
             key = f"{request.namespace or meta.get('namespace')}/{meta.get('name')}"
@@ -100,6 +105,7 @@ class CountingEmulator(ClusterEmulator):
             "watch_events": dict(self.watch_events),
             "watches_open": self.watches_open,
             "counts": {plural: len(seen) for plural, seen in self.created.items()},
+            "refused_creates": dict(self.refused),
         }
         if times:
             out["created"] = self.created
@@ -115,6 +121,9 @@ async def serve(port: int, plain: bool = False) -> None:
         emulator.resources[CR] = {"kind": "CompressedModel", "singular": "compressedmodel", "namespaced": True,
                                   "verbs": ["list", "watch", "get", "create", "patch", "delete"],
                                   "subresources": ["status"]}  # fmt: skip
+        # kopf's peering objects, for operators run with --peering (status written through the main resource).
+        emulator.resources[PEERING] = {"kind": "KopfPeering", "singular": "kopfpeering", "namespaced": True,
+                                       "verbs": ["list", "watch", "get", "create", "patch", "delete"]}  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

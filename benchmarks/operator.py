@@ -10,12 +10,16 @@ if later), so every N is measured over the same lifetime per model and per-model
 Goals: every model has its Job within 60 s at the largest N; reconciles per model at the largest N
 at most 1.2x those at the smallest; operator peak RSS (VmHWM) at most 200 MB. `--strict` exits 1 on
 a miss.
+
+`--replicas 2 --kill-after S --kill-signal TERM|KILL` runs the operators with kopf peering instead
+and stops the active one midway (`run_takeover`): exactly one Job per model, and the takeover time.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import re
@@ -87,6 +91,7 @@ class Processes:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.procs: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+        self.expected: set[str] = set()  # stopped on purpose
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -94,9 +99,12 @@ class Processes:
         self.procs.append((name, proc, log))
         return proc
 
+    def expect_exit(self, name: str) -> None:
+        self.expected.add(name)
+
     def check(self) -> None:
         for name, proc, _ in self.procs:
-            if proc.poll() is not None:
+            if name not in self.expected and proc.poll() is not None:
                 raise RuntimeError(f"{name} exited: " + (self.workdir / f"{name}.log").read_text()[-3000:])
 
     def stop(self) -> None:
@@ -139,12 +147,7 @@ async def run_one(
     api_port = _free_port()
     api = f"http://127.0.0.1:{api_port}"
     kubeconfig = workdir / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-        "clusters": [{"name": "kmock", "cluster": {"server": api}}],
-        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-        "users": [{"name": "kmock", "user": {"token": "bench"}}],
-    }))  # fmt: skip
+    _kubeconfig(kubeconfig, api)
     try:
         plain = ["--plain"] if plain_emulator else []
         emulator = procs.start("emulator", ["-m", "benchmarks.emulator", "--port", str(api_port), *plain],
@@ -234,6 +237,148 @@ async def run_one(
     }
 
 
+PEERING_URL = f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings"
+PEERING_NAME = "slimserve"
+
+
+def _kubeconfig(path: Path, api: str) -> None:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "clusters": [{"name": "kmock", "cluster": {"server": api}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+        "users": [{"name": "kmock", "user": {"token": "bench"}}],
+    }))  # fmt: skip
+
+
+async def run_takeover(
+    models: int, workdir: Path, replicas: int, kill_after: float, kill_signal: signal.Signals, lifetime: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """`replicas` operators with kopf peering (as the chart runs them); the active one is stopped midway.
+
+    Half the models are created at once; `kill_after` seconds later the active replica (the highest
+    priority in the KopfPeering object) gets `kill_signal`, and the other half is created at once,
+    while no operator may be active. Every model must end with exactly one compression Job.
+    """
+    procs = Processes(workdir)
+    api_port = _free_port()
+    api = f"http://127.0.0.1:{api_port}"
+    _kubeconfig(workdir / "kubeconfig", api)
+    metrics_ports = [_free_port() for _ in range(replicas)]
+    last_metrics: dict[int, str] = {}
+    try:
+        procs.start("emulator", ["-m", "benchmarks.emulator", "--port", str(api_port)], dict(os.environ))
+        async with aiohttp.ClientSession(base_url=api) as http, aiohttp.ClientSession() as plain:
+            await _wait_up(http, "/_bench/stats?times=0", procs)
+            peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                       "metadata": {"name": PEERING_NAME, "namespace": NS}}  # fmt: skip
+            async with http.post(PEERING_URL, json=peering) as resp:
+                assert resp.status < 300, await resp.text()
+            operators = {
+                f"operator-{i}": procs.start(
+                    f"operator-{i}",
+                    ["-m", "kopf", "run", f"--peering={PEERING_NAME}", f"--namespace={NS}", "-m", "slimserve.operator"],
+                    {**os.environ, "KUBECONFIG": str(workdir / "kubeconfig"), "SLIMSERVE_METRICS_PORT": str(port),
+                     "SLIMSERVE_SCANNING": "false", "SLIMSERVE_PEERING_LIFETIME_SECONDS": str(lifetime),
+                     "POD_ID": f"operator-{i}"},
+                )  # fmt: skip
+                for i, port in enumerate(metrics_ports)
+            }
+            ports = dict(zip(operators, metrics_ports, strict=True))
+            for port in metrics_ports:
+                await _wait_up(plain, f"http://127.0.0.1:{port}/metrics", procs)
+
+            async def peers() -> dict[str, Any]:
+                body = await _get_json(http, f"{PEERING_URL}/{PEERING_NAME}")
+                return dict(body.get("status") or {})
+
+            async def read_metrics(name: str) -> str:
+                async with plain.get(f"http://127.0.0.1:{ports[name]}/metrics") as resp:
+                    last_metrics[ports[name]] = await resp.text()
+                return last_metrics[ports[name]]
+
+            deadline = time.monotonic() + 60
+            while len(await peers()) < replicas:
+                procs.check()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"peering did not list {replicas} replicas: {await peers()}")
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2.0)  # the standbys have seen the active replica and paused
+            status = await peers()
+            active = max(status, key=lambda identity: status[identity]["priority"])
+            priorities = sorted({int(p["priority"]) for p in status.values()})
+
+            async def create(i: int) -> None:
+                async with http.post(CR_URL, json=_model(i)) as resp:
+                    assert resp.status < 300, await resp.text()
+
+            async def create_all(first: int, last: int) -> None:
+                for start in range(first, last, 50):
+                    await asyncio.gather(*(create(i) for i in range(start, min(start + 50, last))))
+
+            half = models // 2
+            started = time.monotonic()
+            await create_all(0, half)
+            await asyncio.sleep(max(0.0, kill_after - (time.monotonic() - started)))
+            standby_reconciles_before = {
+                name: sum(_counters(await read_metrics(name), "slimserve_operator_reconciles_total").values())
+                for name in operators if name != active
+            }  # fmt: skip
+            await read_metrics(active)
+            jobs_at_kill = (await _get_json(http, "/_bench/stats?times=0"))["counts"]["jobs"]
+            killed_at = time.time()
+            operators[active].send_signal(kill_signal)
+            procs.expect_exit(active)
+            await create_all(half, models)
+            print(f"N={models}: {kill_signal.name} {active} after {kill_after:g} s, {jobs_at_kill} Jobs; "
+                  f"{models - half} more models created", file=sys.stderr, flush=True)  # fmt: skip
+            survivors = [name for name in operators if name != active]
+            resumed_after = None  # a standby's first reconcile: it has taken over
+            while True:
+                procs.check()
+                if resumed_after is None:
+                    for name in survivors:
+                        if sum(_counters(await read_metrics(name), "slimserve_operator_reconciles_total").values()):
+                            resumed_after = time.time() - killed_at
+                stats = await _get_json(http, "/_bench/stats?times=0")
+                if stats["counts"]["jobs"] >= models or time.monotonic() - started > timeout:
+                    break
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(3.0)  # late duplicates, if any, would come now
+            stats = await _get_json(http, "/_bench/stats")
+            for name in survivors:
+                await read_metrics(name)
+            exit_code = operators[active].wait(timeout=30)
+            status_after = await peers()
+    finally:
+        procs.stop()
+    jobs = stats["created"]["jobs"]
+    jobs_per_model = collections.Counter(re.match(rf"{NS}/(model-\d+)-", key).group(1) for key in jobs)  # type: ignore[union-attr]
+    after_kill = sorted(t - killed_at for t in jobs.values() if t >= killed_at)
+    reconciles = {name: sum(_counters(last_metrics[ports[name]], "slimserve_operator_reconciles_total").values())
+                  for name in operators}  # fmt: skip
+    return {
+        "models": models,
+        "operator_replicas": replicas,
+        "signal": kill_signal.name,
+        "peering_lifetime_seconds": lifetime,
+        "priorities_distinct": len(priorities) == replicas,
+        "active_before": active,
+        "active_exit_code": exit_code,
+        "standby_reconciles_before_the_stop": standby_reconciles_before,
+        "jobs_when_stopped": jobs_at_kill,
+        "standby_first_reconcile_seconds": round(resumed_after, 2) if resumed_after is not None else None,
+        "first_job_after_stop_seconds": round(after_kill[0], 2) if after_kill else None,
+        "last_job_after_stop_seconds": round(after_kill[-1], 2) if after_kill else None,
+        "models_with_one_job": sum(1 for n in jobs_per_model.values() if n == 1),
+        "models_without_job": models - len(jobs_per_model),
+        "models_with_several_jobs": sum(1 for n in jobs_per_model.values() if n > 1),
+        "job_creates_refused": stats["refused_creates"].get("jobs", 0),
+        "reconciles_by_replica": {name: int(n) for name, n in reconciles.items()},
+        "peers_left": sorted(status_after),
+    }
+
+
 def goals(runs: list[dict[str, Any]]) -> dict[str, Any]:
     small, large = min(runs, key=lambda r: r["models"]), max(runs, key=lambda r: r["models"])
     slowest = large["first_job_seconds"]["max"]
@@ -257,7 +402,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=240.0, help="give up on an N after this many seconds")
     parser.add_argument("--plain-emulator", action="store_true", help="kmock's whole request log and scans")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--replicas", type=int, default=1, help="more than 1: operators with kopf peering, "
+                        "the active one stopped after --kill-after seconds")  # fmt: skip
+    parser.add_argument("--kill-after", type=float, default=2.0, help="seconds after the first create")
+    parser.add_argument("--kill-signal", choices=["TERM", "KILL"], default="TERM")
+    parser.add_argument("--peering-lifetime", type=int, default=60, help="SLIMSERVE_PEERING_LIFETIME_SECONDS")
     args = parser.parse_args(argv)
+    if args.replicas > 1:
+        return takeover(args)
     runs = []
     for n in (int(x) for x in args.models.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
@@ -277,6 +429,29 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(text + "\n")
     met = all(g["met"] for g in result["goals"].values())
     return 1 if args.strict and not met else 0
+
+
+def takeover(args: argparse.Namespace) -> int:
+    """Peering: exactly one Job per model and the takeover time, for each N."""
+    runs = []
+    for n in (int(x) for x in args.models.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            runs.append(asyncio.run(run_takeover(
+                n, Path(tmp), args.replicas, args.kill_after, signal.Signals[f"SIG{args.kill_signal}"],
+                args.peering_lifetime, args.timeout)))  # fmt: skip
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    ok = all(
+        r["models_with_one_job"] == r["models"] and r["priorities_distinct"]
+        and not any(r["standby_reconciles_before_the_stop"].values())
+        for r in runs
+    )  # fmt: skip
+    text = json.dumps({"takeover": runs, "exactly_one_job_per_model_and_one_active_replica": ok,
+                       "machine": f"{os.cpu_count()} CPUs, shared with other jobs"}, indent=2)  # fmt: skip
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 1 if args.strict and not ok else 0
 
 
 if __name__ == "__main__":

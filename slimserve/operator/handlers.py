@@ -75,12 +75,24 @@ async def configure(
     settings.execution.max_workers = 2  # every handler is async: the thread pool is idle
     if not ops.scanning:
         settings.scanning.disabled = True
+    # Peering (the chart passes --peering with more than one replica) runs only the operator with the
+    # highest priority and pauses every one of them on a tie, so each replica needs its own. The
+    # oldest wins: a standby that (re)starts never takes over from a live operator, and a developer's
+    # `kopf run --dev` (666) or `kopf freeze` (100) still pauses them all. A nonzero --priority is kept.
+    if settings.peering.priority == 0:
+        settings.peering.priority = seniority_priority(time.time_ns())
+    settings.peering.lifetime = ops.peering_lifetime_seconds
     settings.posting.level = logging.INFO
     memo["kube"] = KubeApi(settings)
     memo["wakeups"] = Wakeups()  # shared: kopf copies the operator's memo shallowly into each object's
     if ops.metrics_port:
         metrics.serve(ops.metrics_port)
         logger.info("metrics on :%d/metrics", ops.metrics_port)
+
+
+def seniority_priority(started_ns: int) -> int:
+    """A kopf peering priority that is higher the earlier the replica started (microseconds: no ties)."""
+    return -(started_ns // 1000)
 
 
 def _state(memo: kopf.Memo) -> tuple[asyncio.Lock, dict[str, Any]]:

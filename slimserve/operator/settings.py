@@ -68,6 +68,12 @@ class OperatorSettings(BaseSettings):
         description="Objects whose watch events kopf handles at once (settings.queueing.worker_limit); the rest "
         "queue. Bounds memory and the API requests in flight when many models are created together.",
     )  # fmt: skip
+    peering_lifetime_seconds: int = Field(
+        default=60, ge=10, le=3600,
+        description="With peering (more than one replica), how long a replica's keep-alive counts: a standby takes "
+        "over this long after the active operator's last keep-alive when it dies without exiting (kopf's "
+        "settings.peering.lifetime; keep-alives go out 5-10 s sooner). A clean exit hands over at once.",
+    )  # fmt: skip
     scrape_interval: str = Field(
         default="3s", pattern=DURATION_PATTERN,
         description="How often Prometheus scrapes the Triton pods (the chart's PodMonitor interval): the evaluator "

@@ -1,7 +1,8 @@
 """Structural schemas for the CRD kinds kubernetes-validate does not bundle.
 
 Transcribed (subset, strict where we emit fields) from the upstream CRDs: Gateway API v1.1
-HTTPRoute, KEDA v2 ScaledObject, prometheus-operator ServiceMonitor/PodMonitor/PrometheusRule.
+HTTPRoute, KEDA v2 ScaledObject, prometheus-operator ServiceMonitor/PodMonitor/PrometheusRule;
+kopf's KopfPeering/ClusterKopfPeering from the chart's own CRD.
 Unknown fields fail, as the API server's pruning would silently drop them.
 """
 
@@ -256,8 +257,21 @@ PROMETHEUSRULE = _object(
     },
 )
 
+
+def _peering(kind: str) -> dict[str, Any]:
+    """kopf's peering objects (the chart's kopfpeerings CRD): no spec; kopf writes status."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["apiVersion", "kind", "metadata"],
+        "properties": {"apiVersion": {"const": "kopf.dev/v1"}, "kind": {"const": kind}, "metadata": _META},
+    }
+
+
 SCHEMAS = {
     "HTTPRoute": HTTPROUTE,
+    "KopfPeering": _peering("KopfPeering"),
+    "ClusterKopfPeering": _peering("ClusterKopfPeering"),
     "ScaledObject": SCALEDOBJECT,
     "ServiceMonitor": SERVICEMONITOR,
     "PodMonitor": PODMONITOR,

@@ -16,6 +16,7 @@ from slimserve.api import parse_compressed_model
 from slimserve.api.crd import build_crd
 from slimserve.operator import manifests
 from slimserve.operator.dashboard import build_dashboard
+from slimserve.operator.handlers import seniority_priority
 from slimserve.operator.settings import OperatorSettings
 from tests.kube.schemas import SCHEMAS, validate_custom
 
@@ -32,6 +33,8 @@ EVERYTHING_ON = {
     "gateway": {"name": "inference", "namespace": "gateways"},
     "image": {"tag": "1.2.3"},
     "extraArgs": ["--verbose"],
+    "resyncMaxSeconds": 600,
+    "workerLimit": 50,
 }
 
 
@@ -43,7 +46,11 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objects if o["kind"] == kind]
 
 
-@pytest.mark.parametrize("values", [{}, EVERYTHING_ON], ids=["defaults", "everything-on"])
+@pytest.mark.parametrize(
+    "values",
+    [{}, EVERYTHING_ON, {**EVERYTHING_ON, "replicaCount": 2}, {"replicaCount": 3}],
+    ids=["defaults", "everything-on", "two-replicas-namespaced", "three-replicas-cluster-wide"],
+)
 def test_every_rendered_object_is_valid(values: dict[str, Any]) -> None:
     objects = render(values)
     assert objects
@@ -60,7 +67,13 @@ def test_chart_lints_clean() -> None:
 
 def test_values_schema_rejects_typos_and_bad_types() -> None:
     chart = helm_python.Chart.load(str(manifests.CHART))
-    for bad in ({"metrics": {"port": "8080"}}, {"watchNamespace": ["x"]}, {"storage": {"accessMode": "RWX"}}):
+    for bad in (
+        {"metrics": {"port": "8080"}},
+        {"watchNamespace": ["x"]},
+        {"storage": {"accessMode": "RWX"}},
+        {"replicaCount": 0},
+        {"peering": {"lifetime": 20}},
+    ):
         with pytest.raises(helm_python.HelmError):
             chart.render(values=bad, name="slimserve", namespace="x", is_install=True)
 
@@ -85,6 +98,64 @@ def test_operator_runs_once_non_root_with_settings_it_understands() -> None:
     assert settings.worker_image == "ghcr.io/slimserve/slimserve-worker:0.1.0"
     assert settings.scrape_interval == "5s" and settings.auto_backend == "python"
     assert settings.scale_down_delay_seconds == 10
+    assert settings.resync_max_seconds == 600 and settings.worker_limit == 50
+    assert "--standalone" in container["args"] and not [a for a in container["args"] if a.startswith("--peering")]
+
+
+def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = by_kind(objects, "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("namespaces", [["models", "team-b"], []], ids=["namespaced", "cluster-wide"])
+def test_more_than_one_replica_peers_through_kopf_with_its_crd_objects_and_rbac(namespaces: list[str]) -> None:
+    """kopf peering keeps one replica active: the CRD, an object per scope, the RBAC and --peering."""
+    objects = render({"replicaCount": 2, "watchNamespaces": namespaces, "peering": {"lifetimeSeconds": 20}})
+    (deployment,) = by_kind(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    container = _container(objects)
+    assert "--peering=slimserve" in container["args"] and "--standalone" not in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # kopf's identity
+    lifetime = env["SLIMSERVE_PEERING_LIFETIME_SECONDS"]["value"]
+    assert OperatorSettings(peering_lifetime_seconds=lifetime).peering_lifetime_seconds == 20
+    # kopf watches and patches KopfPeering in each served namespace, ClusterKopfPeering when cluster-wide.
+    kind, plural = ("KopfPeering", "kopfpeerings") if namespaces else ("ClusterKopfPeering", "clusterkopfpeerings")
+    peerings = by_kind(objects, kind)
+    assert sorted(p["metadata"].get("namespace", "") for p in peerings) == (namespaces or [""])
+    assert {p["metadata"]["name"] for p in peerings} == {"slimserve"}
+    for obj in peerings:
+        validate_custom(obj)
+    role_kind = "Role" if namespaces else "ClusterRole"
+    for role in by_kind(objects, role_kind):
+        if role["metadata"]["name"].endswith("-discovery"):
+            continue
+        granted = {(v, r) for rule in role["rules"] if "kopf.dev" in rule["apiGroups"]
+                   for v in rule["verbs"] for r in rule["resources"]}  # fmt: skip
+        assert granted == {(v, plural) for v in ("get", "list", "watch", "patch")}
+    crds = list(yaml.safe_load_all((manifests.CHART / "crds" / "kopfpeerings.yaml").read_text()))
+    assert crds == manifests.build_peering_crds()
+    assert {(c["spec"]["names"]["kind"], c["spec"]["scope"]) for c in crds} == {
+        ("KopfPeering", "Namespaced"),
+        ("ClusterKopfPeering", "Cluster"),
+    }
+    for crd in crds:
+        kubernetes_validate.validate(crd, "1.30", strict=True)
+
+
+def test_one_replica_runs_standalone_unless_peering_is_asked_for() -> None:
+    objects = render({})
+    assert "--standalone" in _container(objects)["args"]
+    assert not by_kind(objects, "ClusterKopfPeering") and not by_kind(objects, "KopfPeering")
+    peered = render({"peering": {"enabled": True, "name": "team-a"}})
+    assert "--peering=team-a" in _container(peered)["args"]
+    assert [p["metadata"]["name"] for p in by_kind(peered, "ClusterKopfPeering")] == ["team-a"]
+
+
+def test_the_oldest_replica_has_the_highest_peering_priority() -> None:
+    """kopf pauses every replica on a priority tie, and the highest one runs: oldest first, all below --dev."""
+    older, newer = seniority_priority(1_700_000_000_000_000_000), seniority_priority(1_700_000_000_000_001_000)
+    assert older > newer and older < 100  # `kopf freeze` (100) and `kopf run --dev` (666) still win
 
 
 def _rules(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

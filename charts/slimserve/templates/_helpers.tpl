@@ -102,3 +102,12 @@ app.kubernetes.io/component: operator
   resources: ["gateways"]
   verbs: ["get"]
 {{- end -}}
+
+{{/* kopf peering (one active replica, the others on standby): asked for, or implied by replicaCount > 1. */}}
+{{- define "slimserve.peering" -}}
+{{- or .Values.peering.enabled (gt (int .Values.replicaCount) 1) -}}
+{{- end -}}
+
+{{- define "slimserve.peeringName" -}}
+{{- default (include "slimserve.fullname" .) .Values.peering.name -}}
+{{- end -}}
