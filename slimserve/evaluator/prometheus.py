@@ -66,11 +66,15 @@ class PrometheusServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def config(self) -> str:
+        """The prometheus.yml it runs with: one job scraping `targets`."""
+        return scrape_config(self.targets)
+
     def start(self) -> PrometheusServer:
         binary = find_prometheus()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "prometheus.yml"
-        config.write_text(scrape_config(self.targets))
+        config.write_text(self.config())
         tsdb = self.work_dir / "tsdb"
         shutil.rmtree(tsdb, ignore_errors=True)
         argv = [
