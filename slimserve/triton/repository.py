@@ -169,7 +169,9 @@ def build_config(
         instance_group=[
             mc.ModelInstanceGroup(
                 count=serving.instances,
-                kind=mc.ModelInstanceGroup.KIND_GPU if serving.instance_kind == "gpu" else mc.ModelInstanceGroup.KIND_CPU,
+                kind=mc.ModelInstanceGroup.KIND_GPU
+                if serving.instance_kind == "gpu"
+                else mc.ModelInstanceGroup.KIND_CPU,
             )
         ],
         version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),

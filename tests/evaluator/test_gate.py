@@ -23,10 +23,15 @@ GATES = Gates()  # the defaults users run with
 
 def _evidence(**overrides: object) -> StepEvidence:
     base: dict[str, object] = {
-        "weight": 10, "candidate_requests": 2000, "control_requests": 2000,
-        "candidate_p99_ms": Estimate(10.0, 9.5, 10.5), "control_p99_ms": Estimate(10.0, 9.5, 10.5),
-        "p99_ratio": Estimate(1.0, 0.93, 1.07), "capacity_ratio": Estimate(1.0, 0.96, 1.04),
-        "candidate_capacity_rps": Estimate(900.0, 880.0, 920.0), "control_capacity_rps": Estimate(900.0, 880.0, 920.0),
+        "weight": 10,
+        "candidate_requests": 2000,
+        "control_requests": 2000,
+        "candidate_p99_ms": Estimate(10.0, 9.5, 10.5),
+        "control_p99_ms": Estimate(10.0, 9.5, 10.5),
+        "p99_ratio": Estimate(1.0, 0.93, 1.07),
+        "capacity_ratio": Estimate(1.0, 0.96, 1.04),
+        "candidate_capacity_rps": Estimate(900.0, 880.0, 920.0),
+        "control_capacity_rps": Estimate(900.0, 880.0, 920.0),
     }
     base.update(overrides)
     return StepEvidence(**base)  # type: ignore[arg-type]

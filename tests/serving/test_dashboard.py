@@ -195,7 +195,9 @@ def test_every_panel_answers_with_the_clusters_target_labels(
             ksm_server.shutdown()
     empty = [key for key, result in answers.items() if not result]
     assert empty == [], f"panels that would show nothing: {empty}"
-    not_finite = [key for key, result in answers.items() if not all(math.isfinite(float(r["value"][1])) for r in result)]
+    not_finite = [
+        key for key, result in answers.items() if not all(math.isfinite(float(r["value"][1])) for r in result)
+    ]
     assert not_finite == []
     variants = {r["metric"].get("slimserve_dev_variant") for r in answers[("Throughput per variant", "A")]}
     assert variants == {"baseline", "int8"}

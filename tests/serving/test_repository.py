@@ -193,8 +193,16 @@ def test_package_writes_a_variant_under_another_model_name(compression_output: P
     (repo / "int8").mkdir(parents=True)
     (repo / "int8" / "config.pbtxt").write_text('name: "int8"  # the stable serves these files')
     spec = write_spec(tmp_path / "spec", compression_output)
-    args = ["package", str(spec), "--report", str(compression_output / "report.json"), "--repository", str(repo),
-            "--backend", "onnxruntime"]
+    args = [
+        "package",
+        str(spec),
+        "--report",
+        str(compression_output / "report.json"),
+        "--repository",
+        str(repo),
+        "--backend",
+        "onnxruntime",
+    ]
     result = CliRunner().invoke(app, [*args, "--variants", "int8=int8-g2"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in repo.iterdir()) == ["baseline", "int8", "int8-g2"]
