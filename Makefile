@@ -58,7 +58,8 @@ bench: install
 	$(PY) -m benchmarks.operator --json .bench/operator.json
 
 lint: install
-	$(VENV)/bin/ruff check slimserve tests benchmarks
+	$(VENV)/bin/ruff check slimserve tests benchmarks examples
+	$(VENV)/bin/ruff format --check slimserve tests benchmarks examples
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy slimserve
 

@@ -67,8 +67,10 @@ def _resnet_spec(folder: Path) -> Path:
                 "variants": [
                     {"name": "int8-static", "steps": [{"quantize": {"mode": "static"}}]},
                     {"name": "pruned-50", "steps": [{"prune": {"ratio": 0.5, "roundTo": 8}}]},
-                    {"name": "pruned-int8", "steps": [{"prune": {"ratio": 0.5, "roundTo": 8}},
-                                                      {"quantize": {"mode": "static"}}]},
+                    {
+                        "name": "pruned-int8",
+                        "steps": [{"prune": {"ratio": 0.5, "roundTo": 8}}, {"quantize": {"mode": "static"}}],
+                    },
                 ],
             },
         },

@@ -107,19 +107,23 @@ def with_extra_compute(base: Path, out: Path, layers: int, width: int = HEAVY_WI
     graph = model.graph
     rng = np.random.default_rng(layers)
     x, logits = graph.input[0].name, graph.output[0].name
-    inits = [numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "heavy_shape"),
-             numpy_helper.from_array(np.zeros((1,), dtype=np.float32), "heavy_zero"),
-             numpy_helper.from_array((rng.standard_normal((64, width)) * 0.05).astype(np.float32), "heavy_w0")]
-    nodes = [helper.make_node("Reshape", [x, "heavy_shape"], ["heavy_flat"]),
-             helper.make_node("MatMul", ["heavy_flat", "heavy_w0"], ["heavy_h0"])]
+    inits = [
+        numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "heavy_shape"),
+        numpy_helper.from_array(np.zeros((1,), dtype=np.float32), "heavy_zero"),
+        numpy_helper.from_array((rng.standard_normal((64, width)) * 0.05).astype(np.float32), "heavy_w0"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", [x, "heavy_shape"], ["heavy_flat"]),
+        helper.make_node("MatMul", ["heavy_flat", "heavy_w0"], ["heavy_h0"]),
+    ]
     for i in range(layers):
         weight = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
         inits.append(numpy_helper.from_array(weight, f"heavy_w{i + 1}"))
         nodes.append(helper.make_node("MatMul", [f"heavy_h{i}", f"heavy_w{i + 1}"], [f"heavy_h{i + 1}"]))
     nodes += [
         helper.make_node("ReduceSum", [f"heavy_h{layers}"], ["heavy_sum"], keepdims=1, axes=[1])
-        if model.opset_import[0].version < 13 else
-        helper.make_node("ReduceSum", [f"heavy_h{layers}", "heavy_axes"], ["heavy_sum"], keepdims=1),
+        if model.opset_import[0].version < 13
+        else helper.make_node("ReduceSum", [f"heavy_h{layers}", "heavy_axes"], ["heavy_sum"], keepdims=1),
         helper.make_node("Mul", ["heavy_sum", "heavy_zero"], ["heavy_nothing"]),
     ]
     if model.opset_import[0].version >= 13:
@@ -148,8 +152,9 @@ def wrecked(base: Path, out: Path, x: np.ndarray, y: np.ndarray, target: float =
         rng = np.random.default_rng(7)
         for t in floats:
             w = originals[t.name]
-            t.CopyFrom(numpy_helper.from_array((w + rng.standard_normal(w.shape) * w.std() * scale).astype(np.float32),
-                                               t.name))
+            t.CopyFrom(
+                numpy_helper.from_array((w + rng.standard_normal(w.shape) * w.std() * scale).astype(np.float32), t.name)
+            )
         onnx.save(model, str(out))
         drop = base_acc - _accuracy(out, x, y)
         if abs(drop - target) < 0.15:
@@ -189,10 +194,20 @@ class Stack:
 
     def judge(self, candidate: str, **spec_changes: Any) -> Judge:
         spec = self.spec.model_copy(update=spec_changes) if spec_changes else self.spec
-        roles = Roles(stable=self.target(STABLE, "stable"), candidate=self.target(candidate, "candidate"),
-                      control=self.target(CONTROL, "control"))
-        return Judge(spec=spec, roles=roles, capacity=self.capacity, data=self.data, work_dir=self.work / candidate,
-                     reference=self.target(STABLE, "reference"), timing=Timing.of(spec.rollout, SCRAPE_INTERVAL_S))
+        roles = Roles(
+            stable=self.target(STABLE, "stable"),
+            candidate=self.target(candidate, "candidate"),
+            control=self.target(CONTROL, "control"),
+        )
+        return Judge(
+            spec=spec,
+            roles=roles,
+            capacity=self.capacity,
+            data=self.data,
+            work_dir=self.work / candidate,
+            reference=self.target(STABLE, "reference"),
+            timing=Timing.of(spec.rollout, SCRAPE_INTERVAL_S),
+        )
 
 
 def pilot(stack: Stack, names: list[str]) -> dict[str, dict[str, float | None]]:
@@ -204,8 +219,9 @@ def pilot(stack: Stack, names: list[str]) -> dict[str, dict[str, float | None]]:
         _, m = judge.step(50)
         assert m is not None
         out[name] = {"p99Ratio": m.evidence.p99_ratio.value, "capacityRatio": m.evidence.capacity_ratio.value}
-        print(f"  pilot {name}: p99 x{out[name]['p99Ratio']:.2f}, capacity x{out[name]['capacityRatio']:.2f}",
-              flush=True)
+        print(
+            f"  pilot {name}: p99 x{out[name]['p99Ratio']:.2f}, capacity x{out[name]['capacityRatio']:.2f}", flush=True
+        )
     return out
 
 
@@ -224,8 +240,11 @@ def run_real(stack: Stack, candidate: str, runs: int, bank: list[dict[str, Any]]
         results.append(_run_record(outcome, seconds))
         if bank is not None:
             bank += [_bank_window(m) for m in outcome.measurements]
-        print(f"  {candidate} run {i + 1}/{runs}: {outcome.decision} after {len(outcome.steps)} step(s), "
-              f"{seconds:.0f} s — {outcome.reason}", flush=True)
+        print(
+            f"  {candidate} run {i + 1}/{runs}: {outcome.decision} after {len(outcome.steps)} step(s), "
+            f"{seconds:.0f} s — {outcome.reason}",
+            flush=True,
+        )
     return results
 
 
@@ -256,8 +275,9 @@ def _bank_window(m: Measurement) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def resampled_window(window: dict[str, Any], rng: np.random.Generator, slowdown: float,
-                     capacity: float) -> dict[str, Any]:
+def resampled_window(
+    window: dict[str, Any], rng: np.random.Generator, slowdown: float, capacity: float
+) -> dict[str, Any]:
     """A measured window with its roles swapped at random and the degradation applied to the candidate.
 
     The window itself is not resampled: each measured window is one honest draw of this machine's
@@ -275,7 +295,11 @@ def resampled_window(window: dict[str, Any], rng: np.random.Generator, slowdown:
 
 def pooled_evidence(weight: int, windows: list[dict[str, Any]]) -> gate.StepEvidence:
     """Windows of one step, one after the other in time, judged together as `measure_step` does."""
-    times, ms, caps = {"candidate": [], "control": []}, {"candidate": [], "control": []}, {"candidate": [], "control": []}
+    times, ms, caps = (
+        {"candidate": [], "control": []},
+        {"candidate": [], "control": []},
+        {"candidate": [], "control": []},
+    )
     offset = 0.0
     for w in windows:
         start = min(w["candidate_t"].min(), w["control_t"].min())
@@ -287,16 +311,33 @@ def pooled_evidence(weight: int, windows: list[dict[str, Any]]) -> gate.StepEvid
         offset += end - start + 1.0
     t = {r: np.concatenate(times[r]) for r in times}
     m = {r: np.concatenate(ms[r]) for r in ms}
-    requests = Requests(np.concatenate([t["candidate"], t["control"]]),
-                        np.array(["candidate"] * len(t["candidate"]) + ["control"] * len(t["control"])),
-                        np.concatenate([m["candidate"], m["control"]]), np.zeros(sum(map(len, t.values())), dtype=bool))
-    return evidence(weight, requests, "candidate", "control", caps["candidate"], caps["control"],
-                    generator_bound=any(w["generator_bound"] for w in windows), windows=len(windows))
+    requests = Requests(
+        np.concatenate([t["candidate"], t["control"]]),
+        np.array(["candidate"] * len(t["candidate"]) + ["control"] * len(t["control"])),
+        np.concatenate([m["candidate"], m["control"]]),
+        np.zeros(sum(map(len, t.values())), dtype=bool),
+    )
+    return evidence(
+        weight,
+        requests,
+        "candidate",
+        "control",
+        caps["candidate"],
+        caps["control"],
+        generator_bound=any(w["generator_bound"] for w in windows),
+        windows=len(windows),
+    )
 
 
-def simulate(spec: CompressedModelSpec, bank: list[dict[str, Any]], rollouts: int, slowdown: float = 1.0,
-             capacity: float = 1.0, quality_pairs: tuple[np.ndarray, np.ndarray] | None = None,
-             seed: int = 0) -> dict[str, Any]:
+def simulate(
+    spec: CompressedModelSpec,
+    bank: list[dict[str, Any]],
+    rollouts: int,
+    slowdown: float = 1.0,
+    capacity: float = 1.0,
+    quality_pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Rollouts through the real gate and policy, each step drawn from the bank of measured A/A windows."""
     rng = np.random.default_rng(seed)
     by_weight: dict[int, list[dict[str, Any]]] = {}
@@ -344,8 +385,9 @@ def _simulated_quality(pairs: tuple[np.ndarray, np.ndarray] | None, rng: np.rand
     b, c = base_ok[idx], cand_ok[idx]
     low, high = newcombe_paired(int((b & c).sum()), int((b & ~c).sum()), int((~b & c).sum()), int((~b & ~c).sum()))
     drop = 100 * float(b.mean() - c.mean())
-    return gate.QualityEvidence("accuracy", "points", len(b), 100 * float(b.mean()), 100 * float(c.mean()), drop,
-                                100 * low, 100 * high)
+    return gate.QualityEvidence(
+        "accuracy", "points", len(b), 100 * float(b.mean()), 100 * float(c.mean()), drop, 100 * low, 100 * high
+    )
 
 
 def _rates(decisions: Counter[str], n: int, steps: list[int], seconds: list[float] | None = None) -> dict[str, Any]:
@@ -377,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--bank", type=Path, help="also save the A/A window bank here (pickle), for --from-bank")
     parser.add_argument("--from-bank", type=Path, help="skip the real stack: simulate from a saved bank")
-    parser.add_argument("--gates", default="{}", help='with --from-bank: gate settings to try, e.g. {"p99Tolerance": 0.3}')
+    parser.add_argument(
+        "--gates", default="{}", help='with --from-bank: gate settings to try, e.g. {"p99Tolerance": 0.3}'
+    )
     parser.add_argument("--window-noise", type=float, help="with --from-bank: try another WINDOW_NOISE")
     args = parser.parse_args(argv)
     if args.from_bank:
@@ -391,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
 
             canary.WINDOW_NOISE = args.window_noise  # type: ignore[misc]
         spec = default_spec(Path("/nonexistent"))
-        spec = spec.model_copy(update={"gates": Gates.model_validate({**spec.gates.model_dump(by_alias=True),
-                                                                      **json.loads(args.gates)})})
+        spec = spec.model_copy(
+            update={"gates": Gates.model_validate({**spec.gates.model_dump(by_alias=True), **json.loads(args.gates)})}
+        )
         sims = {
             "twin": simulate(spec, saved["bank"], args.simulations, seed=1),
             "slow": simulate(spec, saved["bank"], args.simulations, slowdown=TARGET_SLOWDOWN, seed=2),
@@ -428,8 +473,12 @@ def main(argv: list[str] | None = None) -> int:
                 compress_seconds=0.0,
             )  # fmt: skip
 
-        report = CompressionReport(model="gate", device="cpu", baseline=record("baseline").model_copy(
-            update={"path": "baseline.onnx"}), variants=[record(n) for n in names])
+        report = CompressionReport(
+            model="gate",
+            device="cpu",
+            baseline=record("baseline").model_copy(update={"path": "baseline.onnx"}),
+            variants=[record(n) for n in names],
+        )
         spec = default_spec(models)
         build_repository(report, models, work / "repository", "python", None, spec.serving)
         with (
@@ -437,8 +486,13 @@ def main(argv: list[str] | None = None) -> int:
             PrometheusServer([triton.metrics_target], work / "prometheus") as prom_server,
         ):
             prom_server.wait_for_targets()
-            stack = Stack(triton.url, ProcessCpuCapacity(triton.model_processes), spec, DIGITS / "data" / "test.npz",
-                          work / "load")
+            stack = Stack(
+                triton.url,
+                ProcessCpuCapacity(triton.model_processes),
+                spec,
+                DIGITS / "data" / "test.npz",
+                work / "load",
+            )
             print("pilot windows (50%, against the control):", flush=True)
             pilots = pilot(stack, list(heavy))
             slow = _closest(pilots, "p99Ratio", TARGET_SLOWDOWN)
@@ -474,18 +528,34 @@ def main(argv: list[str] | None = None) -> int:
     goals = []
     for where, table in (("real", summary), ("simulated", simulated)):
         twin = table["twin"]
-        goals.append({"goal": f"{where}: A/A false rollbacks <= {GOAL_FALSE_ROLLBACK:.0%}",
-                      "measured": twin["rolledBackRate"], "met": twin["rolledBackRate"] <= GOAL_FALSE_ROLLBACK})
+        goals.append(
+            {
+                "goal": f"{where}: A/A false rollbacks <= {GOAL_FALSE_ROLLBACK:.0%}",
+                "measured": twin["rolledBackRate"],
+                "met": twin["rolledBackRate"] <= GOAL_FALSE_ROLLBACK,
+            }
+        )
         for scenario in ("slow", "lowcap", "wrecked"):
             rate = table[scenario]["rolledBackRate"]
-            goals.append({"goal": f"{where}: {scenario} detected (RolledBack) >= {GOAL_DETECTION:.0%}",
-                          "measured": rate, "met": rate >= GOAL_DETECTION})
+            goals.append(
+                {
+                    "goal": f"{where}: {scenario} detected (RolledBack) >= {GOAL_DETECTION:.0%}",
+                    "measured": rate,
+                    "met": rate >= GOAL_DETECTION,
+                }
+            )
     result = {
         "benchmark": "gate",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "defaults": {"gates": spec.gates.model_dump(by_alias=True), "rollout": spec.rollout.model_dump(by_alias=True)},
-        "candidates": {"slow": slow, "slowP99Ratio": slowdown, "lowcap": lowcap, "lowcapCapacityRatio": cap,
-                       "wreckedOfflineDropPoints": round(wrecked_drop, 2), "pilots": pilots},
+        "candidates": {
+            "slow": slow,
+            "slowP99Ratio": slowdown,
+            "lowcap": lowcap,
+            "lowcapCapacityRatio": cap,
+            "wreckedOfflineDropPoints": round(wrecked_drop, 2),
+            "pilots": pilots,
+        },
         "real": summary,
         "simulated": simulated,
         "bankWindows": len(bank),

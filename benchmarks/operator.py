@@ -157,8 +157,12 @@ async def run_one(
             procs.start(
                 f"operator-{i}",
                 ["-m", "kopf", "run", "--standalone", f"--namespace={NS}", "-m", "slimserve.operator"],
-                {**os.environ, "KUBECONFIG": str(kubeconfig), "SLIMSERVE_METRICS_PORT": str(port),
-                 "SLIMSERVE_SCANNING": "false"},
+                {
+                    **os.environ,
+                    "KUBECONFIG": str(kubeconfig),
+                    "SLIMSERVE_METRICS_PORT": str(port),
+                    "SLIMSERVE_SCANNING": "false",
+                },
             )  # fmt: skip
             for i, port in enumerate(metrics_ports)
         ]
@@ -167,7 +171,10 @@ async def run_one(
             for port in metrics_ports:
                 await _wait_up(plain, f"http://127.0.0.1:{port}/metrics", procs)
             idle_rss = max(_peak_rss_mb(p.pid) for p in operators)
-            cpu_before = {"operator": sum(_cpu_seconds(p.pid) for p in operators), "emulator": _cpu_seconds(emulator.pid)}
+            cpu_before = {
+                "operator": sum(_cpu_seconds(p.pid) for p in operators),
+                "emulator": _cpu_seconds(emulator.pid),
+            }
             await asyncio.sleep(1.0)  # kopf's watch streams are open
             started = time.monotonic()
             load_before = _load_avg()

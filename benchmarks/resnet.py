@@ -31,7 +31,9 @@ class ResNet18(nn.Module):
         super().__init__()
         widths = [max(8, int(c * width)) for c in (64, 128, 256, 512)]
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True),
+            nn.Conv2d(3, widths[0], 7, 2, 3, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         )
         layers: list[nn.Module] = []

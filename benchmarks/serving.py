@@ -168,8 +168,12 @@ def _server_window(prom: PromClient, model: str, seconds: float, end: float) -> 
     def total(metric: str, fn: str = "increase") -> float | None:
         return prom.scalar(f"sum({fn}({metric}{{{sel}}}[{w}]))", end)
 
-    ok, count, execs, queue = (total("nv_inference_request_success"), total("nv_inference_count"),
-                               total("nv_inference_exec_count"), total("nv_inference_queue_duration_us"))
+    ok, count, execs, queue = (
+        total("nv_inference_request_success"),
+        total("nv_inference_count"),
+        total("nv_inference_exec_count"),
+        total("nv_inference_queue_duration_us"),
+    )
     return {
         "rps": total("nv_inference_request_success", "rate"),
         "avgBatch": count / execs if count is not None and execs else None,

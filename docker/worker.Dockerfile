@@ -18,6 +18,7 @@ COPY slimserve ./slimserve
 RUN pip install --no-cache-dir ".[worker]" \
     && cd / && slimserve --help >/dev/null \
     && python -c "import slimserve.evaluator.load as l; assert l.LOCUSTFILE.is_file(), l.LOCUSTFILE" \
+    && python -c "import slimserve.triton.repository" \
     && python -m slimserve.api.choice --help >/dev/null && locust --version >/dev/null
 # The Jobs run as uid 1000 with a read-only root filesystem: HOME and caches live on /tmp.
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/tmp XDG_CACHE_HOME=/tmp/.cache

@@ -31,9 +31,7 @@ def splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
     y = digits.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y)
     # The calibration set is a subset of the training images: it never touches the test set.
     rng = np.random.default_rng(SEED)
     calib = rng.choice(len(x_train), CALIBRATION_SIZE, replace=False)

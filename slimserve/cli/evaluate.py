@@ -65,30 +65,41 @@ def parse_labels(text: str | None, option: str) -> tuple[tuple[str, str], ...]:
 @handle_errors
 def evaluate(
     file: Path = typer.Argument(..., help="The CompressedModel YAML file (gates, rollout and data come from it)."),
-    weight: int = typer.Option(..., "--weight", min=0, max=100,
-                               help="Canary weight to judge, in percent; 0 judges served quality."),
+    weight: int = typer.Option(
+        ..., "--weight", min=0, max=100, help="Canary weight to judge, in percent; 0 judges served quality."
+    ),
     candidate_url: str = typer.Option(..., "--candidate-url", help="KServe v2 HTTP endpoint of the candidate."),
-    control_url: str = typer.Option(None, "--control-url",
-                                    help="Endpoint of the control: a fresh copy of the stable model (canary steps)."),
+    control_url: str = typer.Option(
+        None, "--control-url", help="Endpoint of the control: a fresh copy of the stable model (canary steps)."
+    ),
     stable_url: str = typer.Option(None, "--stable-url", help="Endpoint of the stable model (the rest of the load)."),
-    model_name: str = typer.Option(None, "--model", help="Model name served at every endpoint (one client-facing name)."),
+    model_name: str = typer.Option(
+        None, "--model", help="Model name served at every endpoint (one client-facing name)."
+    ),
     candidate_model: str = typer.Option(None, "--candidate-model", help="Candidate's model name, if it differs."),
     control_model: str = typer.Option(None, "--control-model", help="Control's model name, if it differs."),
     stable_model: str = typer.Option(None, "--stable-model", help="Stable model name, if it differs."),
-    candidate_labels: str = typer.Option(None, "--candidate-labels",
-                                         help="Prometheus label matchers of the candidate's series, e.g. "
-                                         "namespace=ns,slimserve_dev_variant=int8."),
+    candidate_labels: str = typer.Option(
+        None,
+        "--candidate-labels",
+        help="Prometheus label matchers of the candidate's series, e.g. namespace=ns,slimserve_dev_variant=int8.",
+    ),
     control_labels: str = typer.Option(None, "--control-labels", help="Prometheus label matchers of the control."),
-    reference_onnx: Path = typer.Option(None, "--reference-onnx",
-                                        help="Uncompressed baseline ONNX, run in-process for the quality check."),
+    reference_onnx: Path = typer.Option(
+        None, "--reference-onnx", help="Uncompressed baseline ONNX, run in-process for the quality check."
+    ),
     reference_url: str = typer.Option(None, "--reference-url", help="Or: endpoint serving the baseline."),
-    reference_model: str = typer.Option("baseline", "--reference-model", help="Baseline model name at --reference-url."),
+    reference_model: str = typer.Option(
+        "baseline", "--reference-model", help="Baseline model name at --reference-url."
+    ),
     prometheus_url: str = typer.Option(None, "--prometheus-url", help="Prometheus scraping the Triton servers."),
-    scrape_interval: str = typer.Option("1s", "--scrape-interval",
-                                        help="Prometheus' scrape interval of Triton (windows are sized from it)."),
+    scrape_interval: str = typer.Option(
+        "1s", "--scrape-interval", help="Prometheus' scrape interval of Triton (windows are sized from it)."
+    ),
     out: Path = typer.Option(..., "--out", help="Where to write the EvaluationReport JSON."),
     summary_file: Path = typer.Option(
-        None, "--summary-file",
+        None,
+        "--summary-file",
         help="Also write the step on one line (under 4 KiB) here: the operator's evaluator Jobs pass "
         "/dev/termination-log, so the verdict reaches the operator without any API access.",
     ),
@@ -112,23 +123,43 @@ def evaluate(
     evaluation = data_files(model, folder)["evaluation"]
     if not evaluation.is_file():
         raise InvalidInput(f"spec.data.evaluation = '{evaluation}': file not found; fix the path ({RELATIVE_HINT})")
-    names = {"candidate": candidate_model or model_name, "control": control_model or model_name,
-             "stable": stable_model or model_name}
+    names = {
+        "candidate": candidate_model or model_name,
+        "control": control_model or model_name,
+        "stable": stable_model or model_name,
+    }
     if not names["candidate"]:
         raise InvalidInput("--model (or --candidate-model) is missing: name the model the endpoints serve")
     if weight > 0:
-        missing = [o for o, v in (("--control-url", control_url), ("--prometheus-url", prometheus_url),
-                                  ("--model or --control-model", names["control"])) if not v]
+        missing = [
+            o
+            for o, v in (
+                ("--control-url", control_url),
+                ("--prometheus-url", prometheus_url),
+                ("--model or --control-model", names["control"]),
+            )
+            if not v
+        ]
         if missing:
             raise InvalidInput(f"--weight {weight}: a canary step needs {', '.join(missing)}")
     if weight == 0 and not (reference_onnx or reference_url):
         raise InvalidInput("--weight 0 judges served quality: give --reference-onnx or --reference-url")
     interval = parse_duration(scrape_interval, "--scrape-interval")
     timing = Timing.of(spec.rollout, interval)
-    candidate = Target(candidate_url, names["candidate"], 0, "candidate",
-                       parse_labels(candidate_labels, "--candidate-labels") or (("model", names["candidate"]),))
-    control = Target(control_url or candidate_url, names["control"] or names["candidate"], 0, "control",
-                     parse_labels(control_labels, "--control-labels") or (("model", names["control"] or ""),))
+    candidate = Target(
+        candidate_url,
+        names["candidate"],
+        0,
+        "candidate",
+        parse_labels(candidate_labels, "--candidate-labels") or (("model", names["candidate"]),),
+    )
+    control = Target(
+        control_url or candidate_url,
+        names["control"] or names["candidate"],
+        0,
+        "control",
+        parse_labels(control_labels, "--control-labels") or (("model", names["control"] or ""),),
+    )
     stable = Target(stable_url or control.url, names["stable"] or control.model, 0, "stable")
     reference: Target | object
     if weight == 0 and reference_onnx is not None:
@@ -157,6 +188,7 @@ def evaluate(
     if summary_file is not None:
         summary_file.write_text(summary_json(report) + "\n")
     failing = ", ".join(c.name for c in step.checks if c.verdict != "Pass")
-    err_console.print(f"{'quality' if weight == 0 else f'{weight}%'}: {step.verdict}"
-                      f"{' (' + failing + ')' if failing else ''} → {out}")
+    err_console.print(
+        f"{'quality' if weight == 0 else f'{weight}%'}: {step.verdict}{' (' + failing + ')' if failing else ''} → {out}"
+    )
     raise typer.Exit(STEP_EXIT_CODES[step.verdict])

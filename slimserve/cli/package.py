@@ -39,7 +39,8 @@ def package(
     file: Path = typer.Argument(..., help="The CompressedModel YAML file (its spec.serving shapes the configs)."),
     report: Path = typer.Option(..., "--report", help="report.json written by `slimserve compress`."),
     repository: str = typer.Option(
-        ..., "--repository",
+        ...,
+        "--repository",
         help="Folder to write the Triton model repository into, or s3://bucket/prefix: uploaded to "
         "<prefix>/<version>/ (a content hash), then <prefix>/<version>.complete is written; credentials from "
         "the AWS variables (AWS_ENDPOINT_URL for MinIO).",
@@ -51,13 +52,15 @@ def package(
         "Default: spec.serving.backend, where auto means onnxruntime.",
     ),  # fmt: skip
     variants: str = typer.Option(
-        "", "--variants",
+        "",
+        "--variants",
         help="Comma-separated variants to package (the baseline is always included). Default: all. "
         "VARIANT=MODEL packages a variant as Triton model MODEL (the operator does this when a new "
         "generation's candidate has the name of the variant already serving).",
     ),
     uri_file: Path = typer.Option(
-        None, "--uri-file",
+        None,
+        "--uri-file",
         help="Write what Triton's --model-repository should be to this file: the folder, or "
         "s3://bucket/prefix/<version> (s3://http://host:port/bucket/... with AWS_ENDPOINT_URL, as Triton wants "
         "it). The operator's packaging Job passes /dev/termination-log.",

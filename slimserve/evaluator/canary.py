@@ -72,8 +72,11 @@ class Timing:
     @classmethod
     def of(cls, rollout: Rollout, scrape_interval_s: float = 1.0) -> Timing:
         step = parse_duration(rollout.step_duration)
-        longest = parse_duration(rollout.max_step_duration, "spec.rollout.maxStepDuration") if (
-            rollout.max_step_duration) else 4 * step
+        longest = (
+            parse_duration(rollout.max_step_duration, "spec.rollout.maxStepDuration")
+            if (rollout.max_step_duration)
+            else 4 * step
+        )
         warmup = parse_duration(rollout.warmup, "spec.rollout.warmup")
         ramp = rollout.users / max(rollout.spawn_rate, 1)
         timing = cls(step, max(longest, step), warmup, ramp, scrape_interval_s)
@@ -108,8 +111,9 @@ class Capacity(Protocol):
 
     def stop(self) -> None: ...
 
-    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
-        ...
+    def intervals(
+        self, target: Target, start: float, end: float, requests: Requests
+    ) -> list[tuple[float, float, float]]: ...
 
 
 @dataclass
@@ -126,7 +130,9 @@ class PrometheusCapacity:
     def stop(self) -> None:
         pass
 
-    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+    def intervals(
+        self, target: Target, start: float, end: float, requests: Requests
+    ) -> list[tuple[float, float, float]]:
         return self.prom.capacity(target.labels, start, end, self.scrape_interval_s)
 
 
@@ -166,7 +172,9 @@ class ProcessCpuCapacity:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def intervals(self, target: Target, start: float, end: float, requests: Requests) -> list[tuple[float, float, float]]:
+    def intervals(
+        self, target: Target, start: float, end: float, requests: Requests
+    ) -> list[tuple[float, float, float]]:
         mine = requests.select(target.key)
         ok = mine.start[~mine.failed]
         out = []
@@ -249,7 +257,9 @@ def latency_intervals(
     cb, kb = inverse[: len(cb)], inverse[len(cb) :]
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=RESAMPLES).astype(np.float64)
-    stats = np.column_stack([_weighted_quantiles(cand_ms, cb, counts, P99), _weighted_quantiles(ctrl_ms, kb, counts, P99)])
+    stats = np.column_stack(
+        [_weighted_quantiles(cand_ms, cb, counts, P99), _weighted_quantiles(ctrl_ms, kb, counts, P99)]
+    )
     stats = stats[np.isfinite(stats).all(axis=1)]
     lo, hi = 100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2
     point_c, point_k = float(np.quantile(cand_ms, P99)), float(np.quantile(ctrl_ms, P99))
@@ -258,8 +268,11 @@ def latency_intervals(
         low, high = np.percentile(values, [lo, hi])
         return Estimate(point, float(low), float(high))
 
-    return (interval(stats[:, 0], point_c), interval(stats[:, 1], point_k),
-            interval(stats[:, 0] / stats[:, 1], point_c / point_k))
+    return (
+        interval(stats[:, 0], point_c),
+        interval(stats[:, 1], point_k),
+        interval(stats[:, 0] / stats[:, 1], point_c / point_k),
+    )
 
 
 def block_indices(n: int, rows: int, rng: np.random.Generator) -> np.ndarray:
@@ -404,7 +417,9 @@ def measure_step(
         if end - start < MIN_SCRAPES * timing.scrape_interval_s:
             start = max(load.start, end - MIN_SCRAPES * timing.scrape_interval_s)
         windows.append((start, end))
-        judged.append(Requests.concat([load.requests.select(t.key, start, end) for t in (roles.candidate, roles.control)]))
+        judged.append(
+            Requests.concat([load.requests.select(t.key, start, end) for t in (roles.candidate, roles.control)])
+        )
         for target in (roles.candidate, roles.control):
             capacity[target.key] += capacity_source.intervals(target, start, end, load.requests)
         pooled = Requests.concat(judged)
@@ -425,5 +440,12 @@ def warm_up(roles: Roles, data: Path, rollout: Rollout, work_dir: Path, seconds:
     if seconds <= 0:
         return None
     targets = [roles.candidate.with_weight(50), roles.control.with_weight(50)]
-    return run_locust(targets, data, users=rollout.users, spawn_rate=rollout.spawn_rate, duration_s=seconds,
-                      work_dir=work_dir, name="warmup")
+    return run_locust(
+        targets,
+        data,
+        users=rollout.users,
+        spawn_rate=rollout.spawn_rate,
+        duration_s=seconds,
+        work_dir=work_dir,
+        name="warmup",
+    )

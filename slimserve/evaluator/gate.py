@@ -102,7 +102,12 @@ def _finite(value: float | None) -> float | None:
 
 
 def _check(
-    name: str, estimate: Estimate, threshold: float | None, *, at_most: bool, baseline: float | None = None,
+    name: str,
+    estimate: Estimate,
+    threshold: float | None,
+    *,
+    at_most: bool,
+    baseline: float | None = None,
     detail: str = "",
 ) -> CheckResult:
     """Pass/Fail only when the whole interval is on one side of the threshold."""
@@ -149,11 +154,18 @@ def check_quality(gates: Gates, evidence: QualityEvidence | None) -> CheckResult
         f"{evidence.detail}: candidate {evidence.candidate:.4g} vs baseline {evidence.baseline:.4g} on "
         f"{evidence.n} samples; drop in {evidence.unit} ({evidence.method})"
     )
-    result = _check(QUALITY_CHECK, evidence.estimate, gates.max_accuracy_drop, at_most=True,
-                    baseline=evidence.baseline, detail=detail)
+    result = _check(
+        QUALITY_CHECK,
+        evidence.estimate,
+        gates.max_accuracy_drop,
+        at_most=True,
+        baseline=evidence.baseline,
+        detail=detail,
+    )
     if evidence.n < gates.min_samples and result.verdict == "Pass":
-        result = result.model_copy(update={
-            "verdict": "Inconclusive", "detail": result.detail + f"; fewer than minSamples={gates.min_samples}"})
+        result = result.model_copy(
+            update={"verdict": "Inconclusive", "detail": result.detail + f"; fewer than minSamples={gates.min_samples}"}
+        )
     return result
 
 
@@ -185,8 +197,15 @@ def judge_step(gates: Gates, evidence: StepEvidence) -> StepResult:
     checks = [check_samples(gates, evidence), check_errors(gates, evidence)]
     control_p99 = evidence.control_p99_ms.value
     if gates.max_p99_ms is not None:
-        checks.append(_check("p99Budget", evidence.candidate_p99_ms, gates.max_p99_ms, at_most=True,
-                             detail="candidate p99 ms, client side"))
+        checks.append(
+            _check(
+                "p99Budget",
+                evidence.candidate_p99_ms,
+                gates.max_p99_ms,
+                at_most=True,
+                detail="candidate p99 ms, client side",
+            )
+        )
     if gates.p99_tolerance is not None:
         checks.append(_check(
             "p99VsBaseline", evidence.p99_ratio, 1 + gates.p99_tolerance, at_most=True, baseline=1.0,
@@ -194,8 +213,15 @@ def judge_step(gates: Gates, evidence: StepEvidence) -> StepResult:
             f"{_fmt(control_p99)} ms)",
         ))  # fmt: skip
     if gates.min_throughput_rps is not None:
-        checks.append(_check("throughputMin", evidence.candidate_capacity_rps, gates.min_throughput_rps,
-                             at_most=False, detail="candidate samples per second of compute (server side)"))
+        checks.append(
+            _check(
+                "throughputMin",
+                evidence.candidate_capacity_rps,
+                gates.min_throughput_rps,
+                at_most=False,
+                detail="candidate samples per second of compute (server side)",
+            )
+        )
     if gates.min_throughput_ratio is not None:
         checks.append(_check(
             "throughputVsBaseline", evidence.capacity_ratio, gates.min_throughput_ratio, at_most=False, baseline=1.0,
@@ -207,7 +233,8 @@ def judge_step(gates: Gates, evidence: StepEvidence) -> StepResult:
         # see the same delays on both sides; an absolute budget does not.
         checks = [
             c.model_copy(update={"verdict": "Inconclusive", "detail": c.detail + "; the load generator was saturated"})
-            if c.name == "p99Budget" and c.verdict == "Fail" else c
+            if c.name == "p99Budget" and c.verdict == "Fail"
+            else c
             for c in checks
         ]
     return StepResult(weight=evidence.weight, verdict=step_verdict(checks), checks=checks)

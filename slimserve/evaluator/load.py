@@ -84,7 +84,9 @@ class Requests:
     def concat(parts: list[Requests]) -> Requests:
         if not parts:
             return Requests.empty()
-        return Requests(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("start", "target", "latency_ms", "failed")))
+        return Requests(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("start", "target", "latency_ms", "failed"))
+        )
 
 
 @dataclass(frozen=True)

@@ -79,14 +79,23 @@ def next_step(
             continue
         inconclusive += 1
         if step.weight == QUALITY_WEIGHT or inconclusive > inconclusive_limit:
-            limit = "" if step.weight == QUALITY_WEIGHT else f" ({inconclusive} > inconclusiveLimit {inconclusive_limit})"
+            limit = (
+                "" if step.weight == QUALITY_WEIGHT else f" ({inconclusive} > inconclusiveLimit {inconclusive_limit})"
+            )
             return NextStep(
                 "Inconclusive", f"{where}: {_names(step, 'Inconclusive')} inconclusive{limit}; nothing promoted",
                 failures=failures, inconclusive=inconclusive,
             )  # fmt: skip
     if index == len(order):
         spent = f" after {failures} failed and {inconclusive} inconclusive step(s)" if failures or inconclusive else ""
-        return NextStep("Promoted", f"every step passed, {order[-1]}% last{spent}", failures=failures,
-                        inconclusive=inconclusive)
-    return NextStep(None, f"{len(steps)} step(s) judged", weight=order[index], attempt=attempt,
-                    failures=failures, inconclusive=inconclusive)
+        return NextStep(
+            "Promoted", f"every step passed, {order[-1]}% last{spent}", failures=failures, inconclusive=inconclusive
+        )
+    return NextStep(
+        None,
+        f"{len(steps)} step(s) judged",
+        weight=order[index],
+        attempt=attempt,
+        failures=failures,
+        inconclusive=inconclusive,
+    )

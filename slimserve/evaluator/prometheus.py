@@ -66,11 +66,15 @@ class PrometheusServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def config(self) -> str:
+        """The prometheus.yml it runs with: one job scraping `targets`."""
+        return scrape_config(self.targets)
+
     def start(self) -> PrometheusServer:
         binary = find_prometheus()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "prometheus.yml"
-        config.write_text(scrape_config(self.targets))
+        config.write_text(self.config())
         tsdb = self.work_dir / "tsdb"
         shutil.rmtree(tsdb, ignore_errors=True)
         argv = [
@@ -173,8 +177,9 @@ class PromClient:
             out.append((labels, [(float(t), float(v)) for t, v in samples]))  # type: ignore[arg-type]
         return out
 
-    def increments(self, metric: str, labels: Sequence[tuple[str, str]], start: float, end: float,
-                   scrape_interval_s: float) -> dict[tuple[tuple[str, str], ...], list[tuple[float, float]]]:
+    def increments(
+        self, metric: str, labels: Sequence[tuple[str, str]], start: float, end: float, scrape_interval_s: float
+    ) -> dict[tuple[tuple[str, str], ...], list[tuple[float, float]]]:
         """Per series, the counter's increase between consecutive scrapes inside [start, end].
 
         Keyed by the series' labels; each increment is (timestamp of the later scrape, increase).
@@ -189,8 +194,9 @@ class PromClient:
             out[tuple(sorted(series_labels.items()))] = steps
         return out
 
-    def capacity(self, labels: Sequence[tuple[str, str]], start: float, end: float,
-                 scrape_interval_s: float) -> list[tuple[float, float, float]]:
+    def capacity(
+        self, labels: Sequence[tuple[str, str]], start: float, end: float, scrape_interval_s: float
+    ) -> list[tuple[float, float, float]]:
         """(scrape time, samples inferred, seconds of compute) per scrape interval in [start, end].
 
         `nv_inference_count` over `nv_inference_compute_infer_duration_us` is what one model instance

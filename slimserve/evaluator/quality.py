@@ -151,13 +151,15 @@ def resolve(
         threshold, reason = _binary_threshold(baseline, quality)
         why = f"{why}; binary classifier, {reason}"
     per_sample = int(np.prod(shape[1:], dtype=np.int64))
-    if name in ("mse", "mae", "r2") and labels is not None and (
-        labels.dtype.kind not in "iubf" or labels.reshape(len(labels), -1).shape[1] != per_sample
+    if (
+        name in ("mse", "mae", "r2")
+        and labels is not None
+        and (labels.dtype.kind not in "iubf" or labels.reshape(len(labels), -1).shape[1] != per_sample)
     ):
         raise InvalidInput(
-                f"spec.data.evaluation 'y' has shape {list(labels.shape)} but output '{output}' has shape {shape}: "
-                f"metric {name} compares them value by value; give one label per output value"
-            )
+            f"spec.data.evaluation 'y' has shape {list(labels.shape)} but output '{output}' has shape {shape}: "
+            f"metric {name} compares them value by value; give one label per output value"
+        )
     return Metric(name=name, threshold=threshold, why=why, **common)  # type: ignore[arg-type]
 
 
@@ -278,8 +280,9 @@ def load_function(ref: str, base_dir: Path | None) -> Callable[..., np.ndarray]:
     return func  # type: ignore[no-any-return]
 
 
-def _custom_scores(func: Callable[..., np.ndarray], out: np.ndarray, baseline: np.ndarray,
-                   labels: np.ndarray | None) -> np.ndarray:
+def _custom_scores(
+    func: Callable[..., np.ndarray], out: np.ndarray, baseline: np.ndarray, labels: np.ndarray | None
+) -> np.ndarray:
     scores = np.asarray(func(out, labels, baseline), dtype=np.float64).reshape(-1)
     if len(scores) != len(out) or not np.all(np.isfinite(scores)):
         raise InvalidInput(
@@ -319,8 +322,9 @@ def newcombe_paired(both: int, first_only: int, second_only: int, neither: int) 
     return (max(low, -1.0), min(high, 1.0))
 
 
-def bootstrap(statistic: Callable[[np.ndarray], np.ndarray], n: int, seed: int = 0,
-              resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
+def bootstrap(
+    statistic: Callable[[np.ndarray], np.ndarray], n: int, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES
+) -> tuple[float, float]:
     """Percentile interval (90%) of `statistic(indices)`, vectorised over a [resamples, n] index matrix."""
     if n < 2:
         return (math.nan, math.nan)
@@ -395,8 +399,9 @@ def compare(
     binary = metric.name in BINARY_METRICS and np.isin(sb, (0.0, 100.0)).all() and np.isin(sc, (0.0, 100.0)).all()
     if binary:
         b_ok, c_ok = sb > 0, sc > 0
-        low, high = newcombe_paired(int((b_ok & c_ok).sum()), int((b_ok & ~c_ok).sum()),
-                                    int((~b_ok & c_ok).sum()), int((~b_ok & ~c_ok).sum()))
+        low, high = newcombe_paired(
+            int((b_ok & c_ok).sum()), int((b_ok & ~c_ok).sum()), int((~b_ok & c_ok).sum()), int((~b_ok & ~c_ok).sum())
+        )
         ci, method = (100 * low, 100 * high), "Newcombe paired score interval"
         own = [Scored(float(s.mean()), *(100 * x for x in wilson(int((s > 0).sum()), n))) for s in (sb, sc)]
     else:
@@ -405,8 +410,16 @@ def compare(
         method = "paired bootstrap"
         own = [_mean_interval(sb, seed), _mean_interval(sc, seed)]
     evidence = QualityEvidence(
-        metric=metric.name, unit=metric.unit, n=n, baseline=own[0].value, candidate=own[1].value, drop=drop,
-        drop_low=ci[0], drop_high=ci[1], method=method, detail=metric.describe(),
+        metric=metric.name,
+        unit=metric.unit,
+        n=n,
+        baseline=own[0].value,
+        candidate=own[1].value,
+        drop=drop,
+        drop_low=ci[0],
+        drop_high=ci[1],
+        method=method,
+        detail=metric.describe(),
     )
     return evidence, own[0], own[1]
 
@@ -429,8 +442,10 @@ def _compare_errors(
         value_b, value_c = float(r2(eb, everything)[0]), float(r2(ec, everything)[0])
         drop = value_b - value_c
         ci = bootstrap(lambda idx: r2(eb, idx) - r2(ec, idx), n, seed)
-        own = [Scored(value_b, *bootstrap(lambda idx: r2(eb, idx), n, seed)),
-               Scored(value_c, *bootstrap(lambda idx: r2(ec, idx), n, seed))]
+        own = [
+            Scored(value_b, *bootstrap(lambda idx: r2(eb, idx), n, seed)),
+            Scored(value_c, *bootstrap(lambda idx: r2(ec, idx), n, seed)),
+        ]
     else:
         scale = float(eb.mean()) if labels is not None and eb.mean() > 0 else _spread(metric, reference)
         relative = labels is not None and eb.mean() > 0
@@ -446,7 +461,15 @@ def _compare_errors(
         if not relative:
             metric = Metric(**{**metric.__dict__, "labelled": False})
     evidence = QualityEvidence(
-        metric=metric.name, unit=metric.unit, n=n, baseline=own[0].value, candidate=own[1].value, drop=drop,
-        drop_low=ci[0], drop_high=ci[1], method="paired bootstrap", detail=metric.describe(),
+        metric=metric.name,
+        unit=metric.unit,
+        n=n,
+        baseline=own[0].value,
+        candidate=own[1].value,
+        drop=drop,
+        drop_low=ci[0],
+        drop_high=ci[1],
+        method="paired bootstrap",
+        detail=metric.describe(),
     )
     return evidence, own[0], own[1]

@@ -62,8 +62,13 @@ class Judge:
             try:
                 return gate.judge_quality(self.spec.gates, self.judge_quality()), None
             except CandidateFailed as exc:  # a candidate that cannot answer is a worse model, not a crash
-                check = CheckResult(name=gate.QUALITY_CHECK, verdict="Fail", value=None,
-                                    threshold=self.spec.gates.max_accuracy_drop, detail=str(exc))
+                check = CheckResult(
+                    name=gate.QUALITY_CHECK,
+                    verdict="Fail",
+                    value=None,
+                    threshold=self.spec.gates.max_accuracy_drop,
+                    detail=str(exc),
+                )
                 return StepResult(weight=0, verdict="Fail", checks=[check]), None
         if not self.warmed:
             assert self.timing is not None

@@ -162,7 +162,9 @@ def predict_onnx(path: Path, arrays: dict[str, np.ndarray], output: str | None =
     import onnxruntime as ort
 
     if not path.is_file():
-        raise InvalidInput(f"--reference-onnx = '{path}': file not found; point it at the compression output's baseline")
+        raise InvalidInput(
+            f"--reference-onnx = '{path}': file not found; point it at the compression output's baseline"
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     if output is not None and output not in names:

@@ -191,8 +191,11 @@ def _run(
 
         judge = Judge(
             spec=spec,
-            roles=Roles(stable=target(stable_name, "stable"), candidate=target(candidate.name, "candidate"),
-                        control=target(CONTROL, "control")),
+            roles=Roles(
+                stable=target(stable_name, "stable"),
+                candidate=target(candidate.name, "candidate"),
+                control=target(CONTROL, "control"),
+            ),
             capacity=ProcessCpuCapacity(triton.model_processes),
             data=evaluation,
             work_dir=logs / "load",
@@ -214,8 +217,9 @@ def _run(
 
         outcome = run_rollout(judge, on_step=judged, stage=lambda weight: stages.stage(stage_title(weight)))
     # Every child is stopped here (ExitStack), before anything is written as final.
-    return _finish(console, out_dir, model, report, state, candidate, outcome, outcome.decision, outcome.reason,
-                   compression_dir)
+    return _finish(
+        console, out_dir, model, report, state, candidate, outcome, outcome.decision, outcome.reason, compression_dir
+    )
 
 
 def _print_step(console: Console, step: StepResult) -> None:
@@ -291,7 +295,9 @@ def _finish(
     write_markdown(out_dir / "report.md", doc, steps)
     points = [
         (name, m.weight, float(t["rps"] or 0.0), float(t["p99Ms"] or 0.0))
-        for m in measurements for name, t in m.summary.items() if t["requests"] and t["p99Ms"] is not None
+        for m in measurements
+        for name, t in m.summary.items()
+        if t["requests"] and t["p99Ms"] is not None
     ]
     if points:
         plot_throughput_vs_p99(out_dir / "throughput_vs_p99.png", points)

@@ -178,9 +178,11 @@ def build_dashboard() -> dict[str, Any]:
             "datasource": {"type": "prometheus", "uid": "${datasource}"},
             "gridPos": {"h": 8, "w": 12, "x": 12, "y": 24},
             "targets": [
+                # Aggregated to the two labels it shows: the operator's series also carry the
+                # ServiceMonitor's target labels (pod, job, instance...), which would become columns.
                 _target(
-                    'label_replace(label_replace(slimserve_variant_role{namespace=~"$namespace", model=~"$model"},'
-                    ' "slimserve_dev_model", "$1", "model", "(.*)"), "slimserve_dev_variant", "$1", "variant", "(.*)")',
+                    "max by (slimserve_dev_variant, role) (label_replace("
+                    f'{q["role"]}, "slimserve_dev_variant", "$1", "variant", "(.*)"))',
                     "",
                     "ROLE",
                     instant=True,
@@ -195,15 +197,7 @@ def build_dashboard() -> dict[str, Any]:
                 {
                     "id": "organize",
                     "options": {
-                        "excludeByName": {
-                            "Time": True,
-                            "namespace": True,
-                            "slimserve_dev_model": True,
-                            "__name__": True,
-                            "model": True,
-                            "variant": True,
-                            "Value #ROLE": True,
-                        },
+                        "excludeByName": {"Time": True, "Value #ROLE": True},
                         "renameByName": {
                             "slimserve_dev_variant": "variant",
                             "Value #RPS": "req/s",

@@ -131,7 +131,7 @@ def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]
         ("max_p99_ms", gates.max_p99_ms),
         ("max_error_rate", gates.max_error_rate),
         ("min_throughput_rps", gates.min_throughput_rps),
-        ("max_accuracy_drop_points", gates.max_accuracy_drop),
+        ("max_quality_drop", gates.max_accuracy_drop),
         ("p99_tolerance_ratio", gates.p99_tolerance),
         ("min_throughput_ratio", gates.min_throughput_ratio),
     ):

@@ -6,7 +6,7 @@ the `nvidia-pytriton` wheel's Triton has only the Python backend, so each varian
 Python-backend model whose `model.py` runs the very same ONNX file with onnxruntime. Only
 `config.pbtxt`'s backend section differs, so what the gate measured locally is what ships.
 
-`build_config` is pure (typed inputs to text); `read_signature` and `build_repository` do the I/O.
+`build_config` is pure (typed inputs to Triton's `ModelConfig` text); `read_signature` and `build_repository` do the I/O.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
 
 from slimserve.api.report import CompressionReport, VariantRecord
 from slimserve.api.spec import Serving
@@ -26,6 +29,7 @@ BACKENDS: Final = ("onnxruntime", "python")
 MODEL_FILE: Final = "model.onnx"
 VERSION: Final = "1"
 PYTHON_MODEL_SOURCE: Final = Path(__file__).with_name("python_model.py")
+TensorMessage = TypeVar("TensorMessage", mc.ModelInput, mc.ModelOutput)
 
 # onnx.TensorProto element types → Triton data types.
 ONNX_TO_TRITON: Final[dict[int, str]] = {
@@ -131,13 +135,11 @@ def _dims(tensor: TensorSpec, batching: bool, model: str) -> list[int]:
     return [-1 if d is None else d for d in shape]
 
 
-def _tensor_block(tensor: TensorSpec, dims: list[int]) -> str:
-    lines = [f'    name: "{tensor.name}"', f"    data_type: {tensor.data_type}"]
-    if dims:
-        lines.append(f"    dims: [ {', '.join(str(d) for d in dims)} ]")
-    else:  # a per-sample scalar: Triton wants dims [1] reshaped to a scalar
-        lines += ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]
-    return "  {\n" + "\n".join(lines) + "\n  }"
+def _tensor(tensor: TensorSpec, dims: list[int], message: type[TensorMessage]) -> TensorMessage:
+    out = message(name=tensor.name, data_type=mc.DataType.Value(tensor.data_type), dims=dims or [1])
+    if not dims:  # a per-sample scalar: Triton wants dims [1] reshaped to a scalar
+        out.reshape.SetInParent()
+    return out
 
 
 def build_config(
@@ -149,7 +151,7 @@ def build_config(
     tensorrt: bool = False,
     intra_op_threads: int = 1,
 ) -> str:
-    """`config.pbtxt` text for one variant.
+    """`config.pbtxt` text for one variant (Triton's own `ModelConfig` message, in protobuf text format).
 
     `tensorrt` adds the TensorRT execution accelerator (onnxruntime backend on GPU) unless the graph
     holds QOperator int8 ops TensorRT cannot parse. `intra_op_threads` stays small by default: on a
@@ -158,59 +160,58 @@ def build_config(
     if backend not in BACKENDS:
         raise InvalidInput(f"backend = {backend!r}: use one of {', '.join(BACKENDS)}")
     batching = serving.max_batch_size > 0
-    out = [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {serving.max_batch_size}"]
-    out.append("input [\n" + ",\n".join(_tensor_block(t, _dims(t, batching, name)) for t in signature.inputs) + "\n]")
-    out.append("output [\n" + ",\n".join(_tensor_block(t, _dims(t, batching, name)) for t in signature.outputs) + "\n]")
+    config = mc.ModelConfig(
+        name=name,
+        backend=backend,
+        max_batch_size=serving.max_batch_size,
+        input=[_tensor(t, _dims(t, batching, name), mc.ModelInput) for t in signature.inputs],
+        output=[_tensor(t, _dims(t, batching, name), mc.ModelOutput) for t in signature.outputs],
+        instance_group=[
+            mc.ModelInstanceGroup(
+                count=serving.instances,
+                kind=mc.ModelInstanceGroup.KIND_GPU
+                if serving.instance_kind == "gpu"
+                else mc.ModelInstanceGroup.KIND_CPU,
+            )
+        ],
+        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+    )
     if batching:
         batch = serving.dynamic_batching
-        sizes = sorted({s for s in batch.preferred_batch_sizes if s <= serving.max_batch_size})
-        lines = []
-        if sizes:
-            lines.append(f"  preferred_batch_size: [ {', '.join(map(str, sizes))} ]")
-        lines.append(f"  max_queue_delay_microseconds: {batch.max_queue_delay_microseconds}")
-        out.append("dynamic_batching {\n" + "\n".join(lines) + "\n}")
-    kind = "KIND_GPU" if serving.instance_kind == "gpu" else "KIND_CPU"
-    out.append(f"instance_group [\n  {{\n    count: {serving.instances}\n    kind: {kind}\n  }}\n]")
-    out.append("version_policy: { latest: { num_versions: 1 } }")
+        config.dynamic_batching.preferred_batch_size.extend(
+            sorted({s for s in batch.preferred_batch_sizes if s <= serving.max_batch_size})
+        )
+        config.dynamic_batching.max_queue_delay_microseconds = batch.max_queue_delay_microseconds
     key = "intra_op_threads" if backend == "python" else "intra_op_thread_count"
-    params = {key: str(intra_op_threads)}
+    config.parameters[key].string_value = str(intra_op_threads)
     if backend == "onnxruntime":
-        params["inter_op_thread_count"] = "1"
-    out.append(
-        "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in sorted(params.items()))
-    )
+        config.parameters["inter_op_thread_count"].string_value = "1"
     if (
         backend == "onnxruntime"
         and tensorrt
         and serving.instance_kind == "gpu"
         and not (signature.op_types & NOT_TENSORRT_OPS)
     ):
-        out.append(
-            "optimization { execution_accelerators {\n"
-            '  gpu_execution_accelerator: [ { name: "tensorrt"\n'
-            '    parameters { key: "precision_mode" value: "FP16" }\n'
-            '    parameters { key: "max_workspace_size_bytes" value: "1073741824" } } ]\n'
-            "} }"
+        config.optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="tensorrt", parameters={"precision_mode": "FP16", "max_workspace_size_bytes": "1073741824"}
         )
-    warm = _warmup(signature, batching)
-    if warm:
-        out.append(warm)
-    return "\n".join(out) + "\n"
+    warmup = _warmup(signature, batching)
+    if warmup is not None:
+        config.model_warmup.append(warmup)
+    return text_format.MessageToString(config)
 
 
-def _warmup(signature: Signature, batching: bool) -> str:
+def _warmup(signature: Signature, batching: bool) -> mc.ModelWarmup | None:
     """One zero-filled request of batch 1, so the first user request does not pay session start-up."""
     if any(t.data_type == "TYPE_STRING" for t in signature.inputs):
-        return ""
-    inputs = []
+        return None
+    warmup = mc.ModelWarmup(name="zeros", batch_size=1 if batching else 0)
     for t in signature.inputs:
         shape = list(t.shape[1:] if batching else t.shape) or [1]
-        dims = ", ".join(str(d or 1) for d in shape)
-        inputs.append(
-            f'    inputs {{ key: "{t.name}" value: {{ data_type: {t.data_type} dims: [ {dims} ] zero_data: true }} }}'
+        warmup.inputs[t.name].CopyFrom(
+            mc.ModelWarmup.Input(data_type=mc.DataType.Value(t.data_type), dims=[d or 1 for d in shape], zero_data=True)
         )
-    batch = "    batch_size: 1\n" if batching else ""
-    return 'model_warmup [\n  {\n    name: "zeros"\n' + batch + "\n".join(inputs) + "\n  }\n]"
+    return warmup
 
 
 def select_variants(report: CompressionReport, names: list[str] | None) -> list[VariantRecord]:

@@ -159,9 +159,7 @@ def test_bad_input_is_rejected_by_both_with_an_actionable_message(
 
 
 def test_bundled_and_shipped_examples_are_accepted_by_both() -> None:
-    files = sorted((ROOT / "examples").glob("**/*.yaml")) + sorted(
-        (ROOT / "manifests").glob("examples/*.yaml")
-    )
+    files = sorted((ROOT / "examples").glob("**/*.yaml")) + sorted((ROOT / "manifests").glob("examples/*.yaml"))
     assert files, "no example CompressedModel found"
     for path in files:
         for doc in yaml.safe_load_all(path.read_text()):

@@ -40,7 +40,9 @@ def _spec_alone(folder: Path, variants: list[dict[str, object]] = FP16) -> Path:
     """A spec with relative paths, alone in its folder (like /spec in a worker Job)."""
     folder.mkdir()
     body = {
-        "apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "metadata": {"name": "m"},
+        "apiVersion": "slimserve.dev/v1alpha1",
+        "kind": "CompressedModel",
+        "metadata": {"name": "m"},
         "spec": {
             "source": {"uri": "digits_cnn.pt", "format": "factory", "factory": "model:build"},
             "data": {"calibration": "data/calibration.npz", "evaluation": "data/test.npz"},
@@ -104,9 +106,24 @@ def test_evaluate_with_a_wrong_base_dir_is_exit_2_before_any_traffic(tmp_path: P
     wrong = tmp_path / "elsewhere"
     wrong.mkdir()
     args = [
-        "evaluate", str(spec), "--base-dir", str(wrong), "--control-url", "http://127.0.0.1:9",
-        "--candidate-url", "http://127.0.0.1:9", "--control-model", "baseline", "--candidate-model", "fp16",
-        "--weight", "10", "--prometheus-url", "http://127.0.0.1:9", "--out", str(tmp_path / "report.json"),
+        "evaluate",
+        str(spec),
+        "--base-dir",
+        str(wrong),
+        "--control-url",
+        "http://127.0.0.1:9",
+        "--candidate-url",
+        "http://127.0.0.1:9",
+        "--control-model",
+        "baseline",
+        "--candidate-model",
+        "fp16",
+        "--weight",
+        "10",
+        "--prometheus-url",
+        "http://127.0.0.1:9",
+        "--out",
+        str(tmp_path / "report.json"),
     ]
     code = "import sys; from slimserve.cli.main import main; sys.argv = ['slimserve', *sys.argv[1:]]; main()"
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)

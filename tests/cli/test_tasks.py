@@ -28,16 +28,26 @@ runner = CliRunner()
 
 def _export(model: nn.Module, example: tuple[torch.Tensor, ...], names: list[str], path: Path, output: str) -> None:
     axes = {n: {0: "batch"} for n in [*names, output]}
-    torch.onnx.export(model.eval(), example, str(path), input_names=names, output_names=[output],
-                      dynamic_axes=axes, dynamo=False, opset_version=17)
+    torch.onnx.export(
+        model.eval(),
+        example,
+        str(path),
+        input_names=names,
+        output_names=[output],
+        dynamic_axes=axes,
+        dynamo=False,
+        opset_version=17,
+    )
 
 
 def _spec(folder: Path, quality: dict[str, object] | None = None) -> Path:
     body: dict[str, object] = {
         "source": {"uri": "model.onnx", "format": "onnx"},
         "data": {"evaluation": "eval.npz"},
-        "compression": {"measure": {"latencyRuns": 10, "throughputBatch": 8, "threads": 1},
-                        "variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}]},
+        "compression": {
+            "measure": {"latencyRuns": 10, "throughputBatch": 8, "threads": 1},
+            "variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}],
+        },
     }
     if quality:
         body["quality"] = quality
@@ -119,14 +129,21 @@ def test_embedding_model_reports_cosine_over_real_tokens(tmp_path: Path) -> None
     mask = np.ones((120, 12), dtype=np.int64)
     mask[:, 9:] = 0
     ids[:, 9:] = 0
-    _export(model, (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])), ["input_ids", "attention_mask"],
-            tmp_path / "model.onnx", "last_hidden_state")
+    _export(
+        model,
+        (torch.from_numpy(ids[:2]), torch.from_numpy(mask[:2])),
+        ["input_ids", "attention_mask"],
+        tmp_path / "model.onnx",
+        "last_hidden_state",
+    )
     np.savez(tmp_path / "eval.npz", input_ids=ids, attention_mask=mask)
     report = _compress(_spec(tmp_path))
     base, (int8,) = report["baseline"], report["variants"]  # type: ignore[misc]
     assert base["metric"] == "cosine" and base["quality"] == pytest.approx(100.0)
     session = ort.InferenceSession(str(tmp_path / "out" / int8["path"]))
-    reference = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    reference = ort.InferenceSession(str(tmp_path / "model.onnx")).run(
+        None, {"input_ids": ids, "attention_mask": mask}
+    )[0]
     ours = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
     a, b = reference[:, :9].reshape(-1, 32), ours[:, :9].reshape(-1, 32)
     cosine = 100 * np.mean((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))

@@ -54,8 +54,14 @@ def test_speed_is_measured_for_every_variant(tmp_path: Path) -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32))
     path = export_onnx(net, _data((1, 8, 8)), ["x"], tmp_path / "m.onnx")
     blocks: list[int] = []
-    speeds = measure.measure_speed({"a": path, "b": path}, _data((1, 8, 8)), runs=20, throughput_batch=8,
-                                   blocks=4, on_block=lambda: blocks.append(1))
+    speeds = measure.measure_speed(
+        {"a": path, "b": path},
+        _data((1, 8, 8)),
+        runs=20,
+        throughput_batch=8,
+        blocks=4,
+        on_block=lambda: blocks.append(1),
+    )
     assert set(speeds) == {"a", "b"} and len(blocks) == 4
     for s in speeds.values():
         assert 0 < s.latency_ms_p50 <= s.latency_ms_p99 and s.throughput_rps > 0

@@ -7,17 +7,31 @@ import math
 import pytest
 
 from slimserve.api.spec import Gates
-from slimserve.evaluator.gate import Estimate, QualityEvidence, StepEvidence, judge_quality, judge_step, wilson
+from slimserve.evaluator.gate import (
+    CONFIDENCE,
+    Estimate,
+    QualityEvidence,
+    StepEvidence,
+    Z,
+    judge_quality,
+    judge_step,
+    wilson,
+)
 
 GATES = Gates()  # the defaults users run with
 
 
 def _evidence(**overrides: object) -> StepEvidence:
     base: dict[str, object] = {
-        "weight": 10, "candidate_requests": 2000, "control_requests": 2000,
-        "candidate_p99_ms": Estimate(10.0, 9.5, 10.5), "control_p99_ms": Estimate(10.0, 9.5, 10.5),
-        "p99_ratio": Estimate(1.0, 0.93, 1.07), "capacity_ratio": Estimate(1.0, 0.96, 1.04),
-        "candidate_capacity_rps": Estimate(900.0, 880.0, 920.0), "control_capacity_rps": Estimate(900.0, 880.0, 920.0),
+        "weight": 10,
+        "candidate_requests": 2000,
+        "control_requests": 2000,
+        "candidate_p99_ms": Estimate(10.0, 9.5, 10.5),
+        "control_p99_ms": Estimate(10.0, 9.5, 10.5),
+        "p99_ratio": Estimate(1.0, 0.93, 1.07),
+        "capacity_ratio": Estimate(1.0, 0.96, 1.04),
+        "candidate_capacity_rps": Estimate(900.0, 880.0, 920.0),
+        "control_capacity_rps": Estimate(900.0, 880.0, 920.0),
     }
     base.update(overrides)
     return StepEvidence(**base)  # type: ignore[arg-type]
@@ -87,3 +101,15 @@ def test_served_quality_is_judged_on_the_paired_interval() -> None:
     assert judge_quality(GATES, quality(3.0, 2.1, 3.9)).verdict == "Fail"
     assert judge_quality(GATES, quality(0.0, -0.9, 0.9, n=40)).verdict == "Inconclusive"  # < minSamples
     assert judge_quality(GATES, None).verdict == "Inconclusive"
+
+
+@pytest.mark.parametrize(("successes", "n"), [(8, 10), (0, 540), (3, 540), (540, 540), (1000, 2000)])
+def test_wilson_and_z_match_scipy(successes: int, n: int) -> None:
+    """The gate stays pure Python (the operator imports it, and its image has no numpy or scipy);
+    scipy, in the test environment only, is the reference it must agree with."""
+    from scipy.stats import binomtest, norm
+
+    assert norm.ppf((1 + CONFIDENCE) / 2) == pytest.approx(Z, abs=1e-12)
+    reference = binomtest(successes, n).proportion_ci(CONFIDENCE, method="wilson")
+    assert wilson(successes, n) == pytest.approx((reference.low, reference.high), abs=1e-12)
+    assert wilson(8, 10) == pytest.approx((0.5407928, 0.9314420), abs=1e-7)  # the textbook value

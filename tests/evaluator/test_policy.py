@@ -12,8 +12,11 @@ WEIGHTS = [10, 50, 100]
 
 def _step(weight: int, verdict: str, check: str = "p99VsBaseline") -> StepResult:
     name = "qualityDrop" if weight == 0 else check
-    return StepResult(weight=weight, verdict=verdict,  # type: ignore[arg-type]
-                      checks=[CheckResult(name=name, verdict=verdict, value=None, threshold=None)])  # type: ignore[arg-type]
+    return StepResult(
+        weight=weight,
+        verdict=verdict,  # type: ignore[arg-type]
+        checks=[CheckResult(name=name, verdict=verdict, value=None, threshold=None)],
+    )  # type: ignore[arg-type]
 
 
 def _run(*steps: tuple[int, str], budget: int = 0, limit: int = 1):  # type: ignore[no-untyped-def]
@@ -43,7 +46,9 @@ def test_a_failed_last_step_is_never_promoted() -> None:
     """serving review 1.3: a failed 100% step inside the budget used to report Promoted."""
     nxt = _run((0, "Pass"), (10, "Pass"), (50, "Pass"), (100, "Fail"), budget=1)
     assert nxt.decision is None and nxt.weight == 100
-    assert _run((0, "Pass"), (10, "Pass"), (50, "Pass"), (100, "Fail"), (100, "Fail"), budget=1).decision == "RolledBack"
+    assert (
+        _run((0, "Pass"), (10, "Pass"), (50, "Pass"), (100, "Fail"), (100, "Fail"), budget=1).decision == "RolledBack"
+    )
 
 
 def test_inconclusive_steps_rerun_up_to_the_limit_then_end_inconclusive() -> None:
@@ -73,8 +78,14 @@ def test_a_candidate_that_cannot_answer_fails_the_quality_check_and_rolls_back(t
                  "compression": {"variants": [{"name": "a", "steps": [{"quantize": {"mode": "dynamic"}}]}]}},
     }).spec  # fmt: skip
     nowhere = Target("http://127.0.0.1:9", "a", 0, "candidate")  # nothing listens on port 9
-    judge = Judge(spec=spec, roles=Roles(nowhere, nowhere, nowhere), capacity=None, data=data,  # type: ignore[arg-type]
-                  work_dir=tmp_path, reference=np.eye(3, dtype=np.float32)[[0, 1, 2, 0]])
+    judge = Judge(
+        spec=spec,
+        roles=Roles(nowhere, nowhere, nowhere),
+        capacity=None,
+        data=data,  # type: ignore[arg-type]
+        work_dir=tmp_path,
+        reference=np.eye(3, dtype=np.float32)[[0, 1, 2, 0]],
+    )
     step, _ = judge.step(0)
     assert step.verdict == "Fail" and "failed to answer" in step.checks[0].detail
     assert next_step([step], WEIGHTS, 5, 5).decision == "RolledBack"

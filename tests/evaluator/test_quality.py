@@ -149,7 +149,9 @@ def test_paired_interval_covers_the_true_drop(n: int, base: float, cand: float) 
         b_ok = shared < base
         c_ok = np.where(rng.random(n) < 0.8, shared < cand, own < cand)  # 80% of answers shared
         a = int((b_ok & c_ok).sum())
-        low, high = q.newcombe_paired(a, int((b_ok & ~c_ok).sum()), int((~b_ok & c_ok).sum()), int((~b_ok & ~c_ok).sum()))
+        low, high = q.newcombe_paired(
+            a, int((b_ok & ~c_ok).sum()), int((~b_ok & c_ok).sum()), int((~b_ok & ~c_ok).sum())
+        )
         above += true_drop > high
         below += true_drop < low
     assert above / trials <= 0.065 and below / trials <= 0.065

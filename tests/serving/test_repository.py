@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
+from google.protobuf import text_format
 from onnx import TensorProto, helper
+from tritonclient.grpc import model_config_pb2 as mc
 
 from slimserve.api.report import CompressionReport
 from slimserve.api.spec import DynamicBatching, Serving
@@ -26,43 +29,59 @@ SIG = Signature(
 )
 
 
+def config(*args: Any, **kwargs: Any) -> mc.ModelConfig:
+    """`build_config`'s text parsed back as Triton parses it."""
+    return text_format.Parse(build_config(*args, **kwargs), mc.ModelConfig())
+
+
+def tensors(messages: Any) -> dict[str, tuple[str, list[int]]]:
+    return {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in messages}
+
+
 def test_config_has_names_types_dims_without_batch_and_batching() -> None:
-    text = build_config("int8", SIG, Serving(max_batch_size=16), "python")
-    assert 'name: "int8"' in text
-    assert 'backend: "python"' in text
-    assert "max_batch_size: 16" in text
-    assert 'name: "x"\n    data_type: TYPE_FP32\n    dims: [ 1, 8, 8 ]' in text
-    assert 'name: "logits"\n    data_type: TYPE_FP32\n    dims: [ 10 ]' in text
-    assert "preferred_batch_size: [ 4, 8 ]" in text
-    assert "max_queue_delay_microseconds: 500" in text
-    assert "kind: KIND_CPU" in text
-    assert "version_policy: { latest: { num_versions: 1 } }" in text
-    assert 'key: "intra_op_threads"' in text
-    assert "model_warmup" in text and "zero_data: true" in text and "batch_size: 1" in text
+    c = config("int8", SIG, Serving(max_batch_size=16), "python")
+    assert (c.name, c.backend, c.max_batch_size) == ("int8", "python", 16)
+    assert tensors(c.input) == {"x": ("TYPE_FP32", [1, 8, 8])}
+    assert tensors(c.output) == {"logits": ("TYPE_FP32", [10])}
+    assert not c.input[0].HasField("reshape")
+    assert list(c.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert c.dynamic_batching.max_queue_delay_microseconds == 500
+    assert [(g.count, g.kind) for g in c.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
+    assert c.version_policy.latest.num_versions == 1
+    assert {k: v.string_value for k, v in c.parameters.items()} == {"intra_op_threads": "1"}
+    (warmup,) = c.model_warmup
+    assert warmup.batch_size == 1
+    assert {k: (list(v.dims), v.zero_data) for k, v in warmup.inputs.items()} == {"x": ([1, 8, 8], True)}
 
 
 def test_preferred_sizes_above_max_batch_are_dropped() -> None:
     serving = Serving(max_batch_size=8, dynamic_batching=DynamicBatching(preferred_batch_sizes=[4, 8, 16]))
-    assert "preferred_batch_size: [ 4, 8 ]" in build_config("m", SIG, serving, "onnxruntime")
+    assert list(config("m", SIG, serving, "onnxruntime").dynamic_batching.preferred_batch_size) == [4, 8]
 
 
 def test_dynamic_inner_dims_become_minus_one_and_warmup_uses_one() -> None:
     sig = Signature(
         (TensorSpec("tokens", "TYPE_INT64", (None, None)),), (TensorSpec("y", "TYPE_FP32", (None, None, 4)),)
     )
-    text = build_config("m", sig, Serving(), "onnxruntime")
-    assert "data_type: TYPE_INT64\n    dims: [ -1 ]" in text
-    assert "dims: [ -1, 4 ]" in text
-    assert "data_type: TYPE_INT64 dims: [ 1 ] zero_data: true" in text
+    c = config("m", sig, Serving(), "onnxruntime")
+    assert tensors(c.input) == {"tokens": ("TYPE_INT64", [-1])}
+    assert tensors(c.output) == {"y": ("TYPE_FP32", [-1, 4])}
+    warm = c.model_warmup[0].inputs["tokens"]
+    assert (warm.data_type, list(warm.dims), warm.zero_data) == (mc.TYPE_INT64, [1], True)
 
 
 def test_no_batching_keeps_the_full_shape_and_omits_dynamic_batching() -> None:
     sig = Signature((TensorSpec("x", "TYPE_FP32", (1, 64)),), (TensorSpec("y", "TYPE_FP32", (1, 10)),))
-    text = build_config("m", sig, Serving(max_batch_size=0), "onnxruntime")
-    assert "max_batch_size: 0" in text
-    assert "dims: [ 1, 64 ]" in text
-    assert "dynamic_batching" not in text
-    assert "batch_size: 1" not in text  # warm-up without batching carries no batch size
+    c = config("m", sig, Serving(max_batch_size=0), "onnxruntime")
+    assert c.max_batch_size == 0
+    assert tensors(c.input) == {"x": ("TYPE_FP32", [1, 64])}
+    assert not c.HasField("dynamic_batching")
+    assert c.model_warmup[0].batch_size == 0  # warm-up without batching carries no batch size
+
+
+def test_string_inputs_get_no_warmup() -> None:
+    sig = Signature((TensorSpec("s", "TYPE_STRING", (None,)),), (TensorSpec("y", "TYPE_FP32", (None, 4)),))
+    assert len(config("m", sig, Serving(), "onnxruntime").model_warmup) == 0
 
 
 def test_fixed_batch_dim_with_batching_is_invalid_input_with_the_fix() -> None:
@@ -73,21 +92,27 @@ def test_fixed_batch_dim_with_batching_is_invalid_input_with_the_fix() -> None:
 
 def test_per_sample_scalar_is_reshaped() -> None:
     sig = Signature((TensorSpec("x", "TYPE_FP32", (None,)),), (TensorSpec("y", "TYPE_FP32", (None,)),))
-    text = build_config("m", sig, Serving(), "onnxruntime")
-    assert "dims: [ 1 ]\n    reshape: { shape: [ ] }" in text
+    c = config("m", sig, Serving(), "onnxruntime")
+    for tensor in (*c.input, *c.output):
+        assert list(tensor.dims) == [1] and tensor.HasField("reshape") and list(tensor.reshape.shape) == []
 
 
 def test_onnxruntime_backend_threads_gpu_kind_and_tensorrt() -> None:
     gpu = Serving(instance_kind="gpu", instances=2, gpus=1)
-    text = build_config("m", SIG, gpu, "onnxruntime", tensorrt=True)
-    assert 'backend: "onnxruntime"' in text
-    assert "count: 2\n    kind: KIND_GPU" in text
-    assert 'key: "intra_op_thread_count"' in text
-    assert 'name: "tensorrt"' in text
+    c = config("m", SIG, gpu, "onnxruntime", tensorrt=True, intra_op_threads=2)
+    assert c.backend == "onnxruntime"
+    assert [(g.count, g.kind) for g in c.instance_group] == [(2, mc.ModelInstanceGroup.KIND_GPU)]
+    assert {k: v.string_value for k, v in c.parameters.items()} == {
+        "intra_op_thread_count": "2",
+        "inter_op_thread_count": "1",
+    }
+    (accelerator,) = c.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert dict(accelerator.parameters) == {"precision_mode": "FP16", "max_workspace_size_bytes": "1073741824"}
     # QOperator int8 graphs cannot go through TensorRT's parser; on CPU there is no accelerator at all.
     int8 = Signature(SIG.inputs, SIG.outputs, frozenset({"QLinearConv"}))
-    assert "tensorrt" not in build_config("m", int8, gpu, "onnxruntime", tensorrt=True)
-    assert "tensorrt" not in build_config("m", SIG, Serving(), "onnxruntime", tensorrt=True)
+    assert not config("m", int8, gpu, "onnxruntime", tensorrt=True).HasField("optimization")
+    assert not config("m", SIG, Serving(), "onnxruntime", tensorrt=True).HasField("optimization")
 
 
 def test_unknown_backend_is_invalid() -> None:
@@ -124,7 +149,8 @@ def test_build_repository_layout_for_both_backends(compression_output: Path, tmp
     for name in built:
         assert (tmp_path / "py" / name / "1" / "model.onnx").is_file()
         assert (tmp_path / "py" / name / "1" / "model.py").is_file()
-        assert f'name: "{name}"' in (tmp_path / "py" / name / "config.pbtxt").read_text()
+        c = text_format.Parse((tmp_path / "py" / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert (c.name, c.backend) == (name, "python")
     ort = build_repository(report, compression_output, tmp_path / "ort", "onnxruntime")
     assert sorted(ort) == ["baseline", "int8", "noisy", "slow", "twin"]
     assert not (tmp_path / "ort" / "int8" / "1" / "model.py").exists()
@@ -167,12 +193,20 @@ def test_package_writes_a_variant_under_another_model_name(compression_output: P
     (repo / "int8").mkdir(parents=True)
     (repo / "int8" / "config.pbtxt").write_text('name: "int8"  # the stable serves these files')
     spec = write_spec(tmp_path / "spec", compression_output)
-    args = ["package", str(spec), "--report", str(compression_output / "report.json"), "--repository", str(repo),
-            "--backend", "onnxruntime"]
+    args = [
+        "package",
+        str(spec),
+        "--report",
+        str(compression_output / "report.json"),
+        "--repository",
+        str(repo),
+        "--backend",
+        "onnxruntime",
+    ]
     result = CliRunner().invoke(app, [*args, "--variants", "int8=int8-g2"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in repo.iterdir()) == ["baseline", "int8", "int8-g2"]
-    assert 'name: "int8-g2"' in (repo / "int8-g2" / "config.pbtxt").read_text()
+    assert text_format.Parse((repo / "int8-g2" / "config.pbtxt").read_text(), mc.ModelConfig()).name == "int8-g2"
     assert (repo / "int8-g2" / "1" / "model.onnx").is_file()
     assert "the stable serves these files" in (repo / "int8" / "config.pbtxt").read_text()
     bad = CliRunner().invoke(app, [*args, "--variants", "int8=Int8_G2"])
