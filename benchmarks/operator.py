@@ -258,7 +258,12 @@ def _kubeconfig(path: Path, api: str) -> None:
 
 
 async def run_takeover(
-    models: int, workdir: Path, replicas: int, kill_after: float, kill_signal: signal.Signals, lifetime: int,
+    models: int,
+    workdir: Path,
+    replicas: int,
+    kill_after: float,
+    kill_signal: signal.Signals,
+    lifetime: int,
     timeout: float,
 ) -> dict[str, Any]:
     """`replicas` operators with kopf peering (as the chart runs them); the active one is stopped midway.
@@ -285,9 +290,14 @@ async def run_takeover(
                 f"operator-{i}": procs.start(
                     f"operator-{i}",
                     ["-m", "kopf", "run", f"--peering={PEERING_NAME}", f"--namespace={NS}", "-m", "slimserve.operator"],
-                    {**os.environ, "KUBECONFIG": str(workdir / "kubeconfig"), "SLIMSERVE_METRICS_PORT": str(port),
-                     "SLIMSERVE_SCANNING": "false", "SLIMSERVE_PEERING_LIFETIME_SECONDS": str(lifetime),
-                     "POD_ID": f"operator-{i}"},
+                    {
+                        **os.environ,
+                        "KUBECONFIG": str(workdir / "kubeconfig"),
+                        "SLIMSERVE_METRICS_PORT": str(port),
+                        "SLIMSERVE_SCANNING": "false",
+                        "SLIMSERVE_PEERING_LIFETIME_SECONDS": str(lifetime),
+                        "POD_ID": f"operator-{i}",
+                    },
                 )  # fmt: skip
                 for i, port in enumerate(metrics_ports)
             }

@@ -20,7 +20,9 @@ pytestmark = [pytest.mark.kube]
 @pytest.mark.parametrize(
     ("sig", "lifetime", "within"), [(signal.SIGTERM, 60, 10.0), (signal.SIGKILL, 10, 25.0)], ids=["term", "kill"]
 )
-def test_the_standby_takes_over_every_model_once(tmp_path: Path, sig: signal.Signals, lifetime: int, within: float) -> None:
+def test_the_standby_takes_over_every_model_once(
+    tmp_path: Path, sig: signal.Signals, lifetime: int, within: float
+) -> None:
     """Models created before and after the active replica stops all get exactly one compression Job."""
     run = asyncio.run(run_takeover(12, tmp_path, replicas=2, kill_after=1.0, kill_signal=sig, lifetime=lifetime,
                                    timeout=90))  # fmt: skip
