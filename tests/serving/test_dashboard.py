@@ -183,7 +183,11 @@ def test_every_panel_answers_with_the_clusters_target_labels(
                 for variable in dashboard["templating"]["list"]:
                     if variable["type"] == "query":
                         chosen[variable["name"]] = label_values(prom.url, substitute(variable["query"], chosen))
-                assert chosen == {"namespace": [example_model()["metadata"]["namespace"]], "model": ["digits"]}
+                assert chosen["namespace"] == [example_model()["metadata"]["namespace"]]
+                # Other models' series may be in the process-wide registry (the reactor tests run in this
+                # process); the dashboard lists them all, and a user picks this one.
+                assert "digits" in chosen["model"], chosen
+                chosen["model"] = ["digits"]
                 answers = {
                     (panel["title"], target["refId"]): query(prom.url, substitute(target["expr"], chosen))
                     for panel in dashboard["panels"]
