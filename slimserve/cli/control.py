@@ -1,6 +1,7 @@
 """`slimserve pause | resume | abort | promote | retry NAME -n NS`: steer a rollout in a cluster.
 
-Each command patches one annotation on the CompressedModel (`slimserve.api.controls`), as
+With `--out DIR` instead of NAME they steer a running `slimserve run --out DIR`
+(`slimserve.local.controls`: a controls file the run reads between steps). In a cluster each command patches one annotation on the CompressedModel (`slimserve.api.controls`), as
 `kubectl argo rollouts` does, with the kubeconfig kubectl uses; the operator acts on it at once and
 says what it did in an Event (`kubectl describe compressedmodel NAME`). The `kubernetes` client is
 imported inside the commands: the worker image does not need it.
@@ -20,7 +21,7 @@ from slimserve.api.controls import PAUSED_ANNOTATION, Request, request_annotatio
 from slimserve.cli.main import app, handle_errors
 from slimserve.errors import InvalidInput
 
-NAME_HELP: Final = "The CompressedModel's name (kubectl get compressedmodels)."
+NAME_HELP: Final = "The CompressedModel's name (kubectl get compressedmodels); or --out DIR for a local run."
 NAMESPACE_OPTION: Final = typer.Option(
     None, "--namespace", "-n", help="Its namespace. Default: the kubeconfig context's namespace, else default."
 )
@@ -28,6 +29,9 @@ KUBECONFIG_OPTION: Final = typer.Option(
     None, "--kubeconfig", envvar="KUBECONFIG", help="The kubeconfig file kubectl uses. Default: ~/.kube/config."
 )
 CONTEXT_OPTION: Final = typer.Option(None, "--context", help="The kubeconfig context. Default: its current one.")
+OUT_OPTION: Final = typer.Option(
+    None, "--out", "-o", help="Steer the `slimserve run` with this --out folder instead of a cluster's rollout."
+)
 IN_FLIGHT: Final = ("Pending", "Compressing", "Packaging", "Deploying", "Evaluating", "Progressing")
 
 
@@ -79,6 +83,23 @@ class Cluster:
             ) from None
 
 
+def _target(name: str | None, out: Path | None) -> str:
+    """Where the command acts: "local" (--out) or "cluster" (NAME); neither or both is refused."""
+    if (name is None) == (out is None):
+        raise InvalidInput("name a CompressedModel (slimserve pause NAME -n NS) or a local run (slimserve pause "
+                           "--out DIR), one of the two")  # fmt: skip
+    return "local" if out is not None else "cluster"
+
+
+def _local(out: Path, paused: bool | None = None, request: Request | None = None) -> None:
+    from slimserve.local.controls import CONTROLS_FILE, update_controls
+
+    update_controls(out, paused, request)
+    what = request or ("paused" if paused else "resumed")
+    typer.echo(f"{out}: {what} ({out / CONTROLS_FILE}); a running `slimserve run --out {out}` acts on it between "
+               "steps")  # fmt: skip
+
+
 def _request_value() -> str:
     """A new value per request (microseconds): the operator acts once on each value."""
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
@@ -109,10 +130,11 @@ def _one_shot(name: str, request: Request, cluster: Cluster, allowed: tuple[str,
 @app.command()
 @handle_errors
 def pause(
-    name: str = typer.Argument(..., help=NAME_HELP),
+    name: str | None = typer.Argument(None, help=NAME_HELP),
     namespace: str | None = NAMESPACE_OPTION,
     kubeconfig: str | None = KUBECONFIG_OPTION,
     context: str | None = CONTEXT_OPTION,
+    out: Path | None = OUT_OPTION,
 ) -> None:
     """Pause a rollout: no new step starts until `slimserve resume`.
 
@@ -120,8 +142,12 @@ def pause(
     runs. Paused before the first step, the canary is deployed but gets no traffic. The pause holds
     across spec changes until resumed (condition Paused).
 
-    Example: slimserve pause digits -n models
+    Examples: slimserve pause digits -n models; slimserve pause --out out/digits
     """
+    if _target(name, out) == "local":
+        assert out is not None
+        return _local(out, paused=True)
+    assert name is not None
     cluster = Cluster(kubeconfig, context, namespace)
     obj = cluster.get(name)
     cluster.annotate(name, {PAUSED_ANNOTATION: "true"})
@@ -131,15 +157,20 @@ def pause(
 @app.command()
 @handle_errors
 def resume(
-    name: str = typer.Argument(..., help=NAME_HELP),
+    name: str | None = typer.Argument(None, help=NAME_HELP),
     namespace: str | None = NAMESPACE_OPTION,
     kubeconfig: str | None = KUBECONFIG_OPTION,
     context: str | None = CONTEXT_OPTION,
+    out: Path | None = OUT_OPTION,
 ) -> None:
     """Resume a paused rollout: the next step starts now.
 
-    Example: slimserve resume digits -n models
+    Examples: slimserve resume digits -n models; slimserve resume --out out/digits
     """
+    if _target(name, out) == "local":
+        assert out is not None
+        return _local(out, paused=False)
+    assert name is not None
     cluster = Cluster(kubeconfig, context, namespace)
     cluster.get(name)
     cluster.annotate(name, {PAUSED_ANNOTATION: None})
@@ -149,18 +180,25 @@ def resume(
 @app.command()
 @handle_errors
 def abort(
-    name: str = typer.Argument(..., help=NAME_HELP),
+    name: str | None = typer.Argument(None, help=NAME_HELP),
     namespace: str | None = NAMESPACE_OPTION,
     kubeconfig: str | None = KUBECONFIG_OPTION,
     context: str | None = CONTEXT_OPTION,
+    out: Path | None = OUT_OPTION,
 ) -> None:
     """Roll back now: all traffic back on the stable, the canary drains, the Job in flight stops.
 
     The generation ends RolledBack (condition Promoted, reason Aborted); `slimserve retry` deploys
     and judges its candidate again without compressing.
 
-    Example: slimserve abort digits -n models
+    Locally the run ends before its next step, rolled back (exit 3).
+
+    Examples: slimserve abort digits -n models; slimserve abort --out out/digits
     """
+    if _target(name, out) == "local":
+        assert out is not None
+        return _local(out, request="abort")
+    assert name is not None
     cluster = Cluster(kubeconfig, context, namespace)
     _one_shot(name, "abort", cluster, IN_FLIGHT, "only a rollout in flight can be aborted")
 
@@ -168,10 +206,11 @@ def abort(
 @app.command()
 @handle_errors
 def promote(
-    name: str = typer.Argument(..., help=NAME_HELP),
+    name: str | None = typer.Argument(None, help=NAME_HELP),
     namespace: str | None = NAMESPACE_OPTION,
     kubeconfig: str | None = KUBECONFIG_OPTION,
     context: str | None = CONTEXT_OPTION,
+    out: Path | None = OUT_OPTION,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Promote the canary now, skipping the remaining steps; asks first unless --yes.
@@ -179,8 +218,16 @@ def promote(
     Also the approval of a rollout with spec.rollout.approval: manual that waits for it
     (condition WaitingForApproval). The canary must be serving (Evaluating or Progressing).
 
-    Example: slimserve promote digits -n models --yes
+    Locally the run promotes its candidate before its next step (exit 0).
+
+    Examples: slimserve promote digits -n models --yes; slimserve promote --out out/digits
     """
+    if _target(name, out) == "local":
+        assert out is not None
+        if not yes:
+            typer.confirm(f"Promote the candidate of the run in {out} now, skipping its remaining steps?", abort=True)
+        return _local(out, request="promote")
+    assert name is not None
     cluster = Cluster(kubeconfig, context, namespace)
     obj = cluster.get(name)
     status = obj.get("status") or {}
