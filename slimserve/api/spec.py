@@ -710,6 +710,11 @@ class TrafficSplit(StrEnum):
     replicas = "replicas"
 
 
+class Approval(StrEnum):
+    auto = "auto"
+    manual = "manual"
+
+
 class Evaluator(Model):
     """The evaluator Job of each judged step in a cluster (ignored locally): Locust, the served quality check
     (the evaluation set and the uncompressed baseline in memory) and the gate."""
@@ -766,6 +771,12 @@ class Rollout(Model):
     )  # fmt: skip
     traffic_split: TrafficSplit = TrafficSplit.gateway
     gateway: str | None = Field(default=None, description="Gateway API parent (name) for the HTTPRoute.")
+    approval: Approval = Field(
+        default=Approval.auto,
+        description="'manual' holds a rollout whose every step passed before promotion (the canary keeps its "
+        "last weight, condition WaitingForApproval) until someone runs `slimserve promote`; 'auto' promotes "
+        "as soon as the gate passes. Default auto.",
+    )
     evaluator: Evaluator = Field(default_factory=Evaluator)
 
     cel: ClassVar[list[dict[str, str]]] = [

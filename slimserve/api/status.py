@@ -23,7 +23,9 @@ class Phase(StrEnum):
 
 
 TERMINAL_PHASES: Final = frozenset({Phase.promoted, Phase.rolled_back, Phase.failed})
-CONDITION_TYPES: Final = ("Compressed", "Deployed", "TrafficReady", "Evaluated", "Promoted", "Ready")
+CONDITION_TYPES: Final = (
+    "Compressed", "Deployed", "TrafficReady", "Evaluated", "Promoted", "Ready", "Paused", "WaitingForApproval",
+)
 
 
 class StatusModel(BaseModel):
@@ -89,6 +91,14 @@ class Drain(StatusModel):
     at: str
 
 
+class HandledRequests(StatusModel):
+    """The value of each one-shot control annotation (slimserve.api.controls) the operator last acted on."""
+
+    abort: str | None = None
+    promote: str | None = None
+    retry: str | None = None
+
+
 class CompressedModelStatus(StatusModel):
     """What the operator (or the local runtime) observed; every field is declared in the CRD."""
 
@@ -130,6 +140,16 @@ class CompressedModelStatus(StatusModel):
     previous_stable_generation: int | None = None
     deadline: str | None = Field(
         default=None, description="When the current phase (or canary step) fails if it has not moved on (RFC 3339)."
+    )
+    retries: int | None = Field(
+        default=None,
+        description="How often this generation was retried (`slimserve retry`): packaging, deployment and "
+        "evaluation ran again from its compression output; its Jobs' names end in -r<retries>.",
+    )
+    handled_requests: HandledRequests | None = Field(
+        default=None,
+        description="The last abort, promote and retry request (annotation value) acted on or refused, so "
+        "each request counts once.",
     )
     drain: Drain | None = Field(
         default=None,

@@ -2,6 +2,7 @@
 
 from slimserve.cli import (
     compress,  # noqa: F401
+    control,  # noqa: F401
     evaluate,  # noqa: F401
     fetch,  # noqa: F401
     package,  # noqa: F401

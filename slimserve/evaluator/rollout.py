@@ -109,17 +109,29 @@ class Outcome:
     quality: QualityEvidence | None
 
 
+# Between steps the user's controls may end the rollout (abort, promote) or hold it (pause, manual approval).
+Control = Callable[[policy.NextStep], tuple[Decision, str] | None]
+
+
 def run_rollout(
     judge: Judge,
     on_step: Callable[[StepResult, Measurement | None], None] | None = None,
     stage: Callable[[int], AbstractContextManager[None]] | None = None,
+    control: Control | None = None,
 ) -> Outcome:
-    """Judge weights in the policy's order until it decides; `stage(weight)` wraps each judgement."""
+    """Judge weights in the policy's order until it decides; `stage(weight)` wraps each judgement.
+
+    `control(next)` runs before each step and before the policy's decision takes effect: it may
+    block (paused, waiting for approval) and returns a decision of the user's, or None to go on.
+    """
     rollout = judge.spec.rollout
     steps: list[StepResult] = []
     measurements: list[Measurement] = []
     while True:
         nxt = policy.next_step(steps, rollout.steps, rollout.failure_budget, rollout.inconclusive_limit)
+        override = control(nxt) if control is not None else None
+        if override is not None:
+            return Outcome(override[0], override[1], steps, measurements, judge.quality)
         if nxt.decision is not None:
             return Outcome(nxt.decision, nxt.reason, steps, measurements, judge.quality)
         assert nxt.weight is not None

@@ -215,7 +215,11 @@ def _run(
         def judged(step: StepResult, _: Measurement | None) -> None:
             _print_step(console, step)
 
-        outcome = run_rollout(judge, on_step=judged, stage=lambda weight: stages.stage(stage_title(weight)))
+        from slimserve.local.controls import RunControls
+
+        control = RunControls(out_dir, spec.rollout.approval == "manual", lambda text: console.print(text))
+        outcome = run_rollout(judge, on_step=judged, stage=lambda weight: stages.stage(stage_title(weight)),
+                              control=control)  # fmt: skip
     # Every child is stopped here (ExitStack), before anything is written as final.
     return _finish(
         console, out_dir, model, report, state, candidate, outcome, outcome.decision, outcome.reason, compression_dir

@@ -63,6 +63,7 @@ class Owner:
     namespace: str
     uid: str
     generation: int
+    attempt: int = 0  # status.retries: a retried generation's packaging and evaluator Jobs get new names
 
     @classmethod
     def from_body(cls, body: Any) -> Owner:
@@ -105,13 +106,19 @@ def compression_job_name(owner: Owner, generation: int | None = None) -> str:
     return child_name(owner.name, "compress", f"g{generation or owner.generation}")
 
 
+def _attempt(owner: Owner) -> str:
+    return f"r{owner.attempt}" if owner.attempt else ""
+
+
 def packaging_job_name(owner: Owner, generation: int | None = None) -> str:
-    return child_name(owner.name, "package", f"g{generation or owner.generation}")
+    return child_name(owner.name, "package", f"g{generation or owner.generation}", _attempt(owner))
 
 
 def evaluator_job_name(owner: Owner, index: int, generation: int | None = None) -> str:
-    """The Job judging the `index`-th step of a generation (0 = the served quality check; retries count on)."""
-    return child_name(owner.name, "eval", f"g{generation or owner.generation}", f"s{index}")
+    """The Job judging the `index`-th step of a generation (0 = the served quality check; retries count on).
+
+    A retried generation (`slimserve retry`) judges its steps again under names of its own (`-r<n>`)."""
+    return child_name(owner.name, "eval", f"g{generation or owner.generation}", _attempt(owner), f"s{index}")
 
 
 def triton_name(owner: Owner, variant: str) -> str:

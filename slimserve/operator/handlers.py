@@ -21,6 +21,7 @@ from typing import Any
 import kopf
 
 from slimserve.api import API_GROUP, API_VERSION, KIND, PLURAL, CompressedModel, Phase, parse_compressed_model
+from slimserve.api.controls import Controls
 from slimserve.api.status import TERMINAL_PHASES, now_rfc3339
 from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
@@ -35,6 +36,7 @@ from slimserve.operator.reconcile import (
     RouteState,
     invalid_api_status,
     invalid_spec,
+    owner_for,
     plan,
     spec_problems,
 )
@@ -235,13 +237,17 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             metrics.RECONCILES.labels("invalid").inc()
             raise kopf.PermanentError(f"invalid spec: {'; '.join(problems)}") from None
         try:
-            observed = await observe(kube, model, owner, status, written.get("api_error", ""), logger)
-            result = plan(model, owner, status, observed, ops, now_rfc3339())
+            controls = Controls.from_annotations((body.get("metadata") or {}).get("annotations"))
+            observed = await observe(kube, model, owner_for(owner, status), status, written.get("api_error", ""),
+                                     logger)  # fmt: skip
+            result = plan(model, owner, status, observed, ops, now_rfc3339(), controls)
             await _execute(kube, owner, result, logger)
             written.pop("api_error", None)
             if result.gate_decision:
                 metrics.GATE_DECISIONS.labels(result.gate_decision).inc()
             await _write_status(kube, owner, status, result.status, written, logger)
+            for event_type, message in result.events:  # posted as Events on the CompressedModel
+                (logger.warning if event_type == "Warning" else logger.info)("%s", message)
         except MissingAPI as exc:
             # Say so in the status (a condition a person reads), not only in a retry loop's events.
             kind = "TrafficReady" if exc.kind == "HTTPRoute" else "Deployed"

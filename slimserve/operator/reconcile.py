@@ -8,6 +8,13 @@ restart, gives the same answer and the same deterministic child names: nothing i
 What to judge next and when to stop is `slimserve.evaluator.policy.next_step`'s call, fed with the
 steps judged so far (`status.steps`), exactly as `slimserve run` feeds it: the served quality check
 (weight 0), then `spec.rollout.steps`. Each judged step is one evaluator Job.
+
+The user's controls (`slimserve.api.controls`: pause, abort, promote, retry) are inputs too. Pause is
+a level: no new step starts while it is set (the step in flight is judged and recorded; the rollout
+then waits with no deadline). abort, promote and retry are one-shot requests, each acted on (or
+refused, with a reason) once and recorded in `status.handledRequests`. With `spec.rollout.approval:
+manual` a rollout whose steps all passed waits for a promote request. Each of these transitions
+comes with an Event (`Plan.events`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
 from slimserve.api import CompressedModel, Phase, set_condition
+from slimserve.api.controls import Controls, Request
 from slimserve.api.report import CheckResult, EvaluationReport, StepResult
 from slimserve.api.status import TERMINAL_PHASES
 from slimserve.evaluator import policy
@@ -38,6 +46,10 @@ MIN_SCRAPES: Final = 4
 STEP_EXIT_CODES: Final = frozenset({0, 3, 4})
 IN_FLIGHT: Final = frozenset({Phase.packaging, Phase.deploying, Phase.evaluating, Phase.progressing})
 MESSAGE_LIMIT: Final = 600
+EventType = Literal["Normal", "Warning"]
+# Where a promote request can act: the canary serves (being judged, paused or waiting for approval).
+PROMOTABLE: Final = frozenset({Phase.evaluating, Phase.progressing})
+RETRYABLE: Final = frozenset({Phase.rolled_back, Phase.failed})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +217,7 @@ class Plan:
     route_reset: tuple[str, str] | None = None  # (stable's Service, model name): all traffic back, spec unknown
     status: dict[str, Any] = field(default_factory=dict)
     gate_decision: str | None = None
+    events: list[tuple[EventType, str]] = field(default_factory=list)  # what the user's controls did, or why not
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +462,7 @@ def _supersede(owner: b.Owner, status: Mapping[str, Any], out: Plan) -> None:
     phase = status.get("phase")
     if not old_gen or not phase:
         return
-    old = b.Owner(owner.name, owner.namespace, owner.uid, old_gen)
+    old = b.Owner(owner.name, owner.namespace, owner.uid, old_gen, int(status.get("retries") or 0))
     jobs = {
         Phase.compressing.value: b.compression_job_name(old),
         Phase.packaging.value: b.packaging_job_name(old),
@@ -475,8 +488,10 @@ def start_pipeline(
     """A new generation: compress again; whatever serves keeps serving from the stable variant."""
     serving = status.get("canaryWeight") is not None
     stable = _stable(status, owner.generation)
-    # TrafficReady is judged again when this generation's canary deploys.
-    conditions = [c for c in status.get("conditions") or [] if c.get("type") != "TrafficReady"]
+    # TrafficReady is judged again when this generation's canary deploys; approval is per generation.
+    conditions = [
+        c for c in status.get("conditions") or [] if c.get("type") not in ("TrafficReady", "WaitingForApproval")
+    ]
     st = _Status({"conditions": conditions, "drain": status.get("drain")}, owner.generation, now)
     plan = Plan(status=st.data)
     _drain_if_due(owner, st, plan, force=True)
@@ -488,7 +503,7 @@ def start_pipeline(
         previousStableGeneration=status.get("previousStableGeneration"), modelName=status.get("modelName"),
         endpoint=status.get("endpoint"), candidateVariant=None, sizeRatio=None, metric=None, qualityDrop=None,
         p99Ms=None, throughputRps=None, canaryStep=None, decision=None, steps=[], failedSteps=0,
-        canaryWeight=0 if serving else None,
+        canaryWeight=0 if serving else None, retries=None, handledRequests=status.get("handledRequests"),
     )  # fmt: skip
     st.phase(Phase.compressing, f"compressing generation {owner.generation} ({b.compression_job_name(owner)})",
              seconds(job.deadline) + DEADLINE_GRACE_S)  # fmt: skip
@@ -553,6 +568,14 @@ def invalid_api_status(
     return st.data
 
 
+def owner_for(owner: b.Owner, status: Mapping[str, Any] | None) -> b.Owner:
+    """The owner with the attempt its current generation is on (status.retries), which names its Jobs."""
+    status = status or {}
+    if status.get("observedGeneration") != owner.generation:
+        return replace(owner, attempt=0)
+    return replace(owner, attempt=int(status.get("retries") or 0))
+
+
 def plan(
     model: CompressedModel,
     owner: b.Owner,
@@ -560,26 +583,183 @@ def plan(
     observed: Observed,
     settings: OperatorSettings,
     now: str,
+    controls: Controls | None = None,
 ) -> Plan:
-    """One level-based step of the phase machine."""
+    """One level-based step of the phase machine; the user's pending requests first, then the phase."""
     status = dict(status or {})
+    controls = controls or Controls()
     if status.get("observedGeneration") != owner.generation or not status.get("phase"):
-        return start_pipeline(model, owner, status, settings, now)
+        return start_pipeline(model, owner, status, settings, now)  # requests wait for the next pass
+    owner = owner_for(owner, status)
     st = _Status(status, owner.generation, now)
     out = Plan(status=st.data)
     _drain_if_due(owner, st, out)
-    phase = Phase(status["phase"])
-    if phase in TERMINAL_PHASES or phase == Phase.pending:
+    acted = False
+    for request in controls.pending(status.get("handledRequests")):
+        acted = _request(request, controls.requests[request], model, owner, st, settings, out) or acted
+    phase = Phase(st.data["phase"])
+    if acted or phase in TERMINAL_PHASES or phase == Phase.pending:
+        _control_conditions(st, controls, out)
         return out
+    owner = owner_for(owner, st.data)
     if phase == Phase.compressing:
         _compressing(model, owner, st, observed, settings, out)
     elif phase == Phase.packaging:
         _packaging(model, owner, st, observed, settings, out)
     elif phase == Phase.deploying:
-        _deploying(model, owner, st, observed, settings, out)
+        _deploying(model, owner, st, observed, settings, out, controls.paused)
     else:
-        _evaluating(model, owner, st, observed, settings, out)
+        _evaluating(model, owner, st, observed, settings, out, controls.paused)
+    _control_conditions(st, controls, out)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the user's controls
+# ---------------------------------------------------------------------------------------------
+
+
+def _request(
+    request: Request,
+    value: str,
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    settings: OperatorSettings,
+    out: Plan,
+) -> bool:
+    """Act on one request, or say why not; either way it is handled (recorded) and never acted on again."""
+    st.data["handledRequests"] = {**(st.data.get("handledRequests") or {}), request: value}
+    phase = Phase(st.data["phase"])
+    gen = owner.generation
+    if request == "abort":
+        if phase in TERMINAL_PHASES or phase == Phase.pending:
+            out.events.append(("Warning", f"abort refused: generation {gen} is already {phase.value}"))
+            return False
+        _abort(model, owner, st, settings, out)
+        return True
+    if request == "promote":
+        if phase not in PROMOTABLE:
+            why = (
+                f"generation {gen} is already {phase.value}"
+                if phase in TERMINAL_PHASES
+                else f"generation {gen} is {phase.value}: no canary serves yet (promote once it is Evaluating)"
+            )
+            out.events.append(("Warning", f"promote refused: {why}"))
+            return False
+        _promote_by_hand(model, owner, st, settings, out)
+        return True
+    if phase not in RETRYABLE:
+        out.events.append(("Warning", f"retry refused: generation {gen} is {phase.value}; only a RolledBack or "
+                                      "Failed generation is retried"))  # fmt: skip
+        return False
+    if not st.data.get("candidateVariant"):
+        out.events.append(("Warning", f"retry refused: generation {gen} has no compression output to deploy again "
+                                      f"({st.data.get('message') or 'compression did not finish'}); fix the cause "
+                                      "and change the spec to compress again"))  # fmt: skip
+        return False
+    _retry(model, owner, st, settings, out)
+    return True
+
+
+def _in_flight_job(owner: b.Owner, st: _Status) -> str | None:
+    """The Job the current phase waits on (None when it waits on none)."""
+    phase = Phase(st.data["phase"])
+    if phase == Phase.compressing:
+        return b.compression_job_name(owner)
+    if phase == Phase.packaging:
+        return b.packaging_job_name(owner)
+    if phase in PROMOTABLE:
+        return b.evaluator_job_name(owner, len(st.data.get("steps") or []))
+    return None
+
+
+def _abort(model: CompressedModel, owner: b.Owner, st: _Status, settings: OperatorSettings, out: Plan) -> None:
+    """Roll back now: the Job in flight goes, all traffic back on the stable, the canary drains."""
+    phase = Phase(st.data["phase"])
+    job = _in_flight_job(owner, st)
+    if job:
+        out.delete.append(("batch/v1", "Job", job))
+    stable = _stable(st.data, owner.generation)
+    msg = f"aborted by hand during {phase.value}: nothing promoted"
+    if phase in (Phase.deploying, *PROMOTABLE):
+        candidate = _candidate(st.data, owner)
+        msg = f"rolled back to {stable.variant}: aborted by hand at {st.data.get('canaryWeight') or 0}% ({phase.value})"
+        st.data.update(decision="RolledBack", canaryWeight=0)
+        _back_to_stable(model, owner, st, stable, candidate, settings, out)
+    serving = st.data.get("canaryWeight") is not None
+    st.phase(
+        Phase.rolled_back, msg + (f"; stable variant {stable.variant} keeps serving all traffic" if serving else "")
+    )
+    st.condition("Promoted", "False", "Aborted", msg)
+    st.condition("Ready", "True" if serving else "False", "ServingStable" if serving else "Aborted",
+                 f"stable variant {stable.variant} serves all traffic" if serving else msg)  # fmt: skip
+    out.events.append(("Warning", msg + ("; `slimserve retry` deploys and judges it again" if st.data.get(
+        "candidateVariant") else "")))  # fmt: skip
+
+
+def _promote_by_hand(
+    model: CompressedModel, owner: b.Owner, st: _Status, settings: OperatorSettings, out: Plan
+) -> None:
+    """Skip the remaining steps (or give the manual approval): the step in flight is called off."""
+    job = _in_flight_job(owner, st)
+    if job:
+        out.delete.append(("batch/v1", "Job", job))
+    weight = st.data.get("canaryWeight") or 0
+    waiting = _condition_true(st, "WaitingForApproval")
+    skipped = [w for w in model.spec.rollout.steps if w > weight] if not waiting else []
+    reason = "approved by hand" if waiting else "promoted by hand at " + f"{weight}%" + (
+        f", skipping the steps at {', '.join(f'{w}%' for w in skipped)}" if skipped else "")  # fmt: skip
+    if waiting:
+        st.condition("WaitingForApproval", "False", "Approved", "approved by `slimserve promote`")
+    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
+    _promote(model, owner, st, stable, candidate, settings, out, reason, "PromotedByHand")
+    out.events.append(("Normal", st.data["message"]))
+
+
+def _retry(model: CompressedModel, owner: b.Owner, st: _Status, settings: OperatorSettings, out: Plan) -> None:
+    """Package, deploy and judge this generation's candidate again; its compression output is reused."""
+    _drain_if_due(owner, st, out, force=True)  # the canary's drain must not scale the retried canary down
+    retries = int(st.data.get("retries") or 0) + 1
+    owner = replace(owner, attempt=retries)
+    st.data.update(retries=retries, steps=[], failedSteps=0, decision=None, canaryStep=None, p99Ms=None,
+                   throughputRps=None)  # fmt: skip
+    candidate = st.data["candidateVariant"]
+    msg = (f"retry {retries}: packaging, deploying and judging candidate {candidate} of generation "
+           f"{owner.generation} again from its compression output (no new compression)")  # fmt: skip
+    st.phase(Phase.packaging, msg, settings.packaging_deadline_seconds + DEADLINE_GRACE_S)
+    serving = st.data.get("canaryWeight") is not None
+    st.condition("Deployed", "Unknown", "Packaging", f"Job {b.packaging_job_name(owner)} is running")
+    st.condition("Evaluated", "Unknown", "Pending", "waiting for deployment")
+    st.condition("Promoted", "Unknown", "Pending", "waiting for the gate")
+    stable = st.data.get("stableVariant") or BASELINE
+    st.condition("Ready", "True" if serving else "False", "ServingStable" if serving else "Retrying",
+                 f"stable variant {stable} serves all traffic" if serving else "nothing is served yet")  # fmt: skip
+    out.apply.append(_packaging_job(model, owner, st.data, settings))
+    out.events.append(("Normal", msg))
+
+
+def _condition_true(st: _Status, type: str) -> bool:
+    return any(c.get("type") == type and c.get("status") == "True" for c in st.data.get("conditions") or [])
+
+
+def _control_conditions(st: _Status, controls: Controls, out: Plan) -> None:
+    """Paused follows the pause request while a rollout is in flight; an ended rollout waits for nothing."""
+    phase = Phase(st.data["phase"])
+    was_paused = _condition_true(st, "Paused")
+    if phase in TERMINAL_PHASES:
+        for type in ("Paused", "WaitingForApproval"):
+            if _condition_true(st, type):
+                st.condition(type, "False", "RolloutEnded", f"the rollout ended {phase.value}")
+        return
+    if controls.paused and not was_paused:
+        msg = "paused by `slimserve pause`: no new step starts (a step in flight is judged first); " \
+              "`slimserve resume` goes on"  # fmt: skip
+        st.condition("Paused", "True", "PausedByUser", msg)
+        out.events.append(("Normal", f"paused during {phase.value}: {msg}"))
+    elif not controls.paused and was_paused:
+        st.condition("Paused", "False", "Resumed", "resumed by `slimserve resume`")
+        out.events.append(("Normal", f"resumed: {st.data.get('message') or phase.value}"))
 
 
 def _fail(st: _Status, condition: str, reason: str, why: str) -> None:
@@ -684,7 +864,13 @@ def _candidate(status: Mapping[str, Any], owner: b.Owner) -> Served:
 
 
 def _deploying(
-    model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, settings: OperatorSettings, out: Plan
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    observed: Observed,
+    settings: OperatorSettings,
+    out: Plan,
+    paused: bool = False,
 ) -> None:
     stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
     names = {b.triton_name(owner, stable.variant): "stable", b.triton_name(owner, candidate.variant): "canary",
@@ -734,6 +920,10 @@ def _deploying(
             "DeploymentsReady",
             f"Triton serves {stable.variant} (stable), {candidate.variant} (canary) and the control",
         )
+        if paused:  # ready, and waiting with no deadline: the first step starts on resume
+            st.phase(Phase.deploying, f"paused: Triton serves {stable.variant}, {candidate.variant} and the control; "
+                     "the served quality check starts on `slimserve resume`")  # fmt: skip
+            return
         _start_step(model, owner, st, 0, 0, stable, candidate, settings, out)
 
 
@@ -766,15 +956,27 @@ def _start_step(
 
 
 def _evaluating(
-    model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, settings: OperatorSettings, out: Plan
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    observed: Observed,
+    settings: OperatorSettings,
+    out: Plan,
+    paused: bool = False,
 ) -> None:
     stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
     judged = _steps(st.data)
     index = len(judged)
     pending = _next(model, judged)
-    assert pending.weight is not None, "a decided rollout is terminal"
+    if pending.decision is not None:  # every step passed; WaitingForApproval until a promote request
+        return
+    assert pending.weight is not None
     name = b.evaluator_job_name(owner, index)
     job = observed.evaluator_job
+    if job is None and not st.data.get("deadline"):  # between steps, paused (no deadline): resume starts the next
+        if not paused:
+            _start_step(model, owner, st, index, pending.weight, stable, candidate, settings, out)
+        return
     if job is None or not job.finished:
         if st.past_deadline():
             why = job.describe(name) if job is not None else f"Job {name} was never created ({observed.api_error})"
@@ -833,9 +1035,21 @@ def _evaluating(
                 "StepFailed" if step.verdict == "Fail" else "StepInconclusive",
                 f"{where} was {step.verdict} ({failing}); judging {nxt.weight}% again ({nxt.reason})",
             )
+        if paused:  # no deadline while paused: the next step starts on resume
+            st.phase(Phase(st.data["phase"]), f"paused after the {where} step ({step.verdict}); canary "
+                     f"{candidate.variant} keeps {st.data.get('canaryWeight') or 0}% until `slimserve resume` starts "
+                     f"the step at {nxt.weight}%")  # fmt: skip
+            return
         _start_step(model, owner, st, index + 1, nxt.weight, stable, candidate, settings, out)
         return
     out.gate_decision = nxt.decision
+    if nxt.decision == "Promoted" and model.spec.rollout.approval == "manual":
+        msg = (f"every step passed ({nxt.reason}); canary {candidate.variant} keeps {st.data.get('canaryWeight')}% "
+               "until someone approves with `slimserve promote` (or rolls back with `slimserve abort`)")  # fmt: skip
+        st.phase(Phase(st.data["phase"]), f"waiting for approval: {msg}")
+        st.condition("WaitingForApproval", "True", "ManualApproval", msg)
+        out.events.append(("Normal", f"waiting for approval: {msg}"))
+        return
     if nxt.decision == "Promoted":
         _promote(model, owner, st, stable, candidate, settings, out, nxt.reason)
     else:
@@ -851,6 +1065,7 @@ def _promote(
     settings: OperatorSettings,
     out: Plan,
     reason: str,
+    condition_reason: str = "GatePassed",
 ) -> None:
     """All traffic on the promoted variant; the old stable drains, then stops using resources but is kept.
 
@@ -861,7 +1076,7 @@ def _promote(
     st.data.update(stableVariant=new.variant, stableGeneration=new.generation, previousStableVariant=old.variant,
                    previousStableGeneration=old.generation, decision="Promoted", canaryWeight=100)  # fmt: skip
     st.phase(Phase.promoted, msg)
-    st.condition("Promoted", "True", "GatePassed", msg)
+    st.condition("Promoted", "True", condition_reason, msg)
     st.condition("Ready", "True", "Promoted", msg)
     if _gateway(model):
         out.apply += _traffic(model, owner, new, None, 0, settings)
