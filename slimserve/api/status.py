@@ -24,7 +24,14 @@ class Phase(StrEnum):
 
 TERMINAL_PHASES: Final = frozenset({Phase.promoted, Phase.rolled_back, Phase.failed})
 CONDITION_TYPES: Final = (
-    "Compressed", "Deployed", "TrafficReady", "Evaluated", "Promoted", "Ready", "Paused", "WaitingForApproval",
+    "Compressed",
+    "Deployed",
+    "TrafficReady",
+    "Evaluated",
+    "Promoted",
+    "Ready",
+    "Paused",
+    "WaitingForApproval",
 )
 
 
