@@ -38,6 +38,7 @@ QUERIES: Final = {
     ),
     "canary_weight": f"slimserve_canary_weight_percent{{{OPERATOR}}}",
     "role": f"slimserve_variant_role{{{OPERATOR}}}",
+    "quality_drop": f"max by (variant, metric) (slimserve_quality_drop{{{OPERATOR}}})",
 }
 
 
@@ -91,7 +92,8 @@ def _timeseries(
 
 
 def build_dashboard() -> dict[str, Any]:
-    """Per model and variant: throughput, p50/p99, errors, queue time, batch size, replicas, canary."""
+    """Per model and variant: throughput, p50/p99, errors, queue time, batch size, replicas, canary weight,
+    the candidate's quality drop."""
     q = QUERIES
     panels = [
         _timeseries(
@@ -169,6 +171,20 @@ def build_dashboard() -> dict[str, Any]:
             0,
             24,
             "Percent of traffic the HTTPRoute sends to the canary.",
+        ),
+        _timeseries(
+            9,
+            "Quality drop of the candidate",
+            "short",
+            [
+                _target(q["quality_drop"], "{{variant}} ({{metric}})", "A"),
+                _target(_threshold("max_quality_drop"), "gate: max quality drop", "T"),
+            ],
+            0,
+            32,
+            "The candidate's drop versus the uncompressed baseline, in its metric's unit (spec.quality: points of "
+            "a 0-100 score, or % error increase for mse/mae), as the served quality check measured it.",
+            ("T",),
         ),
         {
             "id": 8,

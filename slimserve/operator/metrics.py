@@ -85,6 +85,13 @@ PHASE_ENTERED: Final = Gauge(
     ["namespace", "model", "phase"],
     registry=REGISTRY,
 )
+QUALITY_DROP: Final = Gauge(
+    "slimserve_quality_drop",
+    "The candidate's quality drop versus the baseline, in the unit of its metric (spec.quality): points of a "
+    "0-100 score, or % error increase for mse/mae. The latest judged value (status.qualityDrop).",
+    ["namespace", "model", "variant", "metric"],
+    registry=REGISTRY,
+)
 GATE_THRESHOLD: Final = Gauge(
     "slimserve_gate_threshold",
     "Gate thresholds from the spec (for dashboard lines).",
@@ -126,6 +133,14 @@ def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]
     if (namespace, name, phase) not in _series(PHASE_ENTERED, namespace, name):
         _forget(PHASE_ENTERED, namespace, name)
         _set(PHASE_ENTERED, (namespace, name, phase), time.time())
+    drop, candidate = status.get("qualityDrop"), status.get("candidateVariant")
+    quality = (
+        {(namespace, name, candidate, str(status.get("metric") or "auto"))} if drop is not None and candidate else set()
+    )
+    for labels in _series(QUALITY_DROP, namespace, name) - quality:
+        _remove(QUALITY_DROP, labels)
+    for labels in quality:
+        _set(QUALITY_DROP, labels, float(drop))
     gates = model.spec.gates
     for gate, value in (
         ("max_p99_ms", gates.max_p99_ms),
@@ -143,7 +158,7 @@ def forget_model(namespace: str, name: str) -> None:
     """Drop a deleted model's series so they stop being scraped."""
     with contextlib.suppress(KeyError):
         CANARY_WEIGHT.remove(namespace, name)
-    for gauge in (GATE_THRESHOLD, VARIANT_ROLE, PHASE_ENTERED):
+    for gauge in (GATE_THRESHOLD, VARIANT_ROLE, PHASE_ENTERED, QUALITY_DROP):
         _forget(gauge, namespace, name)
     _SERIES.pop((namespace, name), None)
 

@@ -242,6 +242,7 @@ def test_dashboard_shows_what_sres_watch_during_a_rollout() -> None:
         "slimserve_canary_weight_percent",
         "slimserve_gate_threshold",
         "slimserve_variant_role",
+        "slimserve_quality_drop",
     ):
         assert metric in exprs, metric
     titles = {p["title"] for p in dashboard["panels"]}
@@ -254,9 +255,10 @@ def test_dashboard_shows_what_sres_watch_during_a_rollout() -> None:
         "Replicas",
         "Canary weight",
         "Stable vs canary",
+        "Quality drop of the candidate",
     } == titles
     gated = [p for p in dashboard["panels"] if p.get("fieldConfig", {}).get("overrides")]
-    assert len(gated) == 3  # thresholds drawn as dashed lines on throughput, latency and errors
+    assert len(gated) == 4  # thresholds drawn as dashed lines on throughput, latency, errors and quality
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "namespace", "model"}
 
 

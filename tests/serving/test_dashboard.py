@@ -44,7 +44,7 @@ pytestmark = pytest.mark.serving
 RELEASE_NS = "slimserve-system"
 GATES = {"maxAccuracyDrop": 1.0, "maxP99Ms": 50, "maxErrorRate": 0.01, "minThroughputRps": 5}
 STATUS = {"phase": "Progressing", "stableVariant": "baseline", "candidateVariant": "int8", "canaryWeight": 30,
-          "observedGeneration": 1}  # fmt: skip
+          "observedGeneration": 1, "metric": "accuracy", "qualityDrop": 0.2}  # fmt: skip
 # Grafana's $__rate_interval for an instant query: four scrape intervals.
 RATE_INTERVAL = f"{4 * SCRAPE_INTERVAL_S}s"
 
