@@ -34,7 +34,7 @@ from slimserve.api.spec import FineTune, LowRank, Prune, Quantize, QuantizeMode,
 from slimserve.compression import measure
 from slimserve.compression.export import copy_onnx, size_bytes
 from slimserve.compression.recipes.base import progress_task
-from slimserve.compression.recipes.biascorrection import correct
+from slimserve.compression.recipes.biascorrection import correct, restore
 from slimserve.compression.recipes.quantize import (
     bias_correction,
     calibration_subset,
@@ -130,15 +130,20 @@ def sensitivity(bench: Workbench, params: Quantize) -> list[tuple[str, float, fl
     metric = bench.metric
     cache = work / "ranges.json"
     calib = None
+    uncorrected: Path | None = None
     if mode == "static":
         assert bench.calibration is not None
         calib = calibration_subset(bench.calibration, params.calibration_samples, bench.seed)
         if bias_correction(params, onnx.load(str(pre), load_external_data=False)):  # as the trials will be built
+            uncorrected = pre
             pre, _ = correct(pre, work / "bc.onnx", calib, params.per_channel, reduce_range(params)[0])
 
     def build(out: Path, exclude: list[str]) -> None:
         if calib is not None:
-            static_int8(pre, out, params, calib, nodes_to_exclude=exclude, cache=cache)
+            src = pre
+            if exclude and uncorrected is not None:  # a reverted layer keeps its own bias, as the trial will
+                src = restore(pre, uncorrected, exclude, work / "bc-revert.onnx")
+            static_int8(src, out, params, calib, nodes_to_exclude=exclude, cache=cache)
         else:
             dynamic_int8(pre, out, params, exclude)
 

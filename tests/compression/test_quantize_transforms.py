@@ -120,3 +120,44 @@ def test_prune_refuses_multihead_attention_with_the_reason(make_ctx) -> None:
 
     with pytest.raises(InvalidInput, match=r"prune: .*attn \(nn.MultiheadAttention.*Use lowRank or quantize"):
         REGISTRY["prune"](ModelState(module=WithMHA().eval()), Prune(ratio=0.5), make_ctx())
+
+
+def _uneven_depthwise(tmp_path: Path) -> tuple[Path, DataSet, str]:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 4, 1)
+    ).eval()
+    with torch.no_grad():  # channels a thousand times apart: per-tensor int8 rounds the small ones to zero
+        net[2].weight.mul_(torch.logspace(-3, 0.5, 8).view(8, 1, 1, 1))
+        net[3].weight.div_(torch.logspace(-3, 0.5, 8).view(1, 8, 1, 1))
+    x = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    path = export_onnx(net, _data(x), ["x"], tmp_path / "net.onnx")
+    depthwise = next(
+        n.name for n in onnx.load(str(path)).graph.node if any(a.name == "group" and a.i > 1 for a in n.attribute)
+    )
+    return path, _data(x), depthwise
+
+
+def test_a_layer_kept_in_float_between_int8_layers_stays_float_in_onnxruntime(tmp_path: Path) -> None:
+    # onnxruntime's WeightBiasQuantization optimizer would quantize its weights per-tensor at load time.
+    path, data, depthwise = _uneven_depthwise(tmp_path)
+    ref = measure.predict(path, data)
+    errors = {}
+    for fmt in ("QOperator", "QDQ"):
+        params = Quantize(format=fmt)
+        static_int8(path, tmp_path / "all.onnx", params, data)
+        static_int8(path, tmp_path / "kept.onnx", params, data, nodes_to_exclude=[depthwise])
+        errors[fmt] = [
+            float(np.abs(measure.predict(tmp_path / f, data) - ref).mean()) for f in ("all.onnx", "kept.onnx")
+        ]
+        assert errors[fmt][1] < errors[fmt][0], errors
+
+
+def test_bias_correction_leaves_layers_kept_in_float_alone(tmp_path: Path) -> None:
+    path, data, depthwise = _uneven_depthwise(tmp_path)
+    out, changed = correct(path, tmp_path / "bc.onnx", data, per_channel=True, reduce_range=False, skip=[depthwise])
+    assert changed == 2
+    before = {n.name: n for n in onnx.load(str(path)).graph.node}[depthwise].input[2]
+    biases = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    np.testing.assert_array_equal(after[before], biases[before])

@@ -10,6 +10,7 @@ channel or per tensor, 7-bit with reduce_range).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -51,13 +52,22 @@ def _input_means(model: onnx.ModelProto, names: list[str], data: DataSet) -> dic
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
-def correct(src: Path, dst: Path, data: DataSet, per_channel: bool, reduce_range: bool) -> tuple[Path, int]:
-    """Write the graph with corrected biases to `dst`; returns it and how many layers changed."""
+def correct(
+    src: Path, dst: Path, data: DataSet, per_channel: bool, reduce_range: bool, skip: Iterable[str] = ()
+) -> tuple[Path, int]:
+    """Write the graph with corrected biases to `dst`; returns it and how many layers changed.
+
+    Nodes named in `skip` stay in float after quantization, so their weights are not rounded and
+    their biases are left alone (a corrected bias on a float layer is an error, not a correction).
+    """
     model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
+    skipped = set(skip)
     layers = []
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[1] not in inits:
+            continue
+        if node.name in skipped:
             continue
         if node.input[2] not in inits or node.input[0] in inits:
             continue
@@ -86,3 +96,17 @@ def correct(src: Path, dst: Path, data: DataSet, per_channel: bool, reduce_range
         changed += 1
     onnx.save(model, str(dst))
     return dst, changed
+
+
+def restore(corrected: Path, original: Path, nodes: Iterable[str], dst: Path) -> Path:
+    """`corrected` with the original biases of `nodes` (layers kept in float) put back, written to `dst`."""
+    wanted = set(nodes)
+    model = onnx.load(str(corrected))
+    inits = {i.name: i for i in model.graph.initializer}
+    first = {i.name: i for i in onnx.load(str(original)).graph.initializer}
+    for node in model.graph.node:
+        bias = node.input[2] if node.op_type in ("Conv", "Gemm") and len(node.input) >= 3 else ""
+        if node.name in wanted and bias in inits and bias in first:
+            inits[bias].CopyFrom(first[bias])
+    onnx.save(model, str(dst))
+    return dst

@@ -178,6 +178,57 @@ def calibration_subset(data: DataSet, n: int, seed: int) -> DataSet:
     return DataSet(data.path, {k: v[idx] for k, v in data.inputs.items()}, labels)
 
 
+def shield_float_nodes(path: Path, kept: list[str]) -> int:
+    """Keep the float Conv/Gemm layers float when onnxruntime loads the graph; returns how many were shielded.
+
+    onnxruntime's `WeightBiasQuantization` optimizer (on at the basic level) finds a Conv, ConvTranspose
+    or Gemm with float initializer weights whose input comes from a per-tensor DequantizeLinear, and
+    quantizes its weights to *per-tensor* int8 at load time. A layer kept in float between int8
+    layers is exactly that pattern, so "kept in float" silently became per-tensor int8 — far worse
+    than the per-channel int8 it replaced (EfficientNet-Lite0: keeping one depthwise conv in float
+    cost 35 points of agreement). Feeding such a layer through Cast, Sub and Mul (the same arithmetic
+    as DequantizeLinear) keeps the optimizer off it.
+    """
+    model = onnx.load(str(path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    wanted = set(kept)
+    nodes: list[onnx.NodeProto] = []
+    shielded = 0
+    for node in model.graph.node:
+        dq = producers.get(node.input[0]) if node.input else None
+        if (
+            node.name in wanted
+            and node.op_type in ("Conv", "ConvTranspose", "Gemm")
+            and dq is not None
+            and dq.op_type == "DequantizeLinear"
+            and len(node.input) >= 2
+            and node.input[1] in inits
+            and inits[node.input[1]].data_type == onnx.TensorProto.FLOAT
+        ):
+            # The new nodes read what the DequantizeLinear reads, so placing them just before the layer keeps the order.
+            base = f"{node.name}_float_input"
+            cast = onnx.helper.make_node
+            nodes.append(cast("Cast", [dq.input[0]], [f"{base}_cast"], name=f"{base}_Cast", to=onnx.TensorProto.FLOAT))
+            value = f"{base}_cast"
+            if len(dq.input) > 2 and dq.input[2]:
+                nodes.append(
+                    cast("Cast", [dq.input[2]], [f"{base}_zp"], name=f"{base}_CastZp", to=onnx.TensorProto.FLOAT)
+                )
+                nodes.append(cast("Sub", [value, f"{base}_zp"], [f"{base}_sub"], name=f"{base}_Sub"))
+                value = f"{base}_sub"
+            nodes.append(cast("Mul", [value, dq.input[1]], [base], name=f"{base}_Mul"))
+            node.input[0] = base
+            shielded += 1
+        nodes.append(node)
+    if not shielded:
+        return 0
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return shielded
+
+
 def static_int8(
     src: Path,
     out: Path,
@@ -217,6 +268,8 @@ def static_int8(
         extra_options=extra,
         **kwargs,
     )
+    if nodes_to_exclude:
+        shield_float_nodes(out, nodes_to_exclude)
 
 
 def dynamic_int8(src: Path, out: Path, params: Quantize, nodes_to_exclude: list[str] | None = None) -> None:
@@ -323,7 +376,9 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
                 "feeding MatMul/Gemm weights"
             )
         if bias_correction(params, model):
-            pre, changed = correct(pre, ctx.work_dir / f"{ctx.variant}.bc.onnx", calib, params.per_channel, rr)
+            pre, changed = correct(
+                pre, ctx.work_dir / f"{ctx.variant}.bc.onnx", calib, params.per_channel, rr, skip=exclude
+            )
             ctx.notes.append(f"quantize: bias correction of int8 weight rounding on {changed} Conv/Gemm layers")
         static_int8(pre, out, params, calib, nodes_to_exclude=exclude)
         per_channel = " per-channel" if params.per_channel else ""
