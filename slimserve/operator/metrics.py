@@ -134,13 +134,13 @@ def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]
         _forget(PHASE_ENTERED, namespace, name)
         _set(PHASE_ENTERED, (namespace, name, phase), time.time())
     drop, candidate = status.get("qualityDrop"), status.get("candidateVariant")
-    quality = (
-        {(namespace, name, candidate, str(status.get("metric") or "auto"))} if drop is not None and candidate else set()
-    )
-    for labels in _series(QUALITY_DROP, namespace, name) - quality:
+    quality: dict[tuple[str, ...], float] = {}
+    if drop is not None and candidate:
+        quality[(namespace, name, str(candidate), str(status.get("metric") or "auto"))] = float(drop)
+    for labels in _series(QUALITY_DROP, namespace, name) - quality.keys():
         _remove(QUALITY_DROP, labels)
-    for labels in quality:
-        _set(QUALITY_DROP, labels, float(drop))
+    for labels, points in quality.items():
+        _set(QUALITY_DROP, labels, points)
     gates = model.spec.gates
     for gate, value in (
         ("max_p99_ms", gates.max_p99_ms),
