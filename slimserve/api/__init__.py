@@ -14,7 +14,16 @@ from slimserve.api.report import (
     VariantRecord,
 )
 from slimserve.api.resource import CompressedModel, load_compressed_model, parse_compressed_model
-from slimserve.api.spec import API_GROUP, API_VERSION, KIND, PLURAL, CompressedModelSpec, Step, Variant
+from slimserve.api.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PLURAL,
+    CompressedModelSpec,
+    Step,
+    Variant,
+    compression_hash,
+)
 from slimserve.api.status import CompressedModelStatus, Phase, set_condition
 
 __all__ = [
@@ -38,5 +47,6 @@ __all__ = [
     "VariantRecord",
     "load_compressed_model",
     "parse_compressed_model",
+    "compression_hash",
     "set_condition",
 ]

@@ -10,6 +10,8 @@ CRD carries as `x-kubernetes-validations`; tests hold the two to the same verdic
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from enum import StrEnum
 from typing import Annotated, ClassVar, Final, Literal
@@ -877,6 +879,23 @@ class CompressedModelSpec(Model):
                 f"spec.rollout.candidate '{self.rollout.candidate}' is not a variant; use 'auto' or one of {sorted(names)}"
             )
         return self
+
+
+def compression_hash(spec: CompressedModelSpec) -> str:
+    """sha256 of what decides the compression output: source, data, quality and compression (not its Job's
+    placement). Serving, rollout, gates and storage credentials are left out: changing only those reuses the
+    compression output. URIs count as written: the bytes behind one are not read, so new file contents
+    under the same URI need a spec change (a new URI or version) to compress again.
+    """
+    parts = {
+        "source": spec.source.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        "data": spec.data.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        "quality": spec.quality.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        "compression": spec.compression.model_dump(mode="json", by_alias=True, exclude_defaults=True,
+                                                   exclude={"job"}),
+    }  # fmt: skip
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # CEL twins of `_check_consistency`, carried by the CRD as x-kubernetes-validations on `spec`.

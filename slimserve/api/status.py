@@ -106,6 +106,13 @@ class HandledRequests(StatusModel):
     retry: str | None = None
 
 
+class CompressionOutput(StatusModel):
+    """The latest compression output on the model volume (gen-<generation>/compressed) and what it was made from."""
+
+    hash: str = Field(description="The compression hash (status.compressionHash) of the spec it was made from.")
+    generation: int = Field(description="The generation whose compression Job wrote it.")
+
+
 class CompressedModelStatus(StatusModel):
     """What the operator (or the local runtime) observed; every field is declared in the CRD."""
 
@@ -147,6 +154,17 @@ class CompressedModelStatus(StatusModel):
     previous_stable_generation: int | None = None
     deadline: str | None = Field(
         default=None, description="When the current phase (or canary step) fails if it has not moved on (RFC 3339)."
+    )
+    compression_hash: str | None = Field(
+        default=None,
+        description="sha256 of this generation's spec.source, data, quality and compression (less its Job's "
+        "placement): equal to status.compression.hash, the compression output is reused and no compression Job "
+        "runs. URIs are hashed as written (the operator reads no file): new bytes under the same URI need a new "
+        "URI or version to compress again.",
+    )
+    compression: CompressionOutput | None = Field(
+        default=None,
+        description="The latest compression that succeeded: a generation with the same hash reuses its output.",
     )
     retries: int | None = Field(
         default=None,

@@ -64,6 +64,8 @@ class Owner:
     uid: str
     generation: int
     attempt: int = 0  # status.retries: a retried generation's packaging and evaluator Jobs get new names
+    # The generation whose compression output this one reuses (status.compression); 0: its own.
+    compressed_generation: int = 0
 
     @classmethod
     def from_body(cls, body: Any) -> Owner:
@@ -104,6 +106,19 @@ def spec_config_map_name(owner: Owner) -> str:
 
 def compression_job_name(owner: Owner, generation: int | None = None) -> str:
     return child_name(owner.name, "compress", f"g{generation or owner.generation}")
+
+
+def choice_job_name(owner: Owner) -> str:
+    return child_name(owner.name, "choose", f"g{owner.generation}")
+
+
+def reuses_compression(owner: Owner) -> bool:
+    return owner.compressed_generation not in (0, owner.generation)
+
+
+def compressing_job_name(owner: Owner) -> str:
+    """The Job the Compressing phase waits on: compression, or only the choice from a reused output."""
+    return choice_job_name(owner) if reuses_compression(owner) else compression_job_name(owner)
 
 
 def _attempt(owner: Owner) -> str:
@@ -168,8 +183,9 @@ def inputs_dir(owner: Owner) -> str:
     return f"{MODELS_MOUNT}/{owner.name}/inputs"
 
 
-def compressed_dir(owner: Owner, generation: int | None = None) -> str:
-    return f"{MODELS_MOUNT}/{owner.name}/gen-{generation or owner.generation}/compressed"
+def compressed_dir(owner: Owner) -> str:
+    """The compression output this generation packages and judges against: its own, or the one it reuses."""
+    return f"{MODELS_MOUNT}/{owner.name}/gen-{owner.compressed_generation or owner.generation}/compressed"
 
 
 def repository_dir(owner: Owner, served: Served) -> str:
@@ -403,6 +419,24 @@ def _worker_container(settings: OperatorSettings, script: str, resources: dict[s
     }
 
 
+def _choice_command(model: CompressedModel, owner: Owner, stable: Served | None, stable_name: str | None) -> str:
+    """`python -m slimserve.api.choice` on this generation's compression report, into the termination message."""
+    choice = [
+        "python -m slimserve.api.choice",
+        SPEC_FILE,
+        "--report",
+        shlex.quote(compressed_dir(owner) + "/report.json"),
+    ]
+    if stable is not None:
+        choice += [
+            "--stable-onnx",
+            shlex.quote(served_model_file(model, owner, stable)),
+            "--stable",
+            shlex.quote(stable_name or stable.variant),
+        ]
+    return f"{' '.join(choice)} > {TERMINATION_LOG}"
+
+
 def build_compression_job(
     model: CompressedModel,
     owner: Owner,
@@ -416,19 +450,10 @@ def build_compression_job(
     beats it, judged on the model file it serves.
     """
     job = model.spec.compression.job
-    out = compressed_dir(owner)
-    choice = ["python -m slimserve.api.choice", SPEC_FILE, "--report", shlex.quote(out + "/report.json")]
-    if stable is not None:
-        choice += [
-            "--stable-onnx",
-            shlex.quote(served_model_file(model, owner, stable)),
-            "--stable",
-            shlex.quote(stable_name or stable.variant),
-        ]
     script = (
         "set -e; "
-        f"slimserve compress {SPEC_FILE} --base-dir {shlex.quote(inputs_dir(owner))} --out {shlex.quote(out)}; "
-        f"{' '.join(choice)} > {TERMINATION_LOG}"
+        f"slimserve compress {SPEC_FILE} --base-dir {shlex.quote(inputs_dir(owner))} "
+        f"--out {shlex.quote(compressed_dir(owner))}; {_choice_command(model, owner, stable, stable_name)}"
     )
     container = _worker_container(settings, script, _resources(job.cpu, job.memory, job.gpus))
     return _job(
@@ -436,6 +461,27 @@ def build_compression_job(
         backoff_limit=settings.job_backoff_limit, deadline_s=seconds(job.deadline),
         node_selector=job.node_selector,
         tolerations=[t.model_dump(mode="json", exclude_none=True) for t in job.tolerations],
+    )  # fmt: skip
+
+
+def build_choice_job(
+    model: CompressedModel,
+    owner: Owner,
+    settings: OperatorSettings,
+    stable: Served | None = None,
+    stable_name: str | None = None,
+) -> Manifest:
+    """Only the candidate choice, on the compression output this generation reuses (`owner.compressed_generation`).
+
+    The choice depends on more than that output (spec.gates.maxAccuracyDrop, spec.rollout.candidate, the
+    stable serving now), so it is made again: a CPU-only pod that reads one report, no compression.
+    """
+    container = _worker_container(settings, "set -e; " + _choice_command(model, owner, stable, stable_name),
+                                  _resources("500m", "1Gi", 0))  # fmt: skip
+    return _job(
+        model, owner, choice_job_name(owner), "choice", container, settings=settings,
+        backoff_limit=settings.job_backoff_limit, deadline_s=settings.packaging_deadline_seconds,
+        read_only_models=True,
     )  # fmt: skip
 
 

@@ -164,7 +164,7 @@ async def observe(
     deadline = status.get("deadline")
     late = bool(deadline) and now_rfc3339() > str(deadline)  # same format: string order is time order
     if phase == Phase.compressing.value:
-        return Observed(compression_job=await _job(kube, ns, b.compression_job_name(owner), late, logger),
+        return Observed(compression_job=await _job(kube, ns, b.compressing_job_name(owner), late, logger),
                         api_error=api_error)  # fmt: skip
     if phase == Phase.packaging.value:
         return Observed(packaging_job=await _job(kube, ns, b.packaging_job_name(owner), late, logger),

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from slimserve.api import CompressedModel, Phase, set_condition
+from slimserve.api import CompressedModel, Phase, compression_hash, set_condition
 from slimserve.api.controls import Controls, Request
 from slimserve.api.report import CheckResult, EvaluationReport, StepResult
 from slimserve.api.status import TERMINAL_PHASES
@@ -462,9 +462,10 @@ def _supersede(owner: b.Owner, status: Mapping[str, Any], out: Plan) -> None:
     phase = status.get("phase")
     if not old_gen or not phase:
         return
-    old = b.Owner(owner.name, owner.namespace, owner.uid, old_gen, int(status.get("retries") or 0))
+    old = b.Owner(owner.name, owner.namespace, owner.uid, old_gen, int(status.get("retries") or 0),
+                  reused_generation(status))  # fmt: skip
     jobs = {
-        Phase.compressing.value: b.compression_job_name(old),
+        Phase.compressing.value: b.compressing_job_name(old),
         Phase.packaging.value: b.packaging_job_name(old),
         Phase.evaluating.value: b.evaluator_job_name(old, len(status.get("steps") or [])),
         Phase.progressing.value: b.evaluator_job_name(old, len(status.get("steps") or [])),
@@ -482,10 +483,18 @@ def _supersede(owner: b.Owner, status: Mapping[str, Any], out: Plan) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def reused_generation(status: Mapping[str, Any]) -> int:
+    """The generation whose compression output the status's generation uses when not its own (else 0)."""
+    latest = status.get("compression") or {}
+    return int(latest["generation"]) if latest and latest.get("hash") == status.get("compressionHash") else 0
+
+
 def start_pipeline(
     model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings, now: str
 ) -> Plan:
-    """A new generation: compress again; whatever serves keeps serving from the stable variant."""
+    """A new generation: compress again, unless the latest compression output was made from the same
+    source, data, quality and compression (`compression_hash`); whatever serves keeps serving from the
+    stable variant."""
     serving = status.get("canaryWeight") is not None
     stable = _stable(status, owner.generation)
     # TrafficReady is judged again when this generation's canary deploys; approval is per generation.
@@ -504,10 +513,22 @@ def start_pipeline(
         endpoint=status.get("endpoint"), candidateVariant=None, sizeRatio=None, metric=None, qualityDrop=None,
         p99Ms=None, throughputRps=None, canaryStep=None, decision=None, steps=[], failedSteps=0,
         canaryWeight=0 if serving else None, retries=None, handledRequests=status.get("handledRequests"),
+        compressionHash=compression_hash(model.spec), compression=status.get("compression"),
     )  # fmt: skip
-    st.phase(Phase.compressing, f"compressing generation {owner.generation} ({b.compression_job_name(owner)})",
-             seconds(job.deadline) + DEADLINE_GRACE_S)  # fmt: skip
-    st.condition("Compressed", "Unknown", "Compressing", f"Job {b.compression_job_name(owner)} is running")
+    owner = replace(owner, compressed_generation=reused_generation(st.data))
+    name = b.compressing_job_name(owner)
+    if b.reuses_compression(owner):
+        msg = (f"compression reused from generation {owner.compressed_generation} (hash "
+               f"{st.data['compressionHash'][:12]}): source, data, quality and compression are unchanged; Job "
+               f"{name} chooses the candidate from its output")  # fmt: skip
+        st.phase(Phase.compressing, f"generation {owner.generation}: {msg}",
+                 settings.packaging_deadline_seconds + DEADLINE_GRACE_S)  # fmt: skip
+        st.condition("Compressed", "Unknown", "Reused", msg)
+        plan.events.append(("Normal", f"generation {owner.generation}: {msg}"))
+    else:
+        st.phase(Phase.compressing, f"compressing generation {owner.generation} ({name})",
+                 seconds(job.deadline) + DEADLINE_GRACE_S)  # fmt: skip
+        st.condition("Compressed", "Unknown", "Compressing", f"Job {name} is running")
     st.condition("Deployed", "Unknown", "Pending", "waiting for compression")
     st.condition("Evaluated", "Unknown", "Pending", "waiting for deployment")
     st.condition("Promoted", "Unknown", "Pending", "waiting for the gate")
@@ -529,9 +550,11 @@ def start_pipeline(
 def _compression_job(
     model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings
 ) -> Manifest:
+    """The Job of the Compressing phase: compression and choice, or only the choice on a reused output."""
     stable = status.get("stableVariant")
     served = _stable(status, owner.generation) if stable and stable != BASELINE else None
-    return b.build_compression_job(model, owner, settings, served, stable)
+    build = b.build_choice_job if b.reuses_compression(owner) else b.build_compression_job
+    return build(model, owner, settings, served, stable)
 
 
 def invalid_spec(owner: b.Owner, status: Mapping[str, Any] | None, problems: list[str], now: str) -> Plan:
@@ -572,8 +595,8 @@ def owner_for(owner: b.Owner, status: Mapping[str, Any] | None) -> b.Owner:
     """The owner with the attempt its current generation is on (status.retries), which names its Jobs."""
     status = status or {}
     if status.get("observedGeneration") != owner.generation:
-        return replace(owner, attempt=0)
-    return replace(owner, attempt=int(status.get("retries") or 0))
+        return replace(owner, attempt=0, compressed_generation=0)
+    return replace(owner, attempt=int(status.get("retries") or 0), compressed_generation=reused_generation(status))
 
 
 def plan(
@@ -666,7 +689,7 @@ def _in_flight_job(owner: b.Owner, st: _Status) -> str | None:
     """The Job the current phase waits on (None when it waits on none)."""
     phase = Phase(st.data["phase"])
     if phase == Phase.compressing:
-        return b.compression_job_name(owner)
+        return b.compressing_job_name(owner)
     if phase == Phase.packaging:
         return b.packaging_job_name(owner)
     if phase in PROMOTABLE:
@@ -793,24 +816,30 @@ def _compressing(
     model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, settings: OperatorSettings, out: Plan
 ) -> None:
     job = observed.compression_job
-    name = b.compression_job_name(owner)
+    name = b.compressing_job_name(owner)
     state = _job_phase(st, job, name, "Compression", "Compressed", observed.api_error)
     if state == "missing":  # deleted, or its create was refused: ask again
         out.apply += [b.build_spec_config_map(model, owner), _compression_job(model, owner, st.data, settings)]
     if state != "done":
         return
     assert job is not None
+    reused = ""
+    if b.reuses_compression(owner):
+        reused = (f"reused from generation {owner.compressed_generation} (hash {st.data['compressionHash'][:12]}), "
+                  "no new compression; ")  # fmt: skip
+    else:  # the output is on the volume whatever the choice: a later generation with the same hash reuses it
+        st.data["compression"] = {"hash": st.data.get("compressionHash"), "generation": owner.generation}
     choice = parse_choice(job.output)
     if choice is None or choice.get("candidate") is None:
         why = choice["reason"] if choice else f"Job {name} left no candidate choice in its termination message"
-        _fail(st, "Compressed", "NoCandidate", why)
+        _fail(st, "Compressed", "NoCandidate", reused + why)
         return
     chosen = choice["candidate"]
     st.data.update(candidateVariant=chosen["name"], sizeRatio=chosen.get("compressionRatio"),
                    metric=chosen.get("metric"), qualityDrop=chosen.get("drop"))  # fmt: skip
     served = b.canary_variant(st.data, owner.generation)
     assert served is not None
-    msg = (f"candidate {chosen['name']} ({choice.get('reason')}): size ratio {chosen.get('compressionRatio')}, "
+    msg = (f"{reused}candidate {chosen['name']} ({choice.get('reason')}): size ratio {chosen.get('compressionRatio')}, "
            f"{chosen.get('metric')} drop {chosen.get('drop')} {chosen.get('dropUnit') or ''}".rstrip())  # fmt: skip
     if served != chosen["name"]:
         msg += (

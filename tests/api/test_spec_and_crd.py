@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from slimserve.api import parse_compressed_model
+from slimserve.api import compression_hash, parse_compressed_model
 from slimserve.api.crd import render_crd
 from slimserve.errors import InvalidInput
 from tests.crd_schema import crd_errors
@@ -207,3 +207,39 @@ def test_remote_uris_must_be_localized_first(tmp_path: Path) -> None:
         resolve_uri("s3://bucket/m.onnx", tmp_path, "spec.source.uri")
     assert resolve_uri("file:///abs/m.onnx", tmp_path, "f") == Path("/abs/m.onnx")
     assert resolve_uri("m.onnx", tmp_path, "f") == tmp_path / "m.onnx"
+
+
+def _hash(body: dict[str, Any]) -> str:
+    return compression_hash(parse_compressed_model(body).spec)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.gates", {"maxAccuracyDrop": 2.0, "p99Tolerance": 0.5}),
+        ("spec.serving", {"maxBatchSize": 8}),
+        ("spec.rollout", {"steps": [25, 100], "stepDuration": "30s", "candidate": "int8"}),
+        ("spec.storage", {"secretName": "creds"}),
+        ("spec.compression.job", {"gpus": 1, "memory": "16Gi"}),  # where it runs, not what it writes
+        ("spec.quality", {"metric": "auto"}),  # the default, spelled out
+    ],
+)
+def test_changes_outside_compression_keep_the_compression_hash(path: str, value: Any) -> None:
+    assert _hash(edit(path, value)) == _hash(good())
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec.source.uri", "model-v2.pt"),
+        ("spec.data.calibration", "d/cal-v2.npz"),
+        ("spec.quality", {"metric": "agreement"}),
+        ("spec.compression.variants.0.steps.0.quantize.mode", "dynamic"),
+        ("spec.compression.seed", 7),
+        ("spec.compression.search", {"maxAccuracyDrop": 0.5, "maxTrials": 4}),
+        ("spec.compression.measure", {"latencyRuns": 50}),
+    ],
+)
+def test_changes_to_what_compression_reads_change_the_compression_hash(path: str, value: Any) -> None:
+    changed = _hash(edit(path, value))
+    assert changed != _hash(good()) and len(changed) == 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -62,6 +63,7 @@ GPU_MODEL = parse_compressed_model(gpu_body())
 OWNER = b.Owner.from_body(example_model())
 
 
+REUSING = dataclasses.replace(OWNER, generation=3, compressed_generation=1)  # generation 3 reuses 1's output
 BASELINE_G1 = Served("baseline", 1)
 INT8_G1 = Served("int8", 1)
 
@@ -73,6 +75,7 @@ def all_manifests() -> dict[str, dict[str, Any]]:
         "pvc": b.build_model_repository_pvc(MODEL, OWNER, SETTINGS),
         "compression-job-cpu": b.build_compression_job(MODEL, OWNER, SETTINGS),
         "compression-job-gpu": b.build_compression_job(GPU_MODEL, OWNER, SETTINGS, INT8_G1, "int8"),
+        "choice-job": b.build_choice_job(MODEL, REUSING, SETTINGS, INT8_G1, "int8"),
         "packaging-job": b.build_packaging_job(MODEL, OWNER, SETTINGS, "int8", "int8", with_baseline=True),
         "deployment-stable": b.build_triton_deployment(MODEL, OWNER, BASELINE_G1, "stable", SETTINGS),
         "deployment-canary-replicas": b.build_triton_deployment(MODEL, OWNER, INT8_G1, "canary", SETTINGS, replicas=1),
@@ -221,6 +224,27 @@ def test_worker_commands_use_the_cli_contract() -> None:
         assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod  # no API access
     assert MANIFESTS["compression-job-cpu"]["spec"]["activeDeadlineSeconds"] == 6 * 3600
     assert MANIFESTS["evaluator-job"]["spec"]["activeDeadlineSeconds"] == 15 * 60
+
+
+def test_a_generation_reusing_compression_chooses_packages_and_judges_from_that_output() -> None:
+    """No compression in the choice Job; packaging and the quality check read the reused generation's files."""
+    choice = MANIFESTS["choice-job"]
+    assert choice["metadata"]["name"] == "digits-choose-g3" and b.compressing_job_name(REUSING) == "digits-choose-g3"
+    script = choice["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert script == (
+        "set -e; python -m slimserve.api.choice /spec/compressedmodel.yaml --report "
+        "/models/digits/gen-1/compressed/report.json --stable-onnx /models/digits/gen-1/repository/int8/digits/1/"
+        "model.onnx --stable int8 > /dev/termination-log"
+    )
+    assert "nvidia.com/gpu" not in str(choice)
+    packaging = b.build_packaging_job(MODEL, REUSING, SETTINGS, "int8", "int8-g3", with_baseline=False)
+    assert packaging["spec"]["template"]["spec"]["containers"][0]["args"][0] == (
+        "set -e; slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
+        "--repository /models/digits/gen-3/repository/int8-g3 --backend onnxruntime --variants int8=digits"
+    )
+    quality = b.build_evaluator_job(MODEL, REUSING, 0, 0, "int8", "int8-g3", SETTINGS)
+    assert "--reference-onnx /models/digits/gen-1/compressed/baseline.onnx" in str(quality)
+    assert b.compressing_job_name(OWNER) == "digits-compress-g1"
 
 
 def test_one_client_facing_model_name_whichever_variant_serves() -> None:

@@ -234,7 +234,8 @@ def test_a_spec_change_mid_rollout_removes_the_superseded_canary(tmp_path: Path)
             await _judge(cluster, 0, "Pass", 0)
             await cluster.wait(lambda: cluster.get(JOB, "digits-eval-g1-s1"), message="the 10% step")
             await cluster.change_spec("digits", {"rollout": {"steps": [25, 100]}})
-            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g2"), message="generation 2 compression")
+            # a rollout-only change reuses generation 1's compression output: only the choice runs again
+            await cluster.wait(lambda: cluster.get(JOB, "digits-choose-g2"), message="generation 2 choice")
             status = await cluster.wait_phase("digits", "Compressing")
             assert status["observedGeneration"] == 2 and status.get("candidateVariant") is None
             assert all(c["observedGeneration"] == 2 for c in status["conditions"])
@@ -472,3 +473,42 @@ def test_events_say_why_a_rollout_failed(tmp_path: Path, caplog: pytest.LogCaptu
     posted = [r for r in caplog.records if getattr(r, "k8s_ref", None) and "→ Failed" in r.getMessage()]
     assert posted and posted[-1].levelname == "WARNING"
     assert posted[-1].k8s_ref["name"] == "digits" and "exit 137: OOMKilled" in posted[-1].getMessage()
+
+
+def test_a_gates_only_change_reuses_compression_and_a_compression_change_does_not(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.create_model(example_model())
+            await _to_evaluating(cluster)
+            await _judge(cluster, 0, "Fail", 0)
+            first = await cluster.wait_phase("digits", "RolledBack")
+            assert first["compression"] == {"hash": first["compressionHash"], "generation": 1}
+
+            await cluster.change_spec("digits", {"gates": {"maxAccuracyDrop": 2.0}})
+            await cluster.wait(lambda: cluster.get(JOB, "digits-choose-g2"), message="generation 2 choice")
+            assert "slimserve compress" not in script(cluster, "digits-choose-g2")
+            status = await cluster.wait_phase("digits", "Compressing")
+            assert status["observedGeneration"] == 2 and status["compressionHash"] == first["compressionHash"]
+            assert "reused from generation 1" in cluster.condition("digits", "Compressed")["message"]
+            await cluster.finish_job("digits-choose-g2", summary=SUMMARY)
+            await cluster.wait_phase("digits", "Packaging")
+            assert "--report /models/digits/gen-1/compressed/report.json" in script(cluster, "digits-package-g2")
+            await cluster.finish_job("digits-package-g2")
+            await cluster.wait_phase("digits", "Deploying")
+            for deployment in ("digits-baseline", "digits-int8", "digits--control"):
+                await cluster.make_ready(deployment)
+            await cluster.accept_route("digits")
+            await cluster.wait_phase("digits", "Evaluating")
+            assert "--reference-onnx /models/digits/gen-1/compressed/baseline.onnx" in script(
+                cluster, "digits-eval-g2-s0"
+            )
+            assert [n for n in cluster.names(JOB) if "compress" in n] == ["digits-compress-g1"]
+
+            await cluster.change_spec("digits", {"compression": {"variants": [{"name": "int8", "steps": [
+                {"quantize": {"mode": "dynamic"}}]}]}})  # fmt: skip
+            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g3"), message="generation 3 compression")
+            await cluster.wait(lambda: cluster.status("digits")["observedGeneration"] == 3, message="generation 3")
+            assert cluster.status("digits")["compressionHash"] != first["compressionHash"]
+            assert cluster.get(JOB, "digits-choose-g3") is None
+
+    asyncio.run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -512,3 +513,41 @@ def test_every_status_field_the_operator_writes_is_declared_in_the_crd() -> None
     written.append(plan(_model(), owner, status, Observed(), SETTINGS, NOW).status)
     for st in written:
         assert _undeclared(st, schema) == []
+
+
+def _rolled_back_gen1(model: Any) -> dict[str, Any]:
+    status = evaluating(model)
+    return plan(model, OWNER, status, Observed(evaluator_job=judged("Fail", 0, "qualityDrop")), SETTINGS, NOW).status
+
+
+def test_a_gates_only_change_reuses_the_compression_output() -> None:
+    gen1 = _rolled_back_gen1(_model())
+    assert gen1["phase"] == "RolledBack" and gen1["compression"] == {"hash": gen1["compressionHash"], "generation": 1}
+    owner2 = replace(OWNER, generation=2)
+    model2 = _model(gates={"maxAccuracyDrop": 2.0, "p99Tolerance": 0.5})
+    out = plan(model2, owner2, gen1, Observed(), SETTINGS, NOW)
+    assert out.status["compressionHash"] == gen1["compressionHash"] and out.status["phase"] == "Compressing"
+    assert [m["metadata"]["name"] for m in out.apply if m["kind"] == "Job"] == ["digits-choose-g2"]
+    compressed = next(c for c in out.status["conditions"] if c["type"] == "Compressed")
+    assert compressed["reason"] == "Reused" and "reused from generation 1 (hash " in compressed["message"]
+    assert any("reused from generation 1" in text for _, text in out.events)
+    # the choice is made again (the budget changed), then packaging reads generation 1's report
+    out = plan(model2, owner2, out.status, Observed(compression_job=job(True, SUMMARY)), SETTINGS, NOW)
+    assert out.status["phase"] == "Packaging" and out.status["candidateVariant"] == "int8"
+    assert out.status["compression"] == {"hash": gen1["compressionHash"], "generation": 1}
+    assert "reused from generation 1" in next(c for c in out.status["conditions"] if c["type"] == "Compressed")[
+        "message"]  # fmt: skip
+    script = next(m for m in out.apply if m["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    assert "--report /models/digits/gen-1/compressed/report.json --repository /models/digits/gen-2/" in script
+
+
+def test_a_compression_change_compresses_again_and_becomes_the_output_to_reuse() -> None:
+    gen1 = _rolled_back_gen1(_model())
+    owner2 = replace(OWNER, generation=2)
+    model2 = _model(compression={"variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}]})
+    out = plan(model2, owner2, gen1, Observed(), SETTINGS, NOW)
+    assert out.status["compressionHash"] != gen1["compressionHash"]
+    assert [m["metadata"]["name"] for m in out.apply if m["kind"] == "Job"] == ["digits-compress-g2"]
+    out = plan(model2, owner2, out.status, Observed(compression_job=job(True, SUMMARY)), SETTINGS, NOW)
+    assert out.status["compression"] == {"hash": out.status["compressionHash"], "generation": 2}
+    assert "--report /models/digits/gen-2/compressed/report.json" in str(out.apply)
