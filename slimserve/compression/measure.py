@@ -108,8 +108,9 @@ def _fixed_shapes(model: onnx.ModelProto, specs: list[InputSpec]) -> onnx.ModelP
     return model
 
 
-def _run_shapes(model: onnx.ModelProto, names: list[str], sample: DataSet) -> tuple[dict[str, list[int]], int]:
-    """Shapes of the named tensors in one real run on `sample` (its fixed batch, or 1), and that batch."""
+def probe_session(model: onnx.ModelProto, names: list[str]) -> ort.InferenceSession:
+    """A CPU session of an unoptimised copy of `model` that also outputs the named intermediate tensors
+    (optimisations off, so every named tensor still exists)."""
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     known = {o.name for o in probe.graph.output}
     for name in names:
@@ -117,8 +118,13 @@ def _run_shapes(model: onnx.ModelProto, names: list[str], sample: DataSet) -> tu
             probe.graph.output.append(onnx.ValueInfoProto(name=name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _run_shapes(model: onnx.ModelProto, names: list[str], sample: DataSet) -> tuple[dict[str, list[int]], int]:
+    """Shapes of the named tensors in one real run on `sample` (its fixed batch, or 1), and that batch."""
+    sess = probe_session(model, names)
     batch = fixed_batch(sess) or 1
     outs = sess.run(names, feed(sess, take(sample, 0, batch)))
     return {n: list(o.shape) for n, o in zip(names, outs, strict=True)}, batch

@@ -28,17 +28,9 @@ def _rounded(w: np.ndarray, per_channel: bool, qmax: int) -> np.ndarray:
 
 
 def _input_means(model: onnx.ModelProto, names: list[str], data: DataSet) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from slimserve.compression.measure import probe_session
 
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sess = probe_session(model, names)
     inputs = {i.name for i in sess.get_inputs()}
     sums: dict[str, np.ndarray] = {}
     count = 0

@@ -47,17 +47,9 @@ def _activation_ranges(
     model: onnx.ModelProto, names: list[str], data: DataSet, batch: int = 16
 ) -> dict[str, np.ndarray]:
     """Per-channel max |x| (last axis) of each named tensor over the calibration set."""
-    import onnxruntime as ort
+    from slimserve.compression.measure import probe_session
 
-    probe = onnx.ModelProto.FromString(model.SerializeToString())
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    sess = probe_session(model, names)
     inputs = {i.name for i in sess.get_inputs()}
     ranges: dict[str, np.ndarray] = {}
     for feed in data.batches(batch):
