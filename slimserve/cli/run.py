@@ -21,6 +21,13 @@ def run(
         help="Run folder: compression/, repository/, logs/, report.json, "
         "report.md, PNG plots and state.json (the local registry; kept across runs).",
     ),
+    recompress: bool = typer.Option(
+        False,
+        "--recompress",
+        help="Compress again even when --out holds a finished compression of the same inputs (by default it "
+        "is reused when spec.source, spec.data, spec.quality, spec.compression and the input files are "
+        "unchanged: a run that only changes gates, rollout or serving starts at packaging).",
+    ),
 ) -> None:
     """Compress, serve behind a real Triton, canary the best variant under Locust load, and gate it.
 
@@ -41,7 +48,7 @@ def run(
         console = Console()
         if not console.is_terminal:  # logs and pipes: one line per table row
             console = Console(width=140)
-        result = run_local(model, base, out, console)
+        result = run_local(model, base, out, console, recompress=recompress)
     finally:
         stop_all()
     raise typer.Exit(result.exit_code)

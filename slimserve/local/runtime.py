@@ -33,7 +33,7 @@ from slimserve.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLLED_BACK, Inval
 from slimserve.evaluator.canary import Measurement, Roles, Timing
 from slimserve.evaluator.load import Target
 from slimserve.evaluator.prometheus import SCRAPE_INTERVAL_S
-from slimserve.local import registry
+from slimserve.local import registry, reuse
 
 if TYPE_CHECKING:
     from slimserve.evaluator.rollout import Outcome
@@ -101,10 +101,13 @@ def run_local(
     out_dir: Path,
     console: Console | None = None,
     compress: Compress | None = None,
+    recompress: bool = False,
 ) -> RunResult:
     """Run the whole pipeline; return the decision (exceptions for invalid input and failures).
 
-    The out folder is locked for the whole run: a second run on it is refused (exit 2).
+    The out folder is locked for the whole run: a second run on it is refused (exit 2). A finished
+    compression in it is reused when its inputs are unchanged (`slimserve.local.reuse`), unless
+    `recompress`.
     """
     console = console or Console()
     check_files(model, base_dir)
@@ -112,11 +115,16 @@ def run_local(
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInput(f"--out = '{out_dir}': exists and is not a folder; choose a folder")
     with registry.exclusive(out_dir):
-        return _run(model, base_dir, out_dir, console, compress)
+        return _run(model, base_dir, out_dir, console, compress, recompress)
 
 
 def _run(
-    model: CompressedModel, base_dir: Path, out_dir: Path, console: Console, compress: Compress | None
+    model: CompressedModel,
+    base_dir: Path,
+    out_dir: Path,
+    console: Console,
+    compress: Compress | None,
+    recompress: bool = False,
 ) -> RunResult:
     stages = Stages(console)
     spec = model.spec
@@ -126,18 +134,33 @@ def _run(
     stable_size = (out_dir / state.stable.path).stat().st_size if state.stable else None
 
     compression_dir = out_dir / "compression"
-    with stages.stage("compress", spinner=False):
-        if compress is None:
-            from slimserve.compression import run_compression
+    key = reuse.input_key(model, base_dir)
+    report = None if recompress else reuse.reusable(compression_dir, key)
+    if report is not None:
+        console.print(f"[green]✓[/] compress: reused {compression_dir} (same spec.source, spec.data, spec.quality, "
+                      f"spec.compression and input files; key {key[:12]}; --recompress to run it again)")  # fmt: skip
+    else:
+        with stages.stage("compress", spinner=False):
+            if compress is None:
+                from slimserve.compression import run_compression
 
-            compress = run_compression
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+                compress = run_compression
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        ) as progress:  # fmt: skip
-            report = compress(model, base_dir, compression_dir, progress=progress)
+            reuse.forget(compression_dir)
+            with Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=console, transient=True,
+            ) as progress:  # fmt: skip
+                report = compress(model, base_dir, compression_dir, progress=progress)
+            reuse.remember(compression_dir, key)
     candidate = choose_candidate(model, report, stable_sha, stable_size)
     if candidate is None:
         reason = no_candidate_reason(model, report, state.stable.variant if state.stable else None)

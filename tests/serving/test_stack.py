@@ -101,8 +101,9 @@ def test_promotion_then_second_run_compares_with_it_and_a_slowed_candidate_rolls
     assert (out / state["stable"]["path"]).is_file()
 
     # Second run: the promoted int8 is now the stable model, and the control is a copy of it.
+    # Only the rollout changed: the finished compression in `out` is reused, never run again.
     slow_spec = write_spec(no_orphans / "spec2", compression_output, rollout={"candidate": "slow", **STEPS})
-    second = run(slow_spec, out, compression_output)
+    second = run(slow_spec, out, compression_output, mutate=lambda _: pytest.fail("compressed again"))
     assert second.decision == "RolledBack", second.reason
     report = json.loads((out / "report.json").read_text())
     assert report["stable"] == "int8"
