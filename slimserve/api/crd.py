@@ -139,9 +139,16 @@ def build_crd() -> dict[str, Any]:
                             "description": "A trained model to compress, serve behind Triton and roll out behind a gate.",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": f"The versioned schema of this object: {API_GROUP}/{API_VERSION}.",
+                                },
+                                "kind": {"type": "string", "description": f"The kind of this object: {KIND}."},
+                                "metadata": {
+                                    "type": "object",
+                                    "description": "Standard object metadata; metadata.name is the default "
+                                    "spec.serving.modelName and prefixes the objects the operator creates.",
+                                },
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },

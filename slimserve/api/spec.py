@@ -304,14 +304,42 @@ class Quantize(Model):
     GELU, residual Adds, embedding Gathers and activation x activation MatMuls stay in float.
     """
 
-    mode: QuantizeMode = QuantizeMode.static
-    calibration: Calibration = Calibration.minmax
-    percentile: float = Field(default=99.999, gt=90, le=100)
-    calibration_samples: int = Field(default=256, ge=1, le=100_000)
-    per_channel: bool = True
-    activation_type: QuantType = QuantType.uint8
-    weight_type: QuantType = QuantType.int8
-    format: QuantFormat = QuantFormat.qoperator
+    mode: QuantizeMode = Field(
+        default=QuantizeMode.static,
+        description="static (int8, activation ranges calibrated on data.calibration), dynamic (int8 weights, "
+        "activations quantized per call; no calibration set) or fp16 (half-precision weights and activations, "
+        "for GPUs). Default static.",
+    )  # fmt: skip
+    calibration: Calibration = Field(
+        default=Calibration.minmax,
+        description="How static quantization picks activation ranges (onnxruntime's calibrate_method): minmax, "
+        "entropy or percentile. Default minmax.",
+    )  # fmt: skip
+    percentile: float = Field(
+        default=99.999, gt=90, le=100,
+        description="For calibration percentile: the percentile of activation values the range covers. "
+        "Default 99.999. Example: 99.99.",
+    )  # fmt: skip
+    calibration_samples: int = Field(
+        default=256, ge=1, le=100_000,
+        description="Samples of data.calibration used to calibrate static quantization (a seeded subset). "
+        "Default 256.",
+    )  # fmt: skip
+    per_channel: bool = Field(
+        default=True, description="Quantize weights per output channel (true) or per tensor (false). Default true."
+    )
+    activation_type: QuantType = Field(
+        default=QuantType.uint8,
+        description="Integer type of quantized activations (static): uint8 or int8. Default uint8.",
+    )
+    weight_type: QuantType = Field(
+        default=QuantType.int8, description="Integer type of quantized weights: int8 or uint8. Default int8."
+    )
+    format: QuantFormat = Field(
+        default=QuantFormat.qoperator,
+        description="Graph form of static quantization: QOperator (quantized operators such as QLinearConv) or "
+        "QDQ (QuantizeLinear/DequantizeLinear pairs around float ops). Default QOperator.",
+    )  # fmt: skip
     exclude_nodes: list[str] = Field(default_factory=list, description="Node names kept in float.")
     exclude_op_types: list[str] = Field(default_factory=list, description="Op types kept in float.")
     op_types: list[str] = Field(
@@ -351,7 +379,11 @@ class Prune(Model):
     """Structured channel pruning with torch-pruning (or unstructured magnitude pruning)."""
 
     ratio: float = Field(gt=0, lt=1, description="Fraction of channels (or weights) to remove.")
-    method: PruneMethod = PruneMethod.structured
+    method: PruneMethod = Field(
+        default=PruneMethod.structured,
+        description="structured removes whole channels (a smaller, faster dense model); unstructured zeroes "
+        "single weights by magnitude (same file size and speed, only a gzip copy shrinks). Default structured.",
+    )  # fmt: skip
     round_to: int | None = Field(default=None, ge=1, le=1024, description="Keep channel counts multiples of this.")
     keep_layers: list[str] = Field(default_factory=list, description="Module names never pruned.")
     head_ratio: float | None = Field(
@@ -366,7 +398,10 @@ class Prune(Model):
 class LowRank(Model):
     """SVD factorization of Linear and 1x1 Conv layers, by rank or by kept energy."""
 
-    rank: int | None = Field(default=None, ge=1, le=65_536)
+    rank: int | None = Field(
+        default=None, ge=1, le=65_536,
+        description="Rank each factorized layer keeps (capped at the layer's own); set this or energy. Example: 16.",
+    )  # fmt: skip
     energy: float | None = Field(default=None, gt=0, le=1, description="Fraction of squared singular values kept.")
     layers: list[str] = Field(
         default_factory=list, description="Module names to factorize; empty means all that shrink."
@@ -384,8 +419,18 @@ class LowRank(Model):
 
 
 class Student(Model):
-    width_multiplier: float | None = Field(default=None, gt=0, le=1)
-    factory: str | None = Field(default=None, pattern=FACTORY_PATTERN)
+    """The student network: the source factory at a smaller width, or a factory of its own."""
+
+    width_multiplier: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Rebuild the model with source.factory at this width (its parameter named width or "
+        "width_multiplier, or its only parameter); needs source.format factory. Example: 0.5.",
+    )  # fmt: skip
+    factory: str | None = Field(
+        default=None, pattern=FACTORY_PATTERN,
+        description="'module:function' returning the student nn.Module, imported from source.codeUri. "
+        "Example: model:small.",
+    )  # fmt: skip
 
     cel: ClassVar[list[dict[str, str]]] = [
         {
@@ -404,20 +449,35 @@ class Student(Model):
 class Distill(Model):
     """Train a student on the teacher's soft targets (and labels when present)."""
 
-    student: Student
-    temperature: float = Field(default=4.0, gt=0, le=100)
-    alpha: float = Field(default=0.7, ge=0, le=1, description="Weight of the soft-target loss.")
-    epochs: int = Field(default=10, ge=1, le=1000)
-    lr: float = Field(default=1e-3, gt=0, le=10)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
+    student: Student = Field(description="The student: set exactly one of widthMultiplier or factory.")
+    temperature: float = Field(
+        default=4.0, gt=0, le=100, description="Softmax temperature T of the soft targets. Default 4.0."
+    )
+    alpha: float = Field(
+        default=0.7, ge=0, le=1,
+        description="Weight of the soft-target loss; 1 - alpha weighs the label loss (labels only). Default 0.7.",
+    )  # fmt: skip
+    epochs: int = Field(default=10, ge=1, le=1000, description="Passes over data.train. Default 10.")
+    lr: float = Field(
+        default=1e-3,
+        gt=0,
+        le=10,
+        description="Learning rate of AdamW (cosine schedule over the epochs). Default 0.001.",
+    )
+    batch_size: int = Field(default=64, ge=1, le=65_536, description="Training batch size. Default 64.")
 
 
 class FineTune(Model):
     """Train the current model on the train set (after pruning or factorization)."""
 
-    epochs: int = Field(default=3, ge=1, le=1000)
-    lr: float = Field(default=1e-3, gt=0, le=10)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
+    epochs: int = Field(default=3, ge=1, le=1000, description="Passes over data.train. Default 3.")
+    lr: float = Field(
+        default=1e-3,
+        gt=0,
+        le=10,
+        description="Learning rate of AdamW (cosine schedule over the epochs). Default 0.001.",
+    )
+    batch_size: int = Field(default=64, ge=1, le=65_536, description="Training batch size. Default 64.")
 
 
 RECIPES: Final = ("quantize", "prune", "lowRank", "distill", "fineTune")
@@ -428,11 +488,27 @@ TRAINING_RECIPES: Final = frozenset({"distill", "fineTune"})
 class Step(Model):
     """One step of a variant: exactly one recipe key."""
 
-    quantize: Quantize | None = None
-    prune: Prune | None = None
-    low_rank: LowRank | None = None
-    distill: Distill | None = None
-    fine_tune: FineTune | None = None
+    quantize: Quantize | None = Field(
+        default=None,
+        description="Post-training quantization of the ONNX graph; must be the last step. Example: {mode: static}.",
+    )
+    prune: Prune | None = Field(
+        default=None, description="Channel (or weight) pruning; needs a PyTorch source. Example: {ratio: 0.5}."
+    )
+    low_rank: LowRank | None = Field(
+        default=None,
+        description="SVD factorization of Linear and 1x1 Conv layers; needs a PyTorch source. Example: {energy: 0.9}.",
+    )
+    distill: Distill | None = Field(
+        default=None,
+        description="Knowledge distillation into a student; needs a PyTorch source and data.train. "
+        "Example: {student: {widthMultiplier: 0.5}}.",
+    )  # fmt: skip
+    fine_tune: FineTune | None = Field(
+        default=None,
+        description="Train the current model on data.train (labels, or the baseline's outputs without them); "
+        "needs a PyTorch source. Example: {epochs: 3}.",
+    )  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod
@@ -475,8 +551,16 @@ def _attr(recipe: str) -> str:
 class Variant(Model):
     """A named chain of recipe steps applied to the baseline, e.g. prune → fineTune → quantize."""
 
-    name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN)
-    steps: list[Step] = Field(min_length=1, max_length=16)
+    name: str = Field(
+        min_length=1, max_length=40, pattern=DNS_LABEL_PATTERN,
+        description="Variant name, unique and not 'baseline'; it names the variant's Deployment and report entry. "
+        "Example: int8-static.",
+    )  # fmt: skip
+    steps: list[Step] = Field(
+        min_length=1, max_length=16,
+        description="Recipe steps applied in order to the baseline (1 to 16), quantize last. "
+        "Example: [{prune: {ratio: 0.5}}, {fineTune: {}}, {quantize: {}}].",
+    )  # fmt: skip
 
     cel: ClassVar[list[dict[str, str]]] = [
         {
@@ -506,8 +590,12 @@ class Search(Model):
     """Accuracy-aware search: try recipes, fall back until the drop holds or the budget ends."""
 
     max_accuracy_drop: float = Field(gt=0, le=100, description="Allowed drop in points (accuracy %).")
-    objective: Objective = Objective.size
-    max_trials: int = Field(default=8, ge=1, le=100)
+    objective: Objective = Field(
+        default=Objective.size,
+        description="What the chosen variant must beat the baseline on: size (file bytes), latency (p50 at batch "
+        "1) or throughput (samples/s). Default size.",
+    )  # fmt: skip
+    max_trials: int = Field(default=8, ge=1, le=100, description="Most trials (variants built and scored). Default 8.")
 
 
 class Device(StrEnum):
@@ -517,20 +605,46 @@ class Device(StrEnum):
 
 
 class Toleration(Model):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """A Kubernetes pod toleration (core/v1 Toleration, without tolerationSeconds)."""
+
+    key: str | None = Field(
+        default=None, description="Taint key the toleration matches; empty matches every key. Example: nvidia.com/gpu."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists (any value) or Equal (the value below); Kubernetes' default is Equal."
+    )
+    value: str | None = Field(default=None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match: NoSchedule, PreferNoSchedule or NoExecute; empty matches all."
+    )
 
 
 class JobPlacement(Model):
     """Where the compression Job runs in a cluster (ignored locally)."""
 
-    gpus: int = Field(default=0, ge=0, le=16)
-    cpu: str = Field(default="2", pattern=CPU_PATTERN)
-    memory: str = Field(default="8Gi", pattern=MEMORY_PATTERN)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
+    gpus: int = Field(
+        default=0, ge=0, le=16,
+        description="nvidia.com/gpu limit of the compression Job's pod. Default 0. Example: 1 (with device auto, "
+        "training steps run on it).",
+    )  # fmt: skip
+    cpu: str = Field(
+        default="2", pattern=CPU_PATTERN,
+        description="CPU request of the compression Job, a Kubernetes quantity. Default '2'. Example: '4' or '1500m'.",
+    )  # fmt: skip
+    memory: str = Field(
+        default="8Gi", pattern=MEMORY_PATTERN,
+        description="Memory request and limit of the compression Job, a Kubernetes quantity. Default 8Gi. "
+        "Example: 16Gi.",
+    )  # fmt: skip
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels for the compression Job's pod. Example: {nvidia.com/gpu.present: 'true'}.",
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        description="Tolerations of the compression Job's pod, e.g. [{key: nvidia.com/gpu, operator: Exists, "
+        "effect: NoSchedule}].",
+    )  # fmt: skip
     deadline: str = Field(
         default="6h", pattern=DEADLINE_PATTERN,
         description="Longest time the compression Job may run, waiting for a node included (activeDeadlineSeconds); "
@@ -541,16 +655,42 @@ class JobPlacement(Model):
 class Measure(Model):
     """How each variant is measured offline (in-process onnxruntime)."""
 
-    latency_runs: int = Field(default=200, ge=10, le=100_000)
-    throughput_batch: int = Field(default=32, ge=1, le=4096)
+    latency_runs: int = Field(
+        default=200, ge=10, le=100_000,
+        description="Batch-1 calls per variant for the p50/p99 latency, interleaved with the other variants in 10 "
+        "rounds. Default 200.",
+    )  # fmt: skip
+    throughput_batch: int = Field(
+        default=32, ge=1, le=4096,
+        description="Batch size of the throughput (samples/s) measurement; a graph with a fixed batch runs at its "
+        "own. Default 32.",
+    )  # fmt: skip
     threads: int = Field(default=0, ge=0, le=256, description="onnxruntime intra-op threads; 0 = all cores.")
 
 
 class Compression(Model):
-    variants: list[Variant] = Field(default_factory=list, max_length=32)
-    search: Search | None = None
-    device: Device = Device.auto
-    seed: int = Field(default=0, ge=0)
+    """The variants to build (or a search for one), and how and where they are built and measured."""
+
+    variants: list[Variant] = Field(
+        default_factory=list, max_length=32,
+        description="Named recipe chains to build and score, up to 32; at least one variant or a search. "
+        "Example: [{name: int8, steps: [{quantize: {}}]}].",
+    )  # fmt: skip
+    search: Search | None = Field(
+        default=None,
+        description="Accuracy-aware search for a variant within a quality budget, beside (or instead of) the "
+        "variants. Example: {maxAccuracyDrop: 1.0}.",
+    )  # fmt: skip
+    device: Device = Field(
+        default=Device.auto,
+        description="Where training steps (distill, fineTune) run: auto (CUDA when visible, else CPU), cpu, or "
+        "cuda (fails without a CUDA device). Default auto.",
+    )  # fmt: skip
+    seed: int = Field(
+        default=0, ge=0,
+        description="Random seed of training, calibration subsets and quality intervals, for repeatable runs. "
+        "Default 0.",
+    )  # fmt: skip
     measure: Measure = Field(default_factory=Measure)
     job: JobPlacement = Field(default_factory=JobPlacement)
 
@@ -599,14 +739,32 @@ class InstanceKind(StrEnum):
 
 
 class DynamicBatching(Model):
-    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [4, 8])
-    max_queue_delay_microseconds: int = Field(default=500, ge=0, le=10_000_000)
+    """Triton's dynamic batcher (used when serving.maxBatchSize > 0)."""
+
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [4, 8],
+        description="Batch sizes the batcher prefers to form; sizes above maxBatchSize are dropped. Default [4, 8].",
+    )
+    max_queue_delay_microseconds: int = Field(
+        default=500, ge=0, le=10_000_000,
+        description="Longest a request waits in the queue for a batch to fill, in microseconds. Default 500.",
+    )  # fmt: skip
 
 
 class Autoscaling(Model):
-    min_replicas: int = Field(default=1, ge=1, le=1000)
-    max_replicas: int = Field(default=4, ge=1, le=1000)
-    target_cpu_utilization: int = Field(default=70, ge=1, le=100)
+    """The autoscaler of each variant's Triton Deployment: an HPA on CPU, or KEDA on a PromQL query."""
+
+    min_replicas: int = Field(
+        default=1, ge=1, le=1000,
+        description="Fewest Triton pods per variant; a canary (and the control) starts at this count. Default 1.",
+    )  # fmt: skip
+    max_replicas: int = Field(
+        default=4, ge=1, le=1000, description="Most Triton pods per variant, at least minReplicas. Default 4."
+    )
+    target_cpu_utilization: int = Field(
+        default=70, ge=1, le=100,
+        description="The HPA's target average CPU utilization, in percent of the CPU request. Default 70.",
+    )  # fmt: skip
     keda_query: str | None = Field(
         default=None, max_length=4096,
         description="PromQL for a KEDA ScaledObject instead of the HPA, one per variant's Deployment: {{namespace}}, "
@@ -614,7 +772,10 @@ class Autoscaling(Model):
         "on its own pods. Example: sum(rate(nv_inference_queue_duration_us{namespace=\"{{namespace}}\", "
         "slimserve_dev_model=\"{{model}}\", slimserve_dev_variant=\"{{variant}}\"}[1m])).",
     )  # fmt: skip
-    keda_threshold: float | None = Field(default=None, gt=0)
+    keda_threshold: float | None = Field(
+        default=None, gt=0,
+        description="KEDA's target value of kedaQuery per pod; set with kedaQuery. Example: 2000.",
+    )  # fmt: skip
 
     cel: ClassVar[list[dict[str, str]]] = [
         {
@@ -650,7 +811,11 @@ class Autoscaling(Model):
 class ModelRepository(Model):
     """Where the Triton model repository lives in a cluster: a PVC (default) or an s3:// URI."""
 
-    pvc: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN)
+    pvc: str | None = Field(
+        default=None, pattern=DNS_LABEL_PATTERN,
+        description="An existing PersistentVolumeClaim to use as the model volume; the operator then creates none. "
+        "Default: a claim <name>-models that the operator creates. Example: shared-models.",
+    )  # fmt: skip
     uri: str | None = Field(
         default=None,
         max_length=1024,
@@ -659,18 +824,47 @@ class ModelRepository(Model):
         "content hash), then writes <uri>/<version>.complete; Triton reads it natively with the credentials "
         "of spec.storage.secretName (AWS_ENDPOINT_URL for MinIO). Example: s3://models/digits/repository.",
     )
-    size: str = Field(default="5Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$")
+    size: str = Field(
+        default="5Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$",
+        description="Storage request of the model volume the operator creates (not used with pvc). Default 5Gi. "
+        "Example: 20Gi.",
+    )  # fmt: skip
 
 
 class Serving(Model):
-    backend: Backend = Backend.auto
-    max_batch_size: int = Field(default=32, ge=0, le=4096)
+    """How each variant is served by Triton: its model configuration, pods and autoscaler."""
+
+    backend: Backend = Field(
+        default=Backend.auto,
+        description="Triton backend the model repository is packaged for: onnxruntime, python, or auto "
+        "(onnxruntime; in a cluster the operator's autoBackend setting). `slimserve run` always uses python. "
+        "Default auto.",
+    )  # fmt: skip
+    max_batch_size: int = Field(
+        default=32, ge=0, le=4096,
+        description="Triton's max_batch_size; 0 turns batching (and dynamic batching) off. Default 32.",
+    )  # fmt: skip
     dynamic_batching: DynamicBatching = Field(default_factory=DynamicBatching)
-    instances: int = Field(default=1, ge=1, le=64)
-    instance_kind: InstanceKind = InstanceKind.cpu
-    gpus: int = Field(default=0, ge=0, le=16)
-    cpu: str = Field(default="1", pattern=CPU_PATTERN)
-    memory: str = Field(default="2Gi", pattern=MEMORY_PATTERN)
+    instances: int = Field(
+        default=1, ge=1, le=64, description="Model instances per Triton pod (its instance_group count). Default 1."
+    )
+    instance_kind: InstanceKind = Field(
+        default=InstanceKind.cpu,
+        description="cpu or gpu instances; gpu also adds TensorRT to the onnxruntime backend where the graph "
+        "allows. Default cpu.",
+    )  # fmt: skip
+    gpus: int = Field(
+        default=0, ge=0, le=16,
+        description="nvidia.com/gpu limit of each Triton pod. Default 0. Example: 1 with instanceKind gpu.",
+    )  # fmt: skip
+    cpu: str = Field(
+        default="1", pattern=CPU_PATTERN,
+        description="CPU request of each Triton pod, a Kubernetes quantity. Default '1'. Example: '4' or '500m'.",
+    )  # fmt: skip
+    memory: str = Field(
+        default="2Gi", pattern=MEMORY_PATTERN,
+        description="Memory request and limit of each Triton pod, a Kubernetes quantity. Default 2Gi. Example: 8Gi.",
+    )  # fmt: skip
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     model_repository: ModelRepository = Field(default_factory=ModelRepository)
     model_name: str | None = Field(
@@ -735,6 +929,8 @@ class Evaluator(Model):
 
 
 class Rollout(Model):
+    """How the candidate replaces the stable variant: canary steps, the load that judges them, approval."""
+
     candidate: str = Field(
         default="auto",
         description="Variant to roll out, or 'auto' for the best variant that meets the accuracy gate.",
@@ -771,7 +967,11 @@ class Rollout(Model):
         description="Inconclusive steps run again at the same weight (as Argo's inconclusiveLimit); one more "
         "ends the rollout Inconclusive: nothing promoted, the stable keeps serving.",
     )  # fmt: skip
-    traffic_split: TrafficSplit = TrafficSplit.gateway
+    traffic_split: TrafficSplit = Field(
+        default=TrafficSplit.gateway,
+        description="gateway: an HTTPRoute on a Gateway API Gateway carries the canary weight; replicas: one "
+        "Service, the weight approximated by stable and canary pod counts. Default gateway.",
+    )  # fmt: skip
     gateway: str | None = Field(default=None, description="Gateway API parent (name) for the HTTPRoute.")
     approval: Approval = Field(
         default=Approval.auto,
@@ -842,6 +1042,8 @@ class Gates(Model):
 
 
 class CompressedModelSpec(Model):
+    """The desired state: the model, its data, how to score, compress, serve and roll it out."""
+
     source: Source
     data: Data
     quality: Quality = Field(default_factory=Quality)

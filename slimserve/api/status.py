@@ -42,12 +42,20 @@ class StatusModel(BaseModel):
 class Condition(StatusModel):
     """The meta/v1 Condition shape."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
-    observed_generation: int | None = None
-    last_transition_time: str
+    type: str = Field(
+        description="Condition type: Compressed, Deployed, TrafficReady, Evaluated, Promoted, Ready, Paused or "
+        "WaitingForApproval."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="A CamelCase word for why the condition is as it is. Example: GateFailed.",
+    )
+    message: str = Field(default="", description="A human-readable explanation.")
+    observed_generation: int | None = Field(
+        default=None, description="The metadata.generation the condition was set for."
+    )
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
 
 
 def now_rfc3339() -> str:
@@ -80,30 +88,40 @@ def set_condition(
 
 
 class CheckVerdict(StatusModel):
-    name: str
-    verdict: Literal["Pass", "Fail", "Inconclusive"]
+    """One gate check of a judged step."""
+
+    name: str = Field(description="The check (a gate in spec.gates, or samples). Example: qualityDrop.")
+    verdict: Literal["Pass", "Fail", "Inconclusive"] = Field(description="Pass, Fail or Inconclusive.")
 
 
 class JudgedStep(StatusModel):
     """One judged weight of this generation's rollout (0 = the served quality check), as the rollout policy
     (`slimserve.evaluator.policy.next_step`) reads it; the evaluator Job's pod log holds the full report."""
 
-    weight: int
-    verdict: Literal["Pass", "Fail", "Inconclusive"]
-    checks: list[CheckVerdict] = Field(default_factory=list)
+    weight: int = Field(description="Canary weight in percent; 0 is the served quality check.")
+    verdict: Literal["Pass", "Fail", "Inconclusive"] = Field(
+        description="The step's verdict: Pass, Fail or Inconclusive."
+    )
+    checks: list[CheckVerdict] = Field(default_factory=list, description="The verdict of each gate check.")
 
 
 class Drain(StatusModel):
-    deployments: list[str]
-    at: str
+    deployments: list[str] = Field(description="The Deployments scaled to 0 at `at`.")
+    at: str = Field(description="When they scale to 0 (RFC 3339).")
 
 
 class HandledRequests(StatusModel):
     """The value of each one-shot control annotation (slimserve.api.controls) the operator last acted on."""
 
-    abort: str | None = None
-    promote: str | None = None
-    retry: str | None = None
+    abort: str | None = Field(
+        default=None, description="The `slimserve abort` request (annotation value) last acted on or refused."
+    )
+    promote: str | None = Field(
+        default=None, description="The `slimserve promote` request (annotation value) last acted on or refused."
+    )
+    retry: str | None = Field(
+        default=None, description="The `slimserve retry` request (annotation value) last acted on or refused."
+    )
 
 
 class CompressionOutput(StatusModel):
@@ -116,28 +134,46 @@ class CompressionOutput(StatusModel):
 class CompressedModelStatus(StatusModel):
     """What the operator (or the local runtime) observed; every field is declared in the CRD."""
 
-    phase: Phase = Phase.pending
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    message: str | None = None
-    stable_variant: str | None = None
+    phase: Phase = Field(
+        default=Phase.pending,
+        description="Pending, Compressing, Packaging, Deploying, Evaluating, Progressing, then Promoted, "
+        "RolledBack or Failed.",
+    )
+    observed_generation: int | None = Field(default=None, description="The metadata.generation this status describes.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Kubernetes conditions, one per type (Compressed, Deployed, ... Ready)."
+    )
+    message: str | None = Field(default=None, description="What happens now, or why the phase was reached.")
+    stable_variant: str | None = Field(
+        default=None, description="The variant serving all traffic outside the canary (baseline at first)."
+    )
     previous_stable_variant: str | None = Field(
         default=None,
         description="The stable variant before the last promotion: its Deployment is kept at 0 replicas "
         "(no autoscaler) with its model files (status.previousStableGeneration).",
     )
-    candidate_variant: str | None = None
+    candidate_variant: str | None = Field(
+        default=None, description="The variant this generation rolls out (spec.rollout.candidate, or the chosen one)."
+    )
     size_ratio: float | None = Field(default=None, description="Baseline size / candidate size.")
     metric: str | None = Field(default=None, description="The quality metric the drop is measured with.")
     quality_drop: float | None = Field(
         default=None, description="Candidate's quality drop versus the baseline (points, or % error increase)."
     )
-    p99_ms: float | None = None
-    throughput_rps: float | None = None
+    p99_ms: float | None = Field(
+        default=None, description="Candidate's client-side p99 latency in the last judged step, in milliseconds."
+    )
+    throughput_rps: float | None = Field(
+        default=None, description="Candidate's requests per second in the last judged step."
+    )
     canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")
-    canary_step: int | None = None
+    canary_step: int | None = Field(
+        default=None, description="Index of the current weight in spec.rollout.steps (0 = the first step)."
+    )
     failed_steps: int | None = Field(default=None, description="Canary steps that failed the gate this generation.")
-    decision: Literal["Promoted", "RolledBack", "Inconclusive"] | None = None
+    decision: Literal["Promoted", "RolledBack", "Inconclusive"] | None = Field(
+        default=None, description="How this generation's rollout ended: Promoted, RolledBack or Inconclusive."
+    )
     steps: list[JudgedStep] = Field(default_factory=list, description="The steps judged this generation, in order.")
     model_name: str | None = Field(
         default=None,
@@ -151,7 +187,9 @@ class CompressedModelStatus(StatusModel):
     stable_generation: int | None = Field(
         default=None, description="The generation whose model files the stable variant serves (gen-N on the volume)."
     )
-    previous_stable_generation: int | None = None
+    previous_stable_generation: int | None = Field(
+        default=None, description="The generation whose model files the previous stable variant keeps."
+    )
     deadline: str | None = Field(
         default=None, description="When the current phase (or canary step) fails if it has not moved on (RFC 3339)."
     )

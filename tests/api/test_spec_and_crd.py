@@ -173,6 +173,27 @@ def test_crd_file_is_generated_from_the_models() -> None:
     assert on_disk == render_crd(), "manifests/crds is stale: run `make manifests`"
 
 
+def _undescribed(node: dict[str, Any], path: str) -> list[str]:
+    """Paths of the properties under `node` (array items and map values included) without a description."""
+    missing: list[str] = []
+    for name, prop in node.get("properties", {}).items():
+        where = f"{path}.{name}"
+        if not str(prop.get("description", "")).strip():
+            missing.append(where)
+        missing += _undescribed(prop, where)
+    if isinstance(node.get("items"), dict):
+        missing += _undescribed(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        missing += _undescribed(node["additionalProperties"], f"{path}{{}}")
+    return missing
+
+
+def test_every_crd_property_has_a_description_for_kubectl_explain() -> None:
+    crd = yaml.safe_load(render_crd())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert _undescribed(schema, "") == []
+
+
 def test_defaults_are_the_fast_x86_quantization_settings() -> None:
     model = parse_compressed_model(good())
     q = model.spec.compression.variants[0].steps[0].quantize
