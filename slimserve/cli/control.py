@@ -79,7 +79,7 @@ class Cluster:
         except self._errors as exc:
             raise InvalidInput(
                 f"annotating compressedmodel {self.namespace}/{name}: {exc.status} {exc.reason} "
-                "(your account needs patch on compressedmodels.slimserve.dev)"
+                "(your account needs patch on compressedmodels.slimserve.dev: the chart grants it to the edit and admin roles)"
             ) from None
 
 

@@ -128,7 +128,7 @@ def test_more_than_one_replica_peers_through_kopf_with_its_crd_objects_and_rbac(
         validate_custom(obj)
     role_kind = "Role" if namespaces else "ClusterRole"
     for role in by_kind(objects, role_kind):
-        if role["metadata"]["name"].endswith("-discovery"):
+        if role["metadata"]["name"].endswith("-discovery") or _for_users(role):
             continue
         granted = {(v, r) for rule in role["rules"] if "kopf.dev" in rule["apiGroups"]
                    for v in rule["verbs"] for r in rule["resources"]}  # fmt: skip
@@ -162,6 +162,12 @@ def _rules(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [rule for role in by_kind(objects, kind) for rule in role["rules"]]
 
 
+def _for_users(role: dict[str, Any]) -> bool:
+    """A ClusterRole that only aggregates into Kubernetes' view/edit/admin roles (bound to people, never
+    to the operator)."""
+    return any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"])
+
+
 def test_rbac_is_least_privilege() -> None:
     for values in ({}, EVERYTHING_ON):
         objects = render(values)
@@ -171,10 +177,26 @@ def test_rbac_is_least_privilege() -> None:
         # The worker Jobs need no API access: no ServiceAccount, Role or binding for them anywhere.
         assert not [o for o in objects if "worker" in o["metadata"]["name"]]
     scoped = render(EVERYTHING_ON)
-    cluster_resources = {r for rule in _rules(scoped, "ClusterRole") for r in rule["resources"]}
+    operator_roles = [r for r in by_kind(scoped, "ClusterRole") if not _for_users(r)]
+    cluster_resources = {res for role in operator_roles for rule in role["rules"] for res in rule["resources"]}
     assert cluster_resources == {"customresourcedefinitions", "namespaces"}  # read-only discovery only
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in by_kind(scoped, "Role")}
     assert roles == {("models", "slimserve"), ("team-b", "slimserve")}
+
+
+def test_users_bound_to_edit_can_steer_rollouts_and_view_only_reads() -> None:
+    """`slimserve pause|resume|abort|promote|retry` patch the resource: `edit` (and `admin`) get that
+    through aggregation, `view` gets reads only, and nothing else; `rbac.aggregateToUserRoles=false` drops both."""
+    users = {r["metadata"]["name"].rsplit("-", 1)[-1]: r for r in by_kind(render({}), "ClusterRole") if _for_users(r)}
+    assert set(users) == {"view", "edit"}
+    assert users["view"]["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {v for rule in users["view"]["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+    assert {k for k in users["edit"]["metadata"]["labels"] if "aggregate-to" in k} == {
+        "rbac.authorization.k8s.io/aggregate-to-edit", "rbac.authorization.k8s.io/aggregate-to-admin"}  # fmt: skip
+    (rule,) = users["edit"]["rules"]
+    assert rule["resources"] == ["compressedmodels"] and "patch" in rule["verbs"]
+    off = render({"rbac": {"aggregateToUserRoles": False}})
+    assert not [r for r in by_kind(off, "ClusterRole") if _for_users(r)]
 
 
 def test_rbac_covers_every_request_the_operator_sends() -> None:
