@@ -227,6 +227,22 @@ def select_variants(report: CompressionReport, names: list[str] | None) -> list[
     return [records[report.baseline.name]] + [records[n] for n in names if n != report.baseline.name]
 
 
+def _external_file(model: Path, location: str, variant: str) -> Path:
+    """The file an external-data `location` names, which must lie in the model's own folder: a graph that
+    points outside it (an absolute path, `..`) would copy that file into the repository that ships."""
+    folder = model.parent.resolve()
+    path = (folder / location).resolve()
+    if Path(location).is_absolute() or ".." in Path(location).parts or not path.is_relative_to(folder):
+        raise InvalidInput(
+            f"variant '{variant}': {model.name} keeps weights at external data location {location!r}, outside "
+            f"its folder {folder}; save the model with its external data beside it (onnx.save(..., "
+            "save_as_external_data=True, location='<name>.data'))"
+        )
+    if not path.is_file():
+        raise InvalidInput(f"variant '{variant}': external data {path} is missing; re-run compression")
+    return path
+
+
 def build_repository(
     report: CompressionReport,
     report_dir: Path,
@@ -266,9 +282,8 @@ def build_repository(
         version_dir.mkdir(parents=True)
         shutil.copyfile(source, version_dir / MODEL_FILE)
         for name in signature.external_files:  # the graph names its weight files: keep the names
-            external = source.parent / name
-            if not external.is_file():
-                raise InvalidInput(f"variant '{record.name}': external data {external} is missing; re-run compression")
+            external = _external_file(source, name, record.name)
+            (version_dir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(external, version_dir / name)
         if backend == "python":
             shutil.copyfile(PYTHON_MODEL_SOURCE, version_dir / "model.py")

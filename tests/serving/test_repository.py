@@ -181,6 +181,36 @@ def test_external_data_files_travel_with_the_model(tmp_path: Path) -> None:
     assert (tmp_path / "repo" / "baseline" / "1" / "weights.bin").is_file()
 
 
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/hostname", "sub/../../outside.bin"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, location: str) -> None:
+    """A graph whose weights point outside its folder would copy that file into what ships."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    (tmp_path / "outside.bin").write_bytes(np.ones((4, 4), np.float32).tobytes())
+    folder = tmp_path / "model"
+    folder.mkdir()
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    set_external_data(w, location=location)
+    w.ClearField("raw_data")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w]))
+    onnx.save(model, str(folder / "v.onnx"))
+    from slimserve.api.report import VariantRecord
+
+    rec = VariantRecord(
+        name="baseline", recipe="-", path="v.onnx", sha256="0", size_bytes=1, compression_ratio=1, params=0, macs=0,
+        metric="accuracy", quality=1, quality_ci=(0, 1), quality_unit="%", drop=0, drop_ci=(0, 0), drop_unit="points",
+        latency_ms_p50=1, latency_ms_p99=1, throughput_rps=1, speedup=1, compress_seconds=0,
+    )  # fmt: skip
+    report = CompressionReport(model="m", device="cpu", baseline=rec, variants=[])
+    with pytest.raises(InvalidInput, match=r"external data location .* outside its folder"):
+        build_repository(report, folder, tmp_path / "repo", "onnxruntime")
+    assert not any((tmp_path / "repo").rglob("*.bin")), "nothing from outside was copied"
+
+
 def test_package_writes_a_variant_under_another_model_name(compression_output: Path, tmp_path: Path) -> None:
     """What the operator's packaging Job asks when a new generation's candidate is named like the stable."""
     from typer.testing import CliRunner
