@@ -27,7 +27,7 @@ from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
 from slimserve.operator import metrics
 from slimserve.operator.builders import BASELINE, LABEL_MODEL
-from slimserve.operator.kube import APIError, KubeApi, MissingAPI, NotFound
+from slimserve.operator.kube import APIError, KubeApi, MissingAPI, NameTaken, NotFound
 from slimserve.operator.reconcile import (
     DeploymentState,
     JobState,
@@ -253,6 +253,12 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             kind = "TrafficReady" if exc.kind == "HTTPRoute" else "Deployed"
             flagged = invalid_api_status(status, owner.generation, kind, str(exc), now_rfc3339())
             await _write_status(kube, owner, status, flagged, written, logger)
+            metrics.RECONCILES.labels("retry").inc()
+            raise kopf.TemporaryError(str(exc), delay=MISSING_API_DELAY_SECONDS) from exc
+        except NameTaken as exc:
+            flagged = invalid_api_status(status, owner.generation, "Deployed", str(exc), now_rfc3339(), "NameTaken")
+            await _write_status(kube, owner, status, flagged, written, logger)
+            logger.warning("%s", exc)
             metrics.RECONCILES.labels("retry").inc()
             raise kopf.TemporaryError(str(exc), delay=MISSING_API_DELAY_SECONDS) from exc
         except APIError as exc:

@@ -59,6 +59,23 @@ class MissingAPI(Exception):
         super().__init__(OPTIONAL_APIS.get(kind, f"the API of {kind} is not installed"))
 
 
+class NameTaken(Exception):
+    """A child's name belongs to an object this CompressedModel does not control (another model's, or one
+    made by hand): it is never patched, adopted or deleted."""
+
+    def __init__(self, kind: str, name: str, holder: str) -> None:
+        self.kind = kind
+        super().__init__(
+            f"{kind} {name} already exists and belongs to {holder}; slimserve never overwrites or adopts it: "
+            f"delete or rename that {kind}, or give this CompressedModel another name"
+        )
+
+
+def _controller(obj: Manifest) -> dict[str, Any] | None:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((r for r in refs if r.get("controller")), None)
+
+
 def url(api_version: str, kind: str, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     out = f"{base}/namespaces/{namespace}/{PLURALS[kind]}"
@@ -104,7 +121,8 @@ class KubeApi:
         ]
 
     async def apply(self, manifest: Manifest, logger: Any = None) -> Outcome:
-        """Create, or patch when the stored spec-hash differs; a 409 is not an error."""
+        """Create, or patch when the stored spec-hash differs; a 409 is not an error when the object is ours
+        (same controller uid), and `NameTaken` when it is not."""
         meta = manifest["metadata"]
         api_version, kind, namespace, name = manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
         try:
@@ -118,6 +136,10 @@ class KubeApi:
         if kind in IMMUTABLE_KINDS:
             return "unchanged"
         existing = await self.get(api_version, kind, namespace, name, logger)
+        ours, theirs = _controller(manifest), _controller(existing or {})
+        if existing is not None and ours is not None and (theirs or {}).get("uid") != ours.get("uid"):
+            holder = f"{theirs.get('kind')} {theirs.get('name')}" if theirs else "no controller (made by hand?)"
+            raise NameTaken(kind, name, holder)
         wanted = (meta.get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
         if (
             existing is not None

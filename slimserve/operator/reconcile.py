@@ -583,11 +583,12 @@ def invalid_spec(owner: b.Owner, status: Mapping[str, Any] | None, problems: lis
 
 
 def invalid_api_status(
-    status: Mapping[str, Any], generation: int, condition: str, message: str, now: str
+    status: Mapping[str, Any], generation: int, condition: str, message: str, now: str, reason: str = "APIMissing"
 ) -> dict[str, Any]:
-    """The status as it was, plus a condition saying which API the cluster lacks and how to fix it."""
+    """The status as it was, plus a condition saying what in the cluster blocks this model (an API it lacks,
+    a child's name another object holds) and how to fix it."""
     st = _Status(status, generation, now)
-    st.condition(condition, "False", "APIMissing", message)
+    st.condition(condition, "False", reason, message)
     return st.data
 
 

@@ -512,3 +512,38 @@ def test_a_gates_only_change_reuses_compression_and_a_compression_change_does_no
             assert cluster.get(JOB, "digits-choose-g3") is None
 
     asyncio.run(scenario())
+
+
+def test_a_child_name_held_by_another_owner_is_never_overwritten(tmp_path: Path) -> None:
+    """`digits` + variant `int8` and a model named `digits-int8` would both want Deployment `digits-int8`:
+    the one that does not control it says so in its status and leaves it alone."""
+    foreign = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "digits-int8", "namespace": NS, "labels": {"team": "b"},
+                     "ownerReferences": [{"apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel",
+                                          "name": "digits-int8", "uid": "uid-of-another-model", "controller": True}]},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "b"}},
+                 "template": {"metadata": {"labels": {"app": "b"}},
+                              "spec": {"containers": [{"name": "b", "image": "team-b/server:1"}]}}},
+    }  # fmt: skip
+
+    async def scenario() -> None:
+        async with emulated_cluster(tmp_path) as cluster, running_operator():
+            await cluster.request("POST", f"/apis/apps/v1/namespaces/{NS}/deployments", foreign)
+            await cluster.create_model(example_model())
+            await cluster.wait(lambda: cluster.get(JOB, "digits-compress-g1"), message="compression Job")
+            await cluster.finish_job("digits-compress-g1", summary=SUMMARY)
+            await cluster.wait_phase("digits", "Packaging")
+            await cluster.finish_job("digits-package-g1")
+            await cluster.wait(lambda: cluster.condition("digits", "Deployed").get("reason") == "NameTaken",
+                               message="Deployed NameTaken")  # fmt: skip
+            message = cluster.condition("digits", "Deployed")["message"]
+            assert "Deployment digits-int8 already exists and belongs to CompressedModel digits-int8" in message
+            kept = cluster.get(DEPLOY, "digits-int8")
+            assert kept["spec"]["replicas"] == 3 and kept["metadata"]["labels"] == {"team": "b"}
+            assert kept["spec"]["template"]["spec"]["containers"][0]["image"] == "team-b/server:1"
+            # The pass that would deploy stops before its status write: no phase moves on, nothing is judged.
+            assert cluster.status("digits")["phase"] == "Packaging"
+            assert not [j for j in cluster.names(JOB) if "-eval-" in j]
+
+    asyncio.run(scenario())
