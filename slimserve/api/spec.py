@@ -34,6 +34,7 @@ MEMORY_PATTERN: Final = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"
 DEADLINE_PATTERN: Final = r"^[0-9]+(s|m|h)$"
 DNS_SUBDOMAIN_PATTERN: Final = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 # What Triton's S3 client parses: bucket, then path segments of letters, digits, '.', '-' and '_'.
+WEBHOOK_URL_PATTERN: Final = r"^https?://[^/?#\s]+(/\S*)?$"
 S3_REPOSITORY_PATTERN: Final = r"^s3://[a-z0-9][a-z0-9.-]*[a-z0-9](/[0-9A-Za-z._-]+)*/?$"
 
 # The URIs slimserve reads (slimserve.storage fetches them): one RE2 pattern per scheme, checked by
@@ -63,6 +64,7 @@ PATTERN_HINTS: Final = {
     MEMORY_PATTERN: "use a Kubernetes memory quantity such as 512Mi or 8Gi",
     DEADLINE_PATTERN: "use a duration in whole seconds, minutes or hours, such as 90s, 15m or 6h",
     DNS_SUBDOMAIN_PATTERN: "use the name of a Kubernetes object: lowercase letters, digits, '-' and '.'",
+    WEBHOOK_URL_PATTERN: "use an http:// or https:// URL, e.g. http://qa-gate.ci.svc/confirm",
     S3_REPOSITORY_PATTERN: "use s3://bucket/prefix with path segments of letters, digits, '.', '-' and '_' "
     "(what Triton's S3 client reads), e.g. s3://models/digits/repository",
 }
@@ -911,6 +913,63 @@ class Approval(StrEnum):
     manual = "manual"
 
 
+class WebhookType(StrEnum):
+    confirm_rollout = "confirm-rollout"
+    pre_rollout = "pre-rollout"
+    confirm_promotion = "confirm-promotion"
+    post_rollout = "post-rollout"
+    rollback = "rollback"
+    event = "event"
+
+
+class WebhookFormat(StrEnum):
+    json = "json"
+    slack = "slack"
+
+
+class Webhook(Model):
+    """An HTTP endpoint the rollout asks (or tells) at one point, as Flagger's webhooks.
+
+    Each call is an HTTP POST of JSON, answered within `timeout`. What an answer means depends on
+    `type`: confirm-rollout and confirm-promotion wait until every such endpoint answers 2xx (asked again
+    every stepDuration; nothing counts as failed); a pre-rollout answer other than 2xx (or no answer) is a
+    failed check, asked again, and one failure more than rollout.failureBudget rolls back; a rollback
+    endpoint answering 2xx rolls back at once; post-rollout and event are told, their failures only logged.
+    """
+
+    name: str = Field(
+        max_length=63, pattern=DNS_LABEL_PATTERN,
+        description="Name of the webhook, unique in rollout.webhooks; it names the webhook in status, Events and "
+        "logs. Example: qa-gate.",
+    )  # fmt: skip
+    type: WebhookType = Field(
+        description="When it is called and what its answer means: confirm-rollout (before the first step; waits "
+        "for 2xx), pre-rollout (before the first step, after confirm-rollout; not 2xx is a failed check), "
+        "confirm-promotion (before the promotion; waits for 2xx), rollback (before each step and while waiting; "
+        "2xx rolls back now), post-rollout (after the rollout is promoted or rolled back; told only) or event "
+        "(every phase change and rollout Event, told only).",
+    )
+    url: str = Field(
+        max_length=2048, pattern=WEBHOOK_URL_PATTERN,
+        description="The http:// or https:// URL POSTed to. A Slack incoming webhook works with format slack. "
+        "Example: http://qa-gate.ci.svc.cluster.local/confirm.",
+    )  # fmt: skip
+    timeout: str = Field(
+        default="10s", pattern=DURATION_PATTERN,
+        description="How long one call may take, connecting included; no answer in time is a timeout (for "
+        "confirm-* a wait, for pre-rollout a failed check, for rollback no rollback). Default 10s.",
+    )  # fmt: skip
+    format: WebhookFormat = Field(
+        default=WebhookFormat.json,
+        description="json: a payload like Flagger's, {name, namespace, phase, type, variant, stable, weight, "
+        "message, metadata}; slack: {text} for a Slack (or Mattermost, Teams-compatible) incoming webhook. Default json.",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, max_length=32,
+        description="Extra key-values sent in the json payload's metadata. Example: {env: staging}.",
+    )  # fmt: skip
+
+
 class Evaluator(Model):
     """The evaluator Job of each judged step in a cluster (ignored locally): Locust, the served quality check
     (the evaluation set and the uncompressed baseline in memory) and the gate."""
@@ -980,14 +1039,24 @@ class Rollout(Model):
         "as soon as the gate passes. Default auto.",
     )
     evaluator: Evaluator = Field(default_factory=Evaluator)
+    webhooks: list[Webhook] = Field(
+        default_factory=list,
+        max_length=20,
+        description="HTTP endpoints asked or told at each point of the rollout, as Flagger's webhooks "
+        "(confirm-rollout, pre-rollout, confirm-promotion, rollback, post-rollout, event). Default none.",
+    )
 
     cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.webhooks) || self.webhooks.all(w, self.webhooks.exists_one(v, v.name == w.name))",
+            "message": "webhook names must be unique",
+        },
         {
             # Standard CEL has no list index comprehension: walk a literal list of indices.
             "rule": "!has(self.steps) || (self.steps[size(self.steps) - 1] == 100 && "
             f"{list(range(19))}.all(i, i + 1 >= size(self.steps) || self.steps[i] < self.steps[i + 1]))",
             "message": "canary steps must increase and end at 100",
-        }
+        },
     ]
 
     @field_validator("steps")
@@ -996,6 +1065,15 @@ class Rollout(Model):
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[-1] != 100:
             raise ValueError(f"{steps} must increase and end at 100, e.g. [10, 50, 100]")
         return steps
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhooks(cls, hooks: list[Webhook]) -> list[Webhook]:
+        names = [h.name for h in hooks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"webhook names must be unique; '{dupes[0]}' appears more than once: rename one")
+        return hooks
 
 
 class Gates(Model):

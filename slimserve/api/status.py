@@ -32,6 +32,7 @@ CONDITION_TYPES: Final = (
     "Ready",
     "Paused",
     "WaitingForApproval",
+    "WaitingForWebhook",
 )
 
 
@@ -43,8 +44,8 @@ class Condition(StatusModel):
     """The meta/v1 Condition shape."""
 
     type: str = Field(
-        description="Condition type: Compressed, Deployed, TrafficReady, Evaluated, Promoted, Ready, Paused or "
-        "WaitingForApproval."
+        description="Condition type: Compressed, Deployed, TrafficReady, Evaluated, Promoted, Ready, Paused, "
+        "WaitingForApproval or WaitingForWebhook."
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(
@@ -213,6 +214,19 @@ class CompressedModelStatus(StatusModel):
         default=None,
         description="The last abort, promote and retry request (annotation value) acted on or refused, so "
         "each request counts once.",
+    )
+    waiting_for: str | None = Field(
+        default=None,
+        description="The webhook (spec.rollout.webhooks) the rollout waits for, and its last answer. Example: "
+        "confirm-promotion webhook 'qa' (HTTP 403).",
+    )
+    webhook_retry_at: str | None = Field(
+        default=None, description="When the webhook in status.waitingFor is asked again (RFC 3339)."
+    )
+    pre_rollout_failures: int | None = Field(
+        default=None,
+        description="Failed pre-rollout webhook checks this generation; one more than spec.rollout.failureBudget "
+        "rolls back.",
     )
     drain: Drain | None = Field(
         default=None,

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from slimserve.api import API_GROUP, API_VERSION, KIND, PLURAL, CompressedModel,
 from slimserve.api.controls import Controls
 from slimserve.api.status import TERMINAL_PHASES, now_rfc3339
 from slimserve.errors import InvalidInput
+from slimserve.evaluator import webhooks
 from slimserve.operator import builders as b
 from slimserve.operator import metrics
 from slimserve.operator.builders import BASELINE, LABEL_MODEL
@@ -240,7 +242,14 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             controls = Controls.from_annotations((body.get("metadata") or {}).get("annotations"))
             observed = await observe(kube, model, owner_for(owner, status), status, written.get("api_error", ""),
                                      logger)  # fmt: skip
-            result = plan(model, owner, status, observed, ops, now_rfc3339(), controls)
+            now = now_rfc3339()
+            result = plan(model, owner, status, observed, ops, now, controls)
+            for _ in webhooks.POINTS["start"]:  # confirm-rollout, then pre-rollout: at most two rounds of asking
+                if not result.ask:
+                    break
+                answers = await _ask(result.ask, logger)
+                observed = replace(observed, webhooks={**observed.webhooks, **answers})
+                result = plan(model, owner, status, observed, ops, now, controls)
             await _execute(kube, owner, result, logger)
             written.pop("api_error", None)
             if result.gate_decision:
@@ -248,6 +257,8 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             await _write_status(kube, owner, status, result.status, written, logger)
             for event_type, message in result.events:  # posted as Events on the CompressedModel
                 (logger.warning if event_type == "Warning" else logger.info)("%s", message)
+            if result.notify:
+                await _tell(result.notify, logger)
         except MissingAPI as exc:
             # Say so in the status (a condition a person reads), not only in a retry loop's events.
             kind = "TrafficReady" if exc.kind == "HTTPRoute" else "Deployed"
@@ -269,6 +280,25 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
         metrics.RECONCILES.labels("ok").inc()
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         return str(result.status.get("phase"))
+
+
+async def _ask(calls: list[tuple[Any, dict[str, Any]]], logger: Any) -> dict[str, webhooks.Answer]:
+    """The webhooks a plan needs, all at once (each within its timeout, in threads: the loop never waits)."""
+    answers = await webhooks.ask_all(calls)
+    for hook, _ in calls:
+        metrics.WEBHOOK_CALLS.labels(str(hook.type), answers[hook.name].kind).inc()
+        logger.debug("%s: %s", webhooks.named(hook), answers[hook.name].describe())
+    return answers
+
+
+async def _tell(calls: list[tuple[Any, dict[str, Any]]], logger: Any) -> None:
+    """post-rollout and event webhooks: a failure is a Warning Event and changes nothing."""
+    answers = await webhooks.ask_all(calls)
+    for hook, _ in calls:
+        answer = answers[hook.name]
+        metrics.WEBHOOK_CALLS.labels(str(hook.type), answer.kind).inc()
+        if not answer.ok:
+            logger.warning("%s was not told: %s", webhooks.named(hook), answer.describe())
 
 
 async def _write_status(

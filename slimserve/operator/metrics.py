@@ -57,6 +57,12 @@ GATE_DECISIONS: Final = Counter(
     ["decision"],
     registry=REGISTRY,
 )
+WEBHOOK_CALLS: Final = Counter(
+    "slimserve_operator_webhook_calls_total",
+    "Rollout webhook calls (spec.rollout.webhooks) by type and outcome: ok, refused, timeout or error.",
+    ["type", "outcome"],
+    registry=REGISTRY,
+)
 CHILDREN_APPLIED: Final = Counter(
     "slimserve_operator_children_applied_total",
     "Child objects applied, by kind and outcome.",

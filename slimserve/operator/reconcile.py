@@ -29,8 +29,10 @@ from typing import Any, Final, Literal
 from slimserve.api import CompressedModel, Phase, compression_hash, set_condition
 from slimserve.api.controls import Controls, Request
 from slimserve.api.report import CheckResult, EvaluationReport, StepResult
+from slimserve.api.spec import Webhook
 from slimserve.api.status import TERMINAL_PHASES
-from slimserve.evaluator import policy
+from slimserve.evaluator import policy, webhooks
+from slimserve.evaluator.webhooks import Answer
 from slimserve.operator import builders as b
 from slimserve.operator.builders import BASELINE, Served
 from slimserve.operator.settings import OperatorSettings, duration_seconds, seconds
@@ -200,6 +202,7 @@ class Observed:
     route: RouteState | None = None
     evaluator_job: JobState | None = None
     api_error: str = ""  # the last failed request of this object's reconciles (a create refused by a quota)
+    webhooks: dict[str, Answer] = field(default_factory=dict)  # this pass's answers, by webhook name
 
 
 @dataclass
@@ -218,6 +221,10 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     gate_decision: str | None = None
     events: list[tuple[EventType, str]] = field(default_factory=list)  # what the user's controls did, or why not
+    # Webhooks to ask before this plan can be made: the handler calls them and plans again with the answers.
+    ask: list[tuple[Webhook, dict[str, Any]]] = field(default_factory=list)
+    # Webhooks told what happened (post-rollout, event) once the status is written; their answers change nothing.
+    notify: list[tuple[Webhook, dict[str, Any]]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,7 +506,9 @@ def start_pipeline(
     stable = _stable(status, owner.generation)
     # TrafficReady is judged again when this generation's canary deploys; approval is per generation.
     conditions = [
-        c for c in status.get("conditions") or [] if c.get("type") not in ("TrafficReady", "WaitingForApproval")
+        c
+        for c in status.get("conditions") or []
+        if c.get("type") not in ("TrafficReady", "WaitingForApproval", "WaitingForWebhook")
     ]
     st = _Status({"conditions": conditions, "drain": status.get("drain")}, owner.generation, now)
     plan = Plan(status=st.data)
@@ -609,7 +618,49 @@ def plan(
     now: str,
     controls: Controls | None = None,
 ) -> Plan:
-    """One level-based step of the phase machine; the user's pending requests first, then the phase."""
+    """One level-based step of the phase machine; the user's pending requests first, then the phase.
+
+    A plan that needs webhooks' answers (`Plan.ask`) changes nothing yet: the handler asks them and plans
+    again with the answers in `observed.webhooks`. A phase change and each Event are told to the event
+    webhooks, and the end of a rollout in flight to the post-rollout webhooks (`Plan.notify`).
+    """
+    out = _plan(model, owner, status, observed, settings, now, controls)
+    if not out.ask:
+        out.notify = _notifications(model, owner, status or {}, out)
+    return out
+
+
+def _notifications(model: CompressedModel, owner: b.Owner, before: Mapping[str, Any], out: Plan) -> list[
+        tuple[Webhook, dict[str, Any]]]:  # fmt: skip
+    hooks = model.spec.rollout.webhooks
+    if not hooks:
+        return []
+    st = _Status(out.status, owner.generation, "")
+    old, new = before.get("phase"), out.status.get("phase")
+    messages = [str(out.status.get("message") or new)] if new != old else []
+    messages += [text for _, text in out.events if text not in messages]
+    told = []
+    if messages:  # one call per webhook and pass, its lines in order
+        told += [(hook, webhooks.payload(hook, replace(_context(owner, st), message="\n".join(messages))))
+                 for hook in webhooks.of_type(hooks, "event")]  # fmt: skip
+    ended = new != old and new in (Phase.promoted.value, Phase.rolled_back.value) and old in {
+        p.value for p in IN_FLIGHT}  # fmt: skip
+    if ended:
+        told += [
+            (hook, webhooks.payload(hook, _context(owner, st))) for hook in webhooks.of_type(hooks, "post-rollout")
+        ]
+    return told
+
+
+def _plan(
+    model: CompressedModel,
+    owner: b.Owner,
+    status: Mapping[str, Any] | None,
+    observed: Observed,
+    settings: OperatorSettings,
+    now: str,
+    controls: Controls | None = None,
+) -> Plan:
     status = dict(status or {})
     controls = controls or Controls()
     if status.get("observedGeneration") != owner.generation or not status.get("phase"):
@@ -747,7 +798,7 @@ def _retry(model: CompressedModel, owner: b.Owner, st: _Status, settings: Operat
     retries = int(st.data.get("retries") or 0) + 1
     owner = replace(owner, attempt=retries)
     st.data.update(retries=retries, steps=[], failedSteps=0, decision=None, canaryStep=None, p99Ms=None,
-                   throughputRps=None)  # fmt: skip
+                   throughputRps=None, waitingFor=None, webhookRetryAt=None, preRolloutFailures=None)  # fmt: skip
     candidate = st.data["candidateVariant"]
     msg = (f"retry {retries}: packaging, deploying and judging candidate {candidate} of generation "
            f"{owner.generation} again from its compression output (no new compression)")  # fmt: skip
@@ -772,9 +823,10 @@ def _control_conditions(st: _Status, controls: Controls, out: Plan) -> None:
     phase = Phase(st.data["phase"])
     was_paused = _condition_true(st, "Paused")
     if phase in TERMINAL_PHASES:
-        for type in ("Paused", "WaitingForApproval"):
+        for type in ("Paused", "WaitingForApproval", "WaitingForWebhook"):
             if _condition_true(st, type):
                 st.condition(type, "False", "RolloutEnded", f"the rollout ended {phase.value}")
+        st.data.update(waitingFor=None, webhookRetryAt=None)
         return
     if controls.paused and not was_paused:
         msg = "paused by `slimserve pause`: no new step starts (a step in flight is judged first); " \
@@ -954,6 +1006,13 @@ def _deploying(
             st.phase(Phase.deploying, f"paused: Triton serves {stable.variant}, {candidate.variant} and the control; "
                      "the served quality check starts on `slimserve resume`")  # fmt: skip
             return
+        verdict = _webhook_gate(model, owner, st, observed, "start", out)
+        if verdict is None:
+            return
+        if verdict.action == "rollback":
+            _roll_back(model, owner, st, stable, candidate, settings, out, "RolledBack", verdict.reason,
+                       "PreRolloutFailed")  # fmt: skip
+            return
         _start_step(model, owner, st, 0, 0, stable, candidate, settings, out)
 
 
@@ -998,13 +1057,15 @@ def _evaluating(
     judged = _steps(st.data)
     index = len(judged)
     pending = _next(model, judged)
-    if pending.decision is not None:  # every step passed; WaitingForApproval until a promote request
+    if pending.decision is not None:  # every step passed: waiting for approval, or for confirm-promotion webhooks
+        if pending.decision == "Promoted" and model.spec.rollout.approval == "auto":
+            _decide(model, owner, st, observed, stable, candidate, settings, out, pending, "")
         return
     assert pending.weight is not None
     name = b.evaluator_job_name(owner, index)
     job = observed.evaluator_job
     if job is None and not st.data.get("deadline"):  # between steps, paused (no deadline): resume starts the next
-        if not paused:
+        if not paused and _before_step(model, owner, st, observed, stable, candidate, settings, out, index):
             _start_step(model, owner, st, index, pending.weight, stable, candidate, settings, out)
         return
     if job is None or not job.finished:
@@ -1070,7 +1131,9 @@ def _evaluating(
                      f"{candidate.variant} keeps {st.data.get('canaryWeight') or 0}% until `slimserve resume` starts "
                      f"the step at {nxt.weight}%")  # fmt: skip
             return
-        _start_step(model, owner, st, index + 1, nxt.weight, stable, candidate, settings, out)
+        st.data["deadline"] = None  # the step is judged: between steps, until the next one starts
+        if _before_step(model, owner, st, observed, stable, candidate, settings, out, index + 1):
+            _start_step(model, owner, st, index + 1, nxt.weight, stable, candidate, settings, out)
         return
     out.gate_decision = nxt.decision
     if nxt.decision == "Promoted" and model.spec.rollout.approval == "manual":
@@ -1080,10 +1143,106 @@ def _evaluating(
         st.condition("WaitingForApproval", "True", "ManualApproval", msg)
         out.events.append(("Normal", f"waiting for approval: {msg}"))
         return
-    if nxt.decision == "Promoted":
-        _promote(model, owner, st, stable, candidate, settings, out, nxt.reason)
-    else:
-        _roll_back(model, owner, st, stable, candidate, settings, out, nxt.decision, f"{nxt.reason} ({failing})")
+    _decide(model, owner, st, observed, stable, candidate, settings, out, nxt, failing)
+
+
+def _decide(
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    observed: Observed,
+    stable: Served,
+    candidate: Served,
+    settings: OperatorSettings,
+    out: Plan,
+    nxt: policy.NextStep,
+    failing: str,
+) -> None:
+    """The policy decided: a promotion first asks rollback, then confirm-promotion webhooks (and may wait)."""
+    if nxt.decision != "Promoted":
+        _roll_back(model, owner, st, stable, candidate, settings, out, str(nxt.decision), f"{nxt.reason} ({failing})")
+        return
+    st.data["deadline"] = None  # judged: a wait for confirm-promotion has no deadline
+    verdict = _webhook_gate(model, owner, st, observed, "promotion", out)
+    if verdict is None:
+        return
+    if verdict.action == "rollback":
+        _roll_back(model, owner, st, stable, candidate, settings, out, "RolledBack", verdict.reason, "WebhookRollback")
+        return
+    _promote(model, owner, st, stable, candidate, settings, out, nxt.reason)
+
+
+def _before_step(
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    observed: Observed,
+    stable: Served,
+    candidate: Served,
+    settings: OperatorSettings,
+    out: Plan,
+    index: int,
+) -> bool:
+    """Before every step after the first, rollback webhooks are asked: True when the step may start."""
+    if index == 0:
+        return True
+    verdict = _webhook_gate(model, owner, st, observed, "step", out)
+    if verdict is not None and verdict.action == "rollback":
+        _roll_back(model, owner, st, stable, candidate, settings, out, "RolledBack", verdict.reason, "WebhookRollback")
+    return verdict is not None and verdict.action == "go"
+
+
+def _webhook_gate(
+    model: CompressedModel, owner: b.Owner, st: _Status, observed: Observed, point: webhooks.Point, out: Plan
+) -> webhooks.Verdict | None:
+    """The webhooks of `point` (go or rollback), or None when this pass does nothing more: their answers are
+    needed first (`out.ask`), or the rollout waits for them (status.waitingFor) until status.webhookRetryAt."""
+    rollout = model.spec.rollout
+    hooks = webhooks.of_type(rollout.webhooks, *webhooks.POINTS[point])
+    if not hooks:
+        return webhooks.Verdict("go")
+    retry_at = st.data.get("webhookRetryAt")
+    if retry_at and _parse_time(st.now) < _parse_time(str(retry_at)):
+        return None
+    failures = int(st.data.get("preRolloutFailures") or 0)
+    verdict = webhooks.gate(hooks, point, observed.webhooks, failures, rollout.failure_budget)
+    if verdict.action == "ask":
+        context = _context(owner, st)
+        out.ask = [(hook, webhooks.payload(hook, context)) for hook in verdict.ask]
+        return None
+    if verdict.action in ("wait", "retry"):
+        every = webhooks.retry_seconds(rollout)
+        retry = verdict.action == "retry"
+        if retry:
+            st.data["preRolloutFailures"] = failures + 1
+        changed = retry or verdict.waiting_for != st.data.get("waitingFor")
+        reason = "PreRolloutFailed" if retry else "ConfirmRollout" if point == "start" else "ConfirmPromotion"
+        then = "the first step starts" if point == "start" else "the canary is promoted"
+        msg = (
+            f"waiting for {verdict.waiting_for}: asked again every {every:g} s; {then} once it answers 2xx "
+            "(`slimserve abort` rolls back, `slimserve promote` promotes without it once the canary serves)"
+        )
+        st.data.update(waitingFor=verdict.waiting_for, webhookRetryAt=_after(st.now, every))
+        st.phase(Phase(st.data["phase"]), msg)
+        st.condition("WaitingForWebhook", "True", reason, msg)
+        if changed:
+            out.events.append(("Warning" if retry else "Normal", msg))
+        return None
+    if st.data.get("waitingFor"):
+        msg = f"{st.data['waitingFor']} no longer holds the rollout: " + (
+            verdict.reason if verdict.action == "rollback" else "every webhook answered 2xx"
+        )
+        st.condition("WaitingForWebhook", "False", "Answered", msg)
+        out.events.append(("Normal", msg))
+    st.data.update(waitingFor=None, webhookRetryAt=None)
+    return verdict
+
+
+def _context(owner: b.Owner, st: _Status) -> webhooks.Context:
+    data = st.data
+    return webhooks.Context(model=owner.name, namespace=owner.namespace, phase=str(data.get("phase") or ""),
+                            variant=data.get("candidateVariant"), stable=data.get("stableVariant"),
+                            weight=data.get("canaryWeight"), message=str(data.get("message") or ""))  # fmt: skip
 
 
 def _promote(
@@ -1131,16 +1290,20 @@ def _roll_back(
     out: Plan,
     decision: str,
     reason: str,
+    condition_reason: str = "",
 ) -> None:
     msg = (
         f"rolled back to {stable.variant}: {reason}"
         if decision == "RolledBack"
         else f"nothing promoted, {stable.variant} keeps serving: {reason}"
     )
+    why = condition_reason or ("GateFailed" if decision == "RolledBack" else "Inconclusive")
     st.data.update(decision=decision, canaryWeight=0)
     st.phase(Phase.rolled_back, msg)
-    st.condition("Evaluated", "False", "GateFailed" if decision == "RolledBack" else "Inconclusive", msg)
-    st.condition("Promoted", "False", "GateFailed" if decision == "RolledBack" else "Inconclusive", msg)
+    st.condition("Evaluated", "False", why, msg)
+    st.condition("Promoted", "False", why, msg)
+    if condition_reason:  # a webhook's doing, not the gate's: say so where people look
+        out.events.append(("Warning", msg))
     st.condition("Ready", "True", "ServingStable", f"stable variant {stable.variant} serves all traffic")
     _back_to_stable(model, owner, st, stable, candidate, settings, out)
 

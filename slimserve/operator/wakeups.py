@@ -71,8 +71,9 @@ EMPTY: Final = status_digest({})
 
 
 def seconds_until_due(status: Mapping[str, Any], now: datetime) -> float | None:
-    """Seconds until the phase's deadline or the drain's end passes, whichever is first; None if neither."""
-    times = [status.get("deadline"), (status.get("drain") or {}).get("at")]
+    """Seconds until the phase's deadline, the drain's end or a waiting webhook's next ask, whichever is first;
+    None if none."""
+    times = [status.get("deadline"), (status.get("drain") or {}).get("at"), status.get("webhookRetryAt")]
     due = [(_parse(t) - now).total_seconds() + DUE_MARGIN_S for t in times if t]
     return max(min(due), 0.0) if due else None
 

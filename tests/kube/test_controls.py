@@ -203,7 +203,8 @@ def test_pause_resume_and_promote_from_the_cli(tmp_path: Path, caplog: pytest.Lo
             assert result.exit_code == 0, result.output
             await cluster.wait(lambda: cluster.get(JOB, "digits-eval-g1-s1"), message="the next step")
             assert weights(cluster)["digits-int8"] == 10
-            assert cluster.condition("digits", "Paused")["reason"] == "Resumed"
+            # The pass applies its children before it writes the status: wait for the status too.
+            await cluster.wait(lambda: cluster.condition("digits", "Paused")["reason"] == "Resumed", message="Resumed")
             no = await slimserve("promote", "digits", "-n", NS, input="n\n")
             assert no.exit_code == 1 and "Promote it now" in no.output
             await asyncio.sleep(0.3)
