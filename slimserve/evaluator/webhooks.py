@@ -123,14 +123,14 @@ def gate(
 
 def retry_seconds(rollout: Rollout) -> float:
     """How often a waiting rollout asks again: once per canary window (stepDuration), at least every second."""
-    return max(_duration(rollout.step_duration), 1.0)
+    return max(duration_seconds(rollout.step_duration), 1.0)
 
 
 def timeout_seconds(hook: Webhook) -> float:
-    return _duration(hook.timeout)
+    return duration_seconds(hook.timeout)
 
 
-def _duration(text: str) -> float:
+def duration_seconds(text: str) -> float:
     """'500ms', '10s', '2m' (the spec's DURATION_PATTERN) → seconds."""
     match = re.fullmatch(r"([0-9]+)(ms|s|m)", text)
     if match is None:

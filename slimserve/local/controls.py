@@ -16,13 +16,16 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from slimserve.api.controls import REQUESTS, Controls, Request
 from slimserve.api.report import Decision
 from slimserve.errors import InvalidInput
 from slimserve.evaluator import policy
 from slimserve.local import registry
+
+if TYPE_CHECKING:
+    from slimserve.local.webhooks import LocalWebhooks
 
 CONTROLS_FILE: Final = "controls.json"
 CONTROLS_LOCK: Final = ".controls.lock"
@@ -62,7 +65,8 @@ def update_controls(out_dir: Path, paused: bool | None = None, request: Request 
 
 
 class RunControls:
-    """The `control` hook of `run_rollout` for one run: abort and promote end it; pause and approval hold it."""
+    """The `control` hook of `run_rollout` for one run: abort and promote end it; pause and approval hold it;
+    then the rollout webhooks (spec.rollout.webhooks) may hold it or decide."""
 
     def __init__(
         self,
@@ -70,11 +74,13 @@ class RunControls:
         manual_approval: bool,
         say: Callable[[str], None],
         poll_s: float = POLL_SECONDS,
+        webhooks: LocalWebhooks | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.manual = manual_approval
         self.say = say
         self.poll_s = poll_s
+        self.webhooks = webhooks
         self.handled = dict(read_controls(out_dir).requests)  # earlier runs' requests
 
     def __call__(self, nxt: policy.NextStep) -> tuple[Decision, str] | None:
@@ -96,8 +102,15 @@ class RunControls:
                 wait = f"every step passed; waiting for approval: slimserve promote --out {self.out_dir} (or abort)"
             elif nxt.decision is None and controls.paused:
                 wait = f"paused before the step at {nxt.weight}%: slimserve resume --out {self.out_dir} goes on"
-            else:
+            elif self.webhooks is None:
                 return None
+            else:
+                check = self.webhooks.check(nxt)
+                if check[0] == "go":
+                    return None
+                if check[0] == "decide":
+                    return check[1]
+                wait = f"{check[1]} (slimserve abort|promote --out {self.out_dir} end the wait)"
             if wait != said:
                 self.say(wait)
                 said = wait

@@ -239,14 +239,29 @@ def _run(
             _print_step(console, step)
 
         from slimserve.local.controls import RunControls
+        from slimserve.local.webhooks import LocalWebhooks
 
-        control = RunControls(out_dir, spec.rollout.approval == "manual", lambda text: console.print(text))
+        hooks = None
+        if spec.rollout.webhooks:
+            stable_variant = state.stable.variant if state.stable else BASELINE
+            hooks = LocalWebhooks(model, candidate.name, stable_variant, lambda text: console.print(text))
+            hooks.tell("Progressing", f"rolling out candidate {candidate.name} (stable: {stable_variant})")
+
+        def say(text: str) -> None:  # what the run waits for is an event, as in a cluster
+            console.print(text)
+            if hooks is not None:
+                hooks.tell("Progressing", text)
+
+        control = RunControls(out_dir, spec.rollout.approval == "manual", say, webhooks=hooks)
         outcome = run_rollout(judge, on_step=judged, stage=lambda weight: stages.stage(stage_title(weight)),
                               control=control)  # fmt: skip
     # Every child is stopped here (ExitStack), before anything is written as final.
-    return _finish(
+    result = _finish(
         console, out_dir, model, report, state, candidate, outcome, outcome.decision, outcome.reason, compression_dir
     )
+    if hooks is not None:  # after the promotion (or rollback) is recorded, as Flagger's post-rollout
+        hooks.tell(outcome.decision, outcome.reason, ended=outcome.decision in ("Promoted", "RolledBack"))
+    return result
 
 
 def _print_step(console: Console, step: StepResult) -> None:

@@ -120,6 +120,26 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("canary steps not ending at 100", edit("spec.rollout", {"steps": [10, 50]}), "end at 100"),
     ("candidate not a variant", edit("spec.rollout", {"candidate": "nope"}), "rollout.candidate 'nope'"),
     (
+        "duplicate webhook names",
+        edit("spec.rollout", {"webhooks": [{"name": "qa", "type": "event", "url": "http://h/x"}] * 2}),
+        "webhook names must be unique; 'qa'",
+    ),
+    (
+        "webhook url not http",
+        edit("spec.rollout", {"webhooks": [{"name": "qa", "type": "event", "url": "slack.com/hook"}]}),
+        "webhooks[0].url = 'slack.com/hook': use an http:// or https:// URL",
+    ),
+    (
+        "unknown webhook type",
+        edit("spec.rollout", {"webhooks": [{"name": "qa", "type": "confirm", "url": "http://h/x"}]}),
+        "webhooks[0].type = 'confirm': use one of: 'confirm-rollout'",
+    ),
+    (
+        "webhook timeout without unit",
+        edit("spec.rollout", {"webhooks": [{"name": "qa", "type": "rollback", "url": "http://h/x", "timeout": "10"}]}),
+        "webhooks[0].timeout = '10': use a duration",
+    ),
+    (
         "absurd max replicas",
         edit("spec.serving", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
         "maxReplicas (2)",
@@ -264,3 +284,15 @@ def test_changes_outside_compression_keep_the_compression_hash(path: str, value:
 def test_changes_to_what_compression_reads_change_the_compression_hash(path: str, value: Any) -> None:
     changed = _hash(edit(path, value))
     assert changed != _hash(good()) and len(changed) == 64
+
+
+def test_every_webhook_type_is_accepted_by_both() -> None:
+    hooks = [
+        {"name": t, "type": t, "url": f"https://hooks.example.com/{t}?x=1", "timeout": "500ms"}
+        for t in ("confirm-rollout", "pre-rollout", "confirm-promotion", "post-rollout", "rollback")
+    ]
+    hooks.append({"name": "chat", "type": "event", "url": "https://hooks.slack.com/services/T0/B0/x",
+                  "format": "slack", "metadata": {"env": "staging"}})  # fmt: skip
+    body = edit("spec.rollout", {"webhooks": hooks})
+    assert crd_errors(body) == []
+    assert [h.type for h in parse_compressed_model(body).spec.rollout.webhooks][-1] == "event"

@@ -13,8 +13,11 @@ from slimserve.evaluator import webhooks
 from slimserve.evaluator.webhooks import Answer, Context, call, call_async, gate, payload
 from tests.webhook_server import closed_port, webhook_endpoint
 
-OK, NO, LATE, DOWN = Answer("ok", 200), Answer("refused", 403, "not yet"), Answer("timeout", detail="1s"), Answer(
-    "error", detail="connection refused"
+OK, NO, LATE, DOWN = (
+    Answer("ok", 200),
+    Answer("refused", 403, "not yet"),
+    Answer("timeout", detail="1s"),
+    Answer("error", detail="connection refused"),
 )
 
 

@@ -343,3 +343,28 @@ def test_cli_evaluate_judges_one_weight_against_running_servers(compression_outp
     verdicts = {c.name: c.verdict for c in canary.step.checks}
     assert verdicts["samples"] == "Pass" and "Fail" in (verdicts["p99VsBaseline"], verdicts["throughputVsBaseline"])
     assert canary.load is not None and set(canary.load) == {"candidate", "control"}
+
+
+def test_a_failing_pre_rollout_webhook_rolls_back_before_any_step(compression_output: Path, no_orphans: Path) -> None:
+    """`slimserve run` asks the spec's webhooks as the operator does: a refused pre-rollout check rolls back
+    (failureBudget 0), and the post-rollout and event webhooks are told."""
+    from tests.webhook_server import webhook_endpoint
+
+    with webhook_endpoint() as endpoint:
+        endpoint.answer("/smoke", 500, "smoke test failed")
+        hooks = [{"name": "smoke", "type": "pre-rollout", "url": endpoint.url + "/smoke"},
+                 {"name": "done", "type": "post-rollout", "url": endpoint.url + "/done"},
+                 {"name": "chat", "type": "event", "url": endpoint.url + "/chat", "format": "slack"}]  # fmt: skip
+        spec = write_spec(no_orphans / "spec", compression_output, rollout={"candidate": "int8", **STEPS,
+                                                                            "webhooks": hooks})  # fmt: skip
+        result = run(spec, no_orphans / "run", compression_output)
+        assert result.decision == "RolledBack" and result.exit_code == 3
+        assert result.reason.startswith("pre-rollout webhook 'smoke' (HTTP 500: smoke test failed) failed")
+        report = json.loads((no_orphans / "run" / "report.json").read_text())
+        assert report["steps"] == [] and report["load"] == []
+        sent = endpoint.calls("/smoke")[0]
+        assert (sent["name"], sent["type"], sent["variant"], sent["stable"]) == ("digits-mlp", "pre-rollout", "int8",
+                                                                                  "baseline")  # fmt: skip
+        assert [c["phase"] for c in endpoint.calls("/done")] == ["RolledBack"]
+        texts = [c["text"] for c in endpoint.calls("/chat")]
+        assert texts[0].startswith("[digits-mlp] Progressing: rolling out candidate int8") and "RolledBack" in texts[-1]
