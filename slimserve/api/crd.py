@@ -28,6 +28,7 @@ PRINTER_COLUMNS: Final = [
     {"name": "RPS", "type": "number", "jsonPath": ".status.throughputRps", "format": "float", "priority": 1},
     {"name": "Canary", "type": "integer", "jsonPath": ".status.canaryWeight"},
     {"name": "Compression-Hash", "type": "string", "jsonPath": ".status.compressionHash", "priority": 1},
+    {"name": "Waiting-For", "type": "string", "jsonPath": ".status.waitingFor", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -216,7 +216,8 @@ def promote(
     """Promote the canary now, skipping the remaining steps; asks first unless --yes.
 
     Also the approval of a rollout with spec.rollout.approval: manual that waits for it
-    (condition WaitingForApproval). The canary must be serving (Evaluating or Progressing).
+    (condition WaitingForApproval), and the end of a wait for confirm-promotion webhooks
+    (status.waitingFor): promoted without them. The canary must be serving (Evaluating or Progressing).
 
     Locally the run promotes its candidate before its next step (exit 0).
 
