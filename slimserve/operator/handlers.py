@@ -244,7 +244,9 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
                                      logger)  # fmt: skip
             now = now_rfc3339()
             result = plan(model, owner, status, observed, ops, now, controls)
-            for _ in webhooks.POINTS["start"]:  # confirm-rollout, then pre-rollout: at most two rounds of asking
+            # A plan that needs webhooks' answers changes nothing: ask them, plan again. A point asks at most two
+            # types in turn (confirm-rollout, then pre-rollout; rollback, then confirm-promotion).
+            for _ in range(max(len(types) for types in webhooks.POINTS.values())):
                 if not result.ask:
                     break
                 answers = await _ask(result.ask, logger)

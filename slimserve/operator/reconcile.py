@@ -635,19 +635,19 @@ def _notifications(model: CompressedModel, owner: b.Owner, before: Mapping[str, 
     hooks = model.spec.rollout.webhooks
     if not hooks:
         return []
-    st = _Status(out.status, owner.generation, "")
     old, new = before.get("phase"), out.status.get("phase")
     messages = [str(out.status.get("message") or new)] if new != old else []
     messages += [text for _, text in out.events if text not in messages]
     told = []
     if messages:  # one call per webhook and pass, its lines in order
-        told += [(hook, webhooks.payload(hook, replace(_context(owner, st), message="\n".join(messages))))
+        told += [(hook, webhooks.payload(hook, replace(_context(owner, out.status), message="\n".join(messages))))
                  for hook in webhooks.of_type(hooks, "event")]  # fmt: skip
     ended = new != old and new in (Phase.promoted.value, Phase.rolled_back.value) and old in {
         p.value for p in IN_FLIGHT}  # fmt: skip
     if ended:
         told += [
-            (hook, webhooks.payload(hook, _context(owner, st))) for hook in webhooks.of_type(hooks, "post-rollout")
+            (hook, webhooks.payload(hook, _context(owner, out.status)))
+            for hook in webhooks.of_type(hooks, "post-rollout")
         ]
     return told
 
@@ -1207,7 +1207,7 @@ def _webhook_gate(
     failures = int(st.data.get("preRolloutFailures") or 0)
     verdict = webhooks.gate(hooks, point, observed.webhooks, failures, rollout.failure_budget)
     if verdict.action == "ask":
-        context = _context(owner, st)
+        context = _context(owner, st.data)
         out.ask = [(hook, webhooks.payload(hook, context)) for hook in verdict.ask]
         return None
     if verdict.action in ("wait", "retry"):
@@ -1238,8 +1238,7 @@ def _webhook_gate(
     return verdict
 
 
-def _context(owner: b.Owner, st: _Status) -> webhooks.Context:
-    data = st.data
+def _context(owner: b.Owner, data: Mapping[str, Any]) -> webhooks.Context:
     return webhooks.Context(model=owner.name, namespace=owner.namespace, phase=str(data.get("phase") or ""),
                             variant=data.get("candidateVariant"), stable=data.get("stableVariant"),
                             weight=data.get("canaryWeight"), message=str(data.get("message") or ""))  # fmt: skip
