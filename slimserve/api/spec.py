@@ -962,12 +962,30 @@ class Webhook(Model):
     format: WebhookFormat = Field(
         default=WebhookFormat.json,
         description="json: a payload like Flagger's, {name, namespace, phase, type, variant, stable, weight, "
-        "message, metadata}; slack: {text} for a Slack (or Mattermost, Teams-compatible) incoming webhook. Default json.",
+        "message, metadata}; slack (event and post-rollout only): {text} for a Slack (or Mattermost) incoming "
+        "webhook. Default json.",
     )
     metadata: dict[str, str] = Field(
         default_factory=dict, max_length=32,
         description="Extra key-values sent in the json payload's metadata. Example: {env: staging}.",
     )  # fmt: skip
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.format) || self.format == 'json' || self.type == 'post-rollout' || self.type == 'event'",
+            "message": "format slack is for post-rollout and event webhooks: Slack answers 200 to every post, so it "
+            "cannot confirm, check or ask for a rollback; use format json",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _slack_only_tells(self) -> Webhook:
+        if self.format == "slack" and self.type not in ("post-rollout", "event"):
+            raise ValueError(
+                f"format slack with type {self.type}: Slack answers 200 to every post, so it cannot confirm, check "
+                "or ask for a rollback; use format slack with type event or post-rollout, or format json"
+            )
+        return self
 
 
 class Evaluator(Model):

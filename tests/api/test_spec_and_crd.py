@@ -135,6 +135,11 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "webhooks[0].type = 'confirm': use one of: 'confirm-rollout'",
     ),
     (
+        "slack format on a rollback webhook",
+        edit("spec.rollout", {"webhooks": [{"name": "a", "type": "rollback", "url": "http://h/x", "format": "slack"}]}),
+        "format slack with type rollback",
+    ),
+    (
         "webhook timeout without unit",
         edit("spec.rollout", {"webhooks": [{"name": "qa", "type": "rollback", "url": "http://h/x", "timeout": "10"}]}),
         "webhooks[0].timeout = '10': use a duration",
