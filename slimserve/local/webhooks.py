@@ -45,7 +45,7 @@ class LocalWebhooks:
         self.failures = 0
         self.since: float | None = None  # when the current wait began
         self.next_ask = 0.0
-        self.waiting: Verdict | None = None
+        self.waiting: str | None = None  # what the run waits for, as said
         self.weight = 0
 
     def context(self, phase: str, message: str = "") -> Context:
@@ -66,7 +66,7 @@ class LocalWebhooks:
             return "go", None
         now = self.clock()
         if self.waiting is not None and now < self.next_ask:
-            return "wait", self.waiting.waiting_for
+            return "wait", self.waiting
         verdict = self._ask(point, "Progressing" if self.started else "Deploying")
         if verdict.action in ("wait", "retry"):
             if verdict.action == "retry":
@@ -79,8 +79,9 @@ class LocalWebhooks:
                     f"{verdict.waiting_for} did not answer 2xx within {self.wait_limit_s:g} s (a local run waits "
                     f"up to spec.rollout.maxStepDuration, default 4 x stepDuration); {nothing}",
                 )
-            self.waiting, self.next_ask = verdict, now + self.retry_s
-            return "wait", f"waiting for {verdict.waiting_for}: asked again in {self.retry_s:g} s"
+            self.waiting = f"waiting for {verdict.waiting_for}: asked again every {self.retry_s:g} s"
+            self.next_ask = now + self.retry_s
+            return "wait", self.waiting
         self.waiting, self.since = None, None
         if verdict.action == "rollback":
             return "decide", ("RolledBack", verdict.reason)

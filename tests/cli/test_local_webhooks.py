@@ -40,7 +40,11 @@ def test_confirm_promotion_holds_the_run_until_the_endpoint_answers_200(tmp_path
         control.webhooks.tell(outcome.decision, outcome.reason, ended=True)
         assert endpoint.calls("/done")[0]["phase"] == "Promoted"
     assert "  confirm-promotion webhook 'qa': HTTP 403: QA has not signed off" in said
-    assert any(s.startswith("waiting for confirm-promotion webhook 'qa' (HTTP 403") for s in said), said
+    waits = [s for s in said if s.startswith("waiting for")]
+    assert waits == [
+        "waiting for confirm-promotion webhook 'qa' (HTTP 403: QA has not signed off): asked again every 1 s "
+        f"(slimserve abort|promote --out {tmp_path} end the wait)"
+    ]  # said once, however often it is asked again
     assert said[-1] == "  confirm-promotion webhook 'qa': HTTP 200"
 
 
