@@ -945,9 +945,10 @@ class Webhook(Model):
     type: WebhookType = Field(
         description="When it is called and what its answer means: confirm-rollout (before the first step; waits "
         "for 2xx), pre-rollout (before the first step, after confirm-rollout; not 2xx is a failed check), "
-        "confirm-promotion (before the promotion; waits for 2xx), rollback (before each step and while waiting; "
-        "2xx rolls back now), post-rollout (after the rollout is promoted or rolled back; told only) or event "
-        "(every phase change and rollout Event, told only).",
+        "confirm-promotion (before the promotion; waits for 2xx), rollback (before every step after the first "
+        "and before the promotion, again while confirm-promotion waits; 2xx rolls back now), post-rollout (after "
+        "the rollout is promoted or rolled back; told only) or event (every phase change and rollout Event; told "
+        "only).",
     )
     url: str = Field(
         max_length=2048, pattern=WEBHOOK_URL_PATTERN,
