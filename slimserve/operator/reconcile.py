@@ -1210,6 +1210,11 @@ def _webhook_gate(
         context = _context(owner, st.data)
         out.ask = [(hook, webhooks.payload(hook, context)) for hook in verdict.ask]
         return None
+    for hook in webhooks.of_type(hooks, "rollback"):  # unreachable: no rollback, but someone should know
+        answer = observed.webhooks.get(hook.name)
+        if answer is not None and answer.kind in ("timeout", "error"):
+            out.events.append(("Warning", f"{webhooks.named(hook)} could not be asked ({answer.describe()}); the "
+                                          "rollout goes on"))  # fmt: skip
     if verdict.action in ("wait", "retry"):
         every = webhooks.retry_seconds(rollout)
         retry = verdict.action == "retry"

@@ -112,6 +112,13 @@ def test_a_rollback_webhook_answering_2xx_rolls_back_before_the_next_step() -> N
     status = evaluating(model)
     first = step(model, status, Observed(evaluator_job=judged("Pass", 0)), {"alarm": NO})
     assert first.status["asked"] == ["alarm"] and "Job/digits-eval-g1-s1" in kinds(first.apply)
+    assert first.events == []  # a refusal is the rollback webhook's "no"
+    down = Answer("error", detail="connection refused")
+    unreachable = step(model, status, Observed(evaluator_job=judged("Pass", 0)), {"alarm": down})
+    assert "Job/digits-eval-g1-s1" in kinds(unreachable.apply)
+    assert unreachable.events == [
+        ("Warning", "rollback webhook 'alarm' could not be asked (error: connection refused); the rollout goes on")
+    ]
     out = step(model, clean(first.status), Observed(evaluator_job=judged("Pass", 10)), {"alarm": OK})
     assert out.status["phase"] == "RolledBack" and out.status["canaryWeight"] == 0
     assert condition(out.status, "Promoted")["reason"] == "WebhookRollback"
