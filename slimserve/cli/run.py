@@ -32,9 +32,10 @@ def run(
     """Compress, serve behind a real Triton, canary the best variant under Locust load, and gate it.
 
     Prometheus scrapes Triton every second; the gate compares the candidate with the stable model
-    measured in the same run. Exit codes: 0 promoted, 3 rolled back, 4 inconclusive,
-    2 invalid input, 1 internal failure (a component missing or dying). Every process started is
-    stopped on success, failure and Ctrl-C.
+    measured in the same run. spec.rollout.webhooks are asked and told as in a cluster (a line per
+    call; a confirm-* wait ends Inconclusive after maxStepDuration). Exit codes: 0 promoted, 3 rolled
+    back, 4 inconclusive, 2 invalid input, 1 internal failure (a component missing or dying). Every
+    process started is stopped on success, failure and Ctrl-C.
     """
     from rich.console import Console
 
