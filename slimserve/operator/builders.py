@@ -317,12 +317,18 @@ def _worker_mounts(model: CompressedModel, read_only_models: bool) -> list[dict[
 
 
 def spec_document(model: CompressedModel) -> dict[str, Any]:
-    """The CR as the YAML file the worker reads (`slimserve compress FILE.yaml`), spec only."""
+    """The CR as the YAML file the worker reads (`slimserve compress FILE.yaml`), spec only.
+
+    Without rollout.webhooks: the operator calls them, never a worker, and their URLs (a Slack one holds its
+    token) stay out of the worker pods.
+    """
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
         "metadata": {"name": model.metadata.name},
-        "spec": model.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "spec": model.spec.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude={"rollout": {"webhooks"}}
+        ),  # fmt: skip
     }
 
 

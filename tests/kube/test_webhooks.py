@@ -232,3 +232,11 @@ def test_promote_by_hand_overrides_a_waiting_confirm_promotion(tmp_path: Path) -
                 assert cluster.condition("digits", "WaitingForWebhook")["reason"] == "RolloutEnded"
 
     asyncio.run(scenario())
+
+
+def test_webhook_urls_stay_out_of_the_worker_pods() -> None:
+    from slimserve.operator import builders as b
+
+    model = with_hooks({"name": "chat", "type": "event", "url": "https://hooks.slack.com/services/T0/B0/secret"})
+    config_map = b.build_spec_config_map(model, OWNER)
+    assert "hooks.slack.com" not in str(config_map) and "webhooks" not in str(config_map)
