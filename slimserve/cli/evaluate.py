@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, err_console, handle_errors
+from slimserve.cli.common import BASE_DIR_HELP, base_dir_for, err_console, handle_errors
 from slimserve.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLLED_BACK, InvalidInput
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ def parse_labels(text: str | None, option: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-@app.command()
 @handle_errors
 def evaluate(
     file: Path = typer.Argument(..., help="The CompressedModel YAML file (gates, rollout and data come from it)."),
@@ -114,8 +113,8 @@ def evaluate(
     from slimserve.evaluator.prometheus import PromClient
     from slimserve.evaluator.rollout import Judge
     from slimserve.evaluator.served import load_npz, predict_onnx
+    from slimserve.processes import install_signal_handlers, stop_all
     from slimserve.storage import localize
-    from slimserve.triton.process import install_signal_handlers, stop_all
 
     install_signal_handlers()
     model, folder = localize(load_compressed_model(file), base_dir_for(file, base_dir))

@@ -6,7 +6,7 @@ after that) that gets the same share of the load in the same seconds, and its qu
 uncompressed baseline, so quality cannot drift down one promotion at a time. What is judged next and
 when to stop is `slimserve.evaluator.policy`'s call, the same as in the operator. Every process
 started here is stopped on success, failure and Ctrl-C (context managers, plus
-`slimserve.triton.process.stop_all` at exit).
+`slimserve.processes.stop_all` at exit).
 """
 
 from __future__ import annotations

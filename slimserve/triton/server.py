@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from slimserve.errors import InvalidInput
-from slimserve.triton.process import ManagedProcess, ServingError, free_port, port_in_use, wait_until
+from slimserve.errors import InvalidInput, ServingError
+from slimserve.processes import ManagedProcess, free_port, port_in_use, wait_until
 
 ENV_BINARY: Final = "SLIMSERVE_TRITONSERVER"
 INSTALL_HINT: Final = "install the serving extra (pip install 'nvidia-pytriton==0.7.0') or set SLIMSERVE_TRITONSERVER"

@@ -21,8 +21,8 @@ import pytest
 
 from slimserve.api import load_compressed_model
 from slimserve.api.report import CompressionReport
-from slimserve.errors import InvalidInput
-from slimserve.triton.process import ServingError, free_port, live_processes
+from slimserve.errors import InvalidInput, ServingError
+from slimserve.processes import free_port, live_processes
 from tests.serving.conftest import write_spec
 
 pytestmark = pytest.mark.serving
