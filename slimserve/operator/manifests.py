@@ -111,6 +111,14 @@ def render_chart_readme() -> str:
         "Without Helm: `kubectl apply -f manifests/crds/ -f manifests/slimserve.yaml` (rendered from this chart",
         "with its defaults by `python -m slimserve.operator.manifests`).",
         "",
+        "Upgrading: Helm installs the CRDs in `crds/` once and never upgrades or deletes them, so apply",
+        "them first, then upgrade the release:",
+        "",
+        "```sh",
+        "kubectl apply --server-side --force-conflicts -f charts/slimserve/crds/",
+        "helm upgrade slimserve charts/slimserve -n slimserve-system",
+        "```",
+        "",
         "<!-- Generated from values.yaml by `python -m slimserve.operator.manifests`; do not edit below. -->",
     ]
     for line in source.splitlines():
