@@ -35,9 +35,14 @@ _LOCK = threading.Lock()
 _AT_EXIT: list[bool] = []  # non-empty once stop_all() is registered with atexit
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# Resolved in the parent, once: the child between fork and exec must not load libraries (dlopen takes
+# locks another thread of the parent, e.g. rich's spinner, may hold at fork time).
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: one system call
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:

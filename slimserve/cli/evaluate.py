@@ -40,7 +40,7 @@ def summary_json(report: EvaluationReport) -> str:
         check.pop("detail", None)
     quality = doc.get("quality")
     if isinstance(quality, dict):
-        doc["quality"] = {k: quality.get(k) for k in ("metric", "unit", "n", "drop", "drop_low", "drop_high")}
+        doc["quality"] = {k: v for k, v in quality.items() if k not in ("detail", "method")}
     text = json.dumps(doc, separators=(",", ":"))
     if len(text) > SUMMARY_LIMIT:  # the verdicts first; the numbers stay in --out and the log
         doc.update(quality=None, load=None)
@@ -107,7 +107,7 @@ def evaluate(
     """Judge one weight. Exit codes: 0 the step passed, 3 it failed, 4 inconclusive, 2 invalid input,
     1 internal failure."""
     from slimserve.api.paths import RELATIVE_HINT, data_files
-    from slimserve.api.report import EvaluationReport
+    from slimserve.api.report import EvaluationReport, ServedQuality, TargetLoad
     from slimserve.evaluator.canary import PrometheusCapacity, Roles, Timing, parse_duration
     from slimserve.evaluator.load import Target
     from slimserve.evaluator.prometheus import PromClient
@@ -178,8 +178,8 @@ def evaluate(
         stop_all()
     report = EvaluationReport(
         candidate=candidate.model, control=control.model, weight=weight, step=step,
-        quality=dataclasses.asdict(judge.quality) if judge.quality else None,
-        load=measurement.summary if measurement else None,
+        quality=ServedQuality.model_validate(dataclasses.asdict(judge.quality)) if judge.quality else None,
+        load={k: TargetLoad.model_validate(v) for k, v in measurement.summary.items()} if measurement else None,
     )  # fmt: skip
     text = json.dumps(report.to_json_dict(), indent=2)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,10 @@ INSTALL_HINT: Final = "install the serving extra (pip install 'nvidia-pytriton==
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.MULTILINE)
 
 
+class PortTaken(ServingError):
+    """Another process bound one of Triton's ports between the choice and the start."""
+
+
 @dataclass(frozen=True)
 class TritonInstall:
     """Where the wheel keeps the binary, its libraries, the Python backend and the stubs."""
@@ -115,6 +119,7 @@ class TritonServer:
                 raise InvalidInput(
                     f"Triton {flag} port = {port}: already in use on 127.0.0.1; stop what holds it or pick another"
                 )
+        self._fixed_ports = any(port is not None for port in (http_port, grpc_port, metrics_port))
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -134,6 +139,18 @@ class TritonServer:
         return self.work_dir / "triton.log"
 
     def start(self) -> TritonServer:
+        """Start Triton and wait until it is ready. Free ports are picked before Triton binds them, so
+        another process can take one in between: then new ports are picked, twice at most."""
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except PortTaken:
+                if self._fixed_ports or attempt == 2:
+                    raise
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> TritonServer:
         install = find_triton()
         backends = prepare_backend_dir(install, self.work_dir)
         env = dict(os.environ)
@@ -183,7 +200,7 @@ class TritonServer:
                 + [f"see {self.log_path}"]
             )
         if "Address already in use" in text or "failed to start" in text.lower():
-            raise ServingError(
+            raise PortTaken(
                 f"Triton could not bind its ports (http {self.http_port}, grpc {self.grpc_port}, metrics "
                 f"{self.metrics_port}): another process took one; retry. Log: {self.log_path}"
             )
