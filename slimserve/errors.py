@@ -31,3 +31,7 @@ class InvalidInput(SlimserveError):
         if len(self.problems) == 1:
             return head + self.problems[0]
         return head + f"{len(self.problems)} problems:\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+class ServingError(SlimserveError):
+    """A serving component (Triton, Prometheus, Locust) is missing, failed to start or died. Exit 1."""

@@ -144,6 +144,35 @@ class StepResult(ReportModel):
     checks: list[CheckResult]
 
 
+class ServedQuality(ReportModel):
+    """Both models' scores of one metric on the same served samples, and the paired drop with its 90% interval.
+
+    `drop`, `drop_low` and `drop_high` are in the budgets' unit (`unit`): points, or % error increase
+    for mse/mae (the JSON keys are camelCase: dropLow, dropHigh).
+    """
+
+    metric: str
+    unit: str
+    n: int = Field(description="Samples both models answered.")
+    baseline: float
+    candidate: float
+    drop: float
+    drop_low: float
+    drop_high: float
+    method: str = Field(default="", description="How the interval was computed (Newcombe, bootstrap).")
+    detail: str = ""
+
+
+class TargetLoad(ReportModel):
+    """One target's share of a judged window, client side (Locust): requests, failures, rate, latency."""
+
+    requests: int
+    failures: int
+    rps: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+
+
 class EvaluationReport(ReportModel):
     """One judged weight, as the evaluator Job reports it (weight 0 is the served quality check).
 
@@ -155,8 +184,49 @@ class EvaluationReport(ReportModel):
     control: str
     weight: int
     step: StepResult
-    quality: dict[str, Any] | None = Field(default=None, description="The served quality evidence (weight 0).")
-    load: dict[str, Any] | None = Field(default=None, description="Requests, rps and p99 per target (canary steps).")
+    quality: ServedQuality | None = Field(default=None, description="The served quality evidence (weight 0).")
+    load: dict[str, TargetLoad] | None = Field(
+        default=None, description="Requests, rps and latency per target: candidate and control (canary steps)."
+    )
+
+
+class Window(ReportModel):
+    """Judged seconds (epoch)."""
+
+    start: float
+    end: float
+
+
+class LoadWindow(ReportModel):
+    """The load of one judged weight: its windows (epoch seconds), per-target totals, Locust's own numbers."""
+
+    weight: int
+    windows: list[Window]
+    generator_cpu: float | None = Field(default=None, description="Locust's CPU seconds per second (1.0 = one core).")
+    generator_bound: bool = False
+    per_target: dict[str, TargetLoad]
+    locust: list[dict[str, Any]] = Field(default_factory=list, description="Locust's summary of each load run.")
+
+
+class RolloutReport(ReportModel):
+    """What `slimserve run` decided and why: `rollout-report.json` in the run folder (written before state.json)."""
+
+    model: str
+    stable: str = Field(description="The stable variant the candidate was judged against.")
+    candidate: str | None
+    decision: Decision
+    reason: str
+    exit_code: int
+    metric: str
+    metric_detail: str = ""
+    served_quality: ServedQuality | None = None
+    quality_reference: str = Field(description="The variant served quality is measured against (the baseline).")
+    steps: list[StepResult]
+    load: list[LoadWindow]
+    variants: list[VariantRecord] = Field(description="The baseline and every compressed variant, offline.")
+    stable_before: dict[str, Any] | None = None
+    stable_after: str
+    generator_bound: bool = Field(description="True when the load generator, not the server, limited a window.")
 
 
 def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:

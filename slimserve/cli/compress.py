@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, handle_errors
+from slimserve.cli.common import BASE_DIR_HELP, base_dir_for, handle_errors
 
 
 def _table(report: object) -> Table:
@@ -75,7 +75,6 @@ HELP: Final = (
 )
 
 
-@app.command(help=HELP)
 @handle_errors
 def compress(
     file: Annotated[Path, typer.Argument(help="A CompressedModel YAML file (the same one you would kubectl apply).")],

@@ -18,7 +18,7 @@ import typer
 
 from slimserve.api import API_GROUP, API_VERSION, PLURAL
 from slimserve.api.controls import PAUSED_ANNOTATION, Request, request_annotation
-from slimserve.cli.main import app, handle_errors
+from slimserve.cli.common import handle_errors
 from slimserve.errors import InvalidInput
 
 NAME_HELP: Final = "The CompressedModel's name (kubectl get compressedmodels); or --out DIR for a local run."
@@ -127,7 +127,6 @@ def _one_shot(name: str, request: Request, cluster: Cluster, allowed: tuple[str,
     _done(cluster, name, f"{request} requested (it was {phase})")
 
 
-@app.command()
 @handle_errors
 def pause(
     name: str | None = typer.Argument(None, help=NAME_HELP),
@@ -154,7 +153,6 @@ def pause(
     _done(cluster, name, f"paused (it was {_where(obj)})")
 
 
-@app.command()
 @handle_errors
 def resume(
     name: str | None = typer.Argument(None, help=NAME_HELP),
@@ -177,7 +175,6 @@ def resume(
     _done(cluster, name, "resumed")
 
 
-@app.command()
 @handle_errors
 def abort(
     name: str | None = typer.Argument(None, help=NAME_HELP),
@@ -203,7 +200,6 @@ def abort(
     _one_shot(name, "abort", cluster, IN_FLIGHT, "only a rollout in flight can be aborted")
 
 
-@app.command()
 @handle_errors
 def promote(
     name: str | None = typer.Argument(None, help=NAME_HELP),
@@ -246,7 +242,6 @@ def promote(
     _one_shot(name, "promote", cluster, ("Evaluating", "Progressing"), "")
 
 
-@app.command()
 @handle_errors
 def retry(
     name: str = typer.Argument(..., help=NAME_HELP),

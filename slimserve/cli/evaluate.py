@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, err_console, handle_errors
+from slimserve.cli.common import BASE_DIR_HELP, base_dir_for, err_console, handle_errors
 from slimserve.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLLED_BACK, InvalidInput
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def summary_json(report: EvaluationReport) -> str:
         check.pop("detail", None)
     quality = doc.get("quality")
     if isinstance(quality, dict):
-        doc["quality"] = {k: quality.get(k) for k in ("metric", "unit", "n", "drop", "drop_low", "drop_high")}
+        doc["quality"] = {k: v for k, v in quality.items() if k not in ("detail", "method")}
     text = json.dumps(doc, separators=(",", ":"))
     if len(text) > SUMMARY_LIMIT:  # the verdicts first; the numbers stay in --out and the log
         doc.update(quality=None, load=None)
@@ -61,7 +61,6 @@ def parse_labels(text: str | None, option: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-@app.command()
 @handle_errors
 def evaluate(
     file: Path = typer.Argument(..., help="The CompressedModel YAML file (gates, rollout and data come from it)."),
@@ -108,14 +107,14 @@ def evaluate(
     """Judge one weight. Exit codes: 0 the step passed, 3 it failed, 4 inconclusive, 2 invalid input,
     1 internal failure."""
     from slimserve.api.paths import RELATIVE_HINT, data_files
-    from slimserve.api.report import EvaluationReport
+    from slimserve.api.report import EvaluationReport, ServedQuality, TargetLoad
     from slimserve.evaluator.canary import PrometheusCapacity, Roles, Timing, parse_duration
     from slimserve.evaluator.load import Target
     from slimserve.evaluator.prometheus import PromClient
     from slimserve.evaluator.rollout import Judge
     from slimserve.evaluator.served import load_npz, predict_onnx
+    from slimserve.processes import install_signal_handlers, stop_all
     from slimserve.storage import localize
-    from slimserve.triton.process import install_signal_handlers, stop_all
 
     install_signal_handlers()
     model, folder = localize(load_compressed_model(file), base_dir_for(file, base_dir))
@@ -179,8 +178,8 @@ def evaluate(
         stop_all()
     report = EvaluationReport(
         candidate=candidate.model, control=control.model, weight=weight, step=step,
-        quality=dataclasses.asdict(judge.quality) if judge.quality else None,
-        load=measurement.summary if measurement else None,
+        quality=ServedQuality.model_validate(dataclasses.asdict(judge.quality)) if judge.quality else None,
+        load={k: TargetLoad.model_validate(v) for k, v in measurement.summary.items()} if measurement else None,
     )  # fmt: skip
     text = json.dumps(report.to_json_dict(), indent=2)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import BASE_DIR_HELP, app, base_dir_for, handle_errors
+from slimserve.cli.common import BASE_DIR_HELP, base_dir_for, handle_errors
 
 
-@app.command()
 @handle_errors
 def fetch(
     file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),

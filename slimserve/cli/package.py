@@ -10,7 +10,7 @@ import typer
 
 from slimserve.api import load_compressed_model
 from slimserve.api.spec import DNS_LABEL_PATTERN
-from slimserve.cli.main import app, handle_errors
+from slimserve.cli.common import handle_errors
 from slimserve.errors import InvalidInput
 
 
@@ -33,7 +33,6 @@ def parse_variants(text: str) -> tuple[list[str], dict[str, str]]:
     return names, model_names
 
 
-@app.command()
 @handle_errors
 def package(
     file: Path = typer.Argument(..., help="The CompressedModel YAML file (its spec.serving shapes the configs)."),

@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import app, handle_errors
+from slimserve.cli.common import handle_errors
 
 
-@app.command()
 @handle_errors
 def run(
     file: Path = typer.Argument(..., help="A CompressedModel YAML file (the same one you would kubectl apply)."),
@@ -40,8 +39,8 @@ def run(
     from rich.console import Console
 
     from slimserve.local.runtime import run_local
+    from slimserve.processes import install_signal_handlers, stop_all
     from slimserve.storage import localize
-    from slimserve.triton.process import install_signal_handlers, stop_all
 
     install_signal_handlers()
     model, base = localize(load_compressed_model(file), file.resolve().parent)

@@ -22,7 +22,8 @@ from typing import Final
 
 import numpy as np
 
-from slimserve.triton.process import ManagedProcess, ServingError
+from slimserve.errors import ServingError
+from slimserve.processes import ManagedProcess
 
 LOCUSTFILE: Final = Path(__file__).resolve().with_name("locustfile.py")
 # Locust is one gevent process: it can use one core at most, and well before that its own scheduling

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from slimserve.errors import InvalidInput
-from slimserve.triton.process import ManagedProcess, ServingError, free_port, port_in_use, wait_until
+from slimserve.errors import InvalidInput, ServingError
+from slimserve.processes import ManagedProcess, free_port, port_in_use, wait_until
 
 ENV_BINARY: Final = "SLIMSERVE_PROMETHEUS"
 SCRAPE_INTERVAL_S: Final = 1

@@ -18,12 +18,12 @@ import numpy as np
 
 from slimserve.api.report import CheckResult, Decision, StepResult
 from slimserve.api.spec import CompressedModelSpec
+from slimserve.errors import ServingError
 from slimserve.evaluator import gate, policy
 from slimserve.evaluator.canary import Capacity, Measurement, Roles, Timing, measure_step, warm_up
 from slimserve.evaluator.gate import QualityEvidence
 from slimserve.evaluator.load import LoadResult, Target
 from slimserve.evaluator.served import load_npz, output_names, predict, served_quality
-from slimserve.triton.process import ServingError
 
 
 class CandidateFailed(Exception):

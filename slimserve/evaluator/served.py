@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimserve.api.spec import Quality
-from slimserve.errors import InvalidInput
+from slimserve.errors import InvalidInput, ServingError
 from slimserve.evaluator.gate import QualityEvidence
-from slimserve.triton.process import ServingError
 
 if TYPE_CHECKING:
     import numpy as np

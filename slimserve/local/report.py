@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from slimserve.api.report import CompressionReport, StepResult, pareto_front
+from slimserve.api.report import CompressionReport, RolloutReport, pareto_front
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def write_markdown(path: Path, doc: dict[str, Any], steps: list[StepResult]) -> None:
-    quality = doc.get("servedQuality") or {}
+def write_markdown(path: Path, doc: RolloutReport) -> None:
+    quality = doc.served_quality
     lines = [
-        f"# slimserve run: {doc['model']}",
+        f"# slimserve run: {doc.model}",
         "",
-        f"**Decision: {doc['decision']}** — {doc['reason']}",
+        f"**Decision: {doc.decision}** — {doc.reason}",
         "",
-        f"Candidate `{doc['candidate']}` against a fresh copy of the stable model `{doc['stable']}` (the control: "
+        f"Candidate `{doc.candidate}` against a fresh copy of the stable model `{doc.stable}` (the control: "
         "same share of the load, same seconds); quality against the uncompressed `baseline`.",
         "",
-        f"Metric: **{doc['metric']}** — {doc.get('metricDetail') or ''}.",
+        f"Metric: **{doc.metric}** — {doc.metric_detail}.",
         "",
     ]
     if quality:
         lines += [
-            f"Served quality: candidate {quality['candidate']:.4g} vs baseline {quality['baseline']:.4g} on "
-            f"{quality['n']} samples; drop {quality['drop']:+.3g} {quality['unit']} "
-            f"(90% CI [{quality['drop_low']:+.3g}, {quality['drop_high']:+.3g}], {quality['method']}).",
+            f"Served quality: candidate {quality.candidate:.4g} vs baseline {quality.baseline:.4g} on "
+            f"{quality.n} samples; drop {quality.drop:+.3g} {quality.unit} "
+            f"(90% CI [{quality.drop_low:+.3g}, {quality.drop_high:+.3g}], {quality.method}).",
             "",
         ]
     lines += [
@@ -43,7 +42,7 @@ def write_markdown(path: Path, doc: dict[str, Any], steps: list[StepResult]) -> 
         "| step | check | verdict | value | 90% interval | threshold | detail |",
         "|---:|---|---|---:|---:|---:|---|",
     ]
-    for step in steps:
+    for step in doc.steps:
         for c in step.checks:
             interval = "—" if c.low is None or c.high is None else f"[{c.low:.4g}, {c.high:.4g}]"
             where = "quality" if step.weight == 0 else f"{step.weight}%"
@@ -56,21 +55,20 @@ def write_markdown(path: Path, doc: dict[str, Any], steps: list[StepResult]) -> 
         "| step | target | requests | failures | req/s | p50 ms | p99 ms | generator CPU |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for window in doc.get("load", []):
-        cpu = window.get("generatorCpu")
-        for name, m in window["perTarget"].items():
+    for window in doc.load:
+        for name, m in window.per_target.items():
             lines.append(
-                f"| {window['weight']}% | {name} | {m['requests']} | {m['failures']} | {_fmt(m['rps'], 1)} | "
-                f"{_fmt(m['p50Ms'], 2)} | {_fmt(m['p99Ms'], 2)} | {_fmt(cpu, 2)}"
-                f"{' (generator-bound)' if window['generatorBound'] else ''} |"
+                f"| {window.weight}% | {name} | {m.requests} | {m.failures} | {_fmt(m.rps, 1)} | "
+                f"{_fmt(m.p50_ms, 2)} | {_fmt(m.p99_ms, 2)} | {_fmt(window.generator_cpu, 2)}"
+                f"{' (generator-bound)' if window.generator_bound else ''} |"
             )
     lines += ["", "## Variants (offline)", ""]
     lines += ["| variant | quality | drop [90% CI] | size ratio | speedup |", "|---|---:|---:|---:|---:|"]
-    for v in doc["variants"]:
-        low, high = v["dropCI"]
+    for v in doc.variants:
+        low, high = v.drop_ci
         lines.append(
-            f"| {v['name']} | {v['quality']:.4g} {v['qualityUnit']} | {v['drop']:+.3g} [{low:+.3g}, {high:+.3g}] "
-            f"{v['dropUnit']} | {v['compressionRatio']:.2f}x | {v['speedup']:.2f}x |"
+            f"| {v.name} | {v.quality:.4g} {v.quality_unit} | {v.drop:+.3g} [{low:+.3g}, {high:+.3g}] "
+            f"{v.drop_unit} | {v.compression_ratio:.2f}x | {v.speedup:.2f}x |"
         )
     lines += ["", "Plots: `throughput_vs_p99.png`, `quality_vs_size.png`.", ""]
     path.write_text("\n".join(lines))

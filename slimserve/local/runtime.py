@@ -6,7 +6,7 @@ after that) that gets the same share of the load in the same seconds, and its qu
 uncompressed baseline, so quality cannot drift down one promotion at a time. What is judged next and
 when to stop is `slimserve.evaluator.policy`'s call, the same as in the operator. Every process
 started here is stopped on success, failure and Ctrl-C (context managers, plus
-`slimserve.triton.process.stop_all` at exit).
+`slimserve.processes.stop_all` at exit).
 """
 
 from __future__ import annotations
@@ -20,14 +20,24 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from rich.console import Console
 from rich.table import Table
 
 from slimserve.api.choice import choose_candidate, no_candidate_reason
 from slimserve.api.paths import check_files, data_files
-from slimserve.api.report import CompressionReport, Decision, StepResult, VariantRecord
+from slimserve.api.report import (
+    CompressionReport,
+    Decision,
+    LoadWindow,
+    RolloutReport,
+    ServedQuality,
+    StepResult,
+    TargetLoad,
+    VariantRecord,
+    Window,
+)
 from slimserve.api.resource import CompressedModel
 from slimserve.errors import EXIT_INCONCLUSIVE, EXIT_OK, EXIT_ROLLED_BACK, InvalidInput
 from slimserve.evaluator.canary import Measurement, Roles, Timing
@@ -84,15 +94,15 @@ class Stages:
         self.console.print(f"[green]✓[/] {title} ({time.monotonic() - started:.1f} s)")
 
 
-def _load_doc(m: Measurement) -> dict[str, Any]:
-    return {
-        "weight": m.weight,
-        "windows": [{"start": round(a, 3), "end": round(b, 3)} for a, b in m.windows],
-        "generatorCpu": max((x.generator_cpu for x in m.loads), default=None),
-        "generatorBound": m.generator_bound,
-        "perTarget": m.summary,
-        "locust": [{k: v for k, v in x.to_dict().items() if k not in ("per_model", "total")} for x in m.loads],
-    }
+def _load_window(m: Measurement) -> LoadWindow:
+    return LoadWindow(
+        weight=m.weight,
+        windows=[Window(start=round(a, 3), end=round(b, 3)) for a, b in m.windows],
+        generator_cpu=max((x.generator_cpu for x in m.loads), default=None),
+        generator_bound=m.generator_bound,
+        per_target={name: TargetLoad.model_validate(t) for name, t in m.summary.items()},
+        locust=[{k: v for k, v in x.to_dict().items() if k not in ("per_model", "total")} for x in m.loads],
+    )
 
 
 def run_local(
@@ -314,27 +324,27 @@ def _finish(
     stable_before = state.stable.model_dump(mode="json", by_alias=True) if state.stable else None
     promoted = decision == "Promoted" and candidate is not None and compression_dir is not None
     stable_after = candidate.name if promoted and candidate else (state.stable.variant if state.stable else BASELINE)
-    doc: dict[str, Any] = {
-        "model": model.metadata.name,
-        "stable": state.stable.variant if state.stable else BASELINE,
-        "candidate": candidate.name if candidate else None,
-        "decision": decision,
-        "reason": reason,
-        "exitCode": EXIT_CODES[decision],
-        "metric": report.baseline.metric,
-        "metricDetail": report.baseline.metric_detail,
-        "servedQuality": dataclasses.asdict(quality) if quality else None,
-        "qualityReference": BASELINE,
-        "steps": [s.to_json_dict() for s in steps],
-        "load": [_load_doc(m) for m in measurements],
-        "variants": [v.to_json_dict() for v in [report.baseline, *report.variants]],
-        "stableBefore": stable_before,
-        "stableAfter": stable_after,
-        "generatorBound": any(m.generator_bound for m in measurements),
-    }
+    doc = RolloutReport(
+        model=model.metadata.name,
+        stable=state.stable.variant if state.stable else BASELINE,
+        candidate=candidate.name if candidate else None,
+        decision=decision,
+        reason=reason,
+        exit_code=EXIT_CODES[decision],
+        metric=report.baseline.metric,
+        metric_detail=report.baseline.metric_detail,
+        served_quality=ServedQuality.model_validate(dataclasses.asdict(quality)) if quality else None,
+        quality_reference=BASELINE,
+        steps=steps,
+        load=[_load_window(m) for m in measurements],
+        variants=[report.baseline, *report.variants],
+        stable_before=stable_before,
+        stable_after=stable_after,
+        generator_bound=any(m.generator_bound for m in measurements),
+    )
     path = out_dir / "report.json"
-    registry.write_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
-    write_markdown(out_dir / "report.md", doc, steps)
+    registry.write_atomic(path, json.dumps(doc.to_json_dict(), indent=2, default=str) + "\n")
+    write_markdown(out_dir / "report.md", doc)
     points = [
         (name, m.weight, float(t["rps"] or 0.0), float(t["p99Ms"] or 0.0))
         for m in measurements

@@ -255,7 +255,7 @@ async def reconcile_object(body: kopf.Body, memo: kopf.Memo, logger: Any) -> str
             await _execute(kube, owner, result, logger)
             written.pop("api_error", None)
             if result.gate_decision:
-                metrics.GATE_DECISIONS.labels(result.gate_decision).inc()
+                metrics.GATE_DECISIONS.labels(owner.namespace, owner.name, result.gate_decision).inc()
             await _write_status(kube, owner, status, result.status, written, logger)
             for event_type, message in result.events:  # posted as Events on the CompressedModel
                 (logger.warning if event_type == "Warning" else logger.info)("%s", message)
@@ -323,7 +323,7 @@ async def _write_status(
     written["generation"] = int(new.get("observedGeneration") or 0)
     before, after = old.get("phase") or Phase.pending.value, new.get("phase")
     if after and before != after:
-        metrics.PHASE_TRANSITIONS.labels(before, after).inc()
+        metrics.PHASE_TRANSITIONS.labels(owner.namespace, owner.name, before, after).inc()
         now = time.monotonic()
         metrics.PHASE_SECONDS.labels(before).observe(now - written.get("entered", now))
         written["entered"] = now

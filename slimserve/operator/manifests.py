@@ -14,6 +14,7 @@ One source per artefact, so nothing is hand-copied:
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Final
@@ -92,7 +93,12 @@ def _default(values: dict[str, object], dotted: str) -> str:
 
 
 def render_chart_readme() -> str:
-    """The parameters table from values.yaml's `## @section` / `## @param name description` lines."""
+    """The parameters table from values.yaml's `## @section` / `## @param name [modifiers] description` lines.
+
+    values.yaml follows the conventions of Bitnami's readme-generator-for-helm (checked with its 2.7.2
+    release: it accepts the file and renders the same table); this renderer keeps `make manifests` and
+    its test free of Node.js.
+    """
     source = (CHART / "values.yaml").read_text()
     values = yaml.safe_load(source)
     lines = [
@@ -111,6 +117,14 @@ def render_chart_readme() -> str:
         "Without Helm: `kubectl apply -f manifests/crds/ -f manifests/slimserve.yaml` (rendered from this chart",
         "with its defaults by `python -m slimserve.operator.manifests`).",
         "",
+        "Upgrading: Helm installs the CRDs in `crds/` once and never upgrades or deletes them, so apply",
+        "them first, then upgrade the release:",
+        "",
+        "```sh",
+        "kubectl apply --server-side --force-conflicts -f charts/slimserve/crds/",
+        "helm upgrade slimserve charts/slimserve -n slimserve-system",
+        "```",
+        "",
         "<!-- Generated from values.yaml by `python -m slimserve.operator.manifests`; do not edit below. -->",
     ]
     for line in source.splitlines():
@@ -119,6 +133,7 @@ def render_chart_readme() -> str:
             lines += ["", f"## {line[len('## @section ') :]}", "", "| Name | Description | Default |", "|---|---|---|"]
         elif line.startswith("## @param "):
             name, _, description = line[len("## @param ") :].partition(" ")
+            description = re.sub(r"^\[[a-z,]+\]\s*", "", description)  # modifiers such as [object]
             lines.append(f"| `{name}` | {description} | `{_default(values, name)}` |")
     return "\n".join(lines) + "\n"
 

@@ -47,14 +47,14 @@ CHILD_EVENTS: Final = Counter(
 )
 PHASE_TRANSITIONS: Final = Counter(
     "slimserve_operator_phase_transitions_total",
-    "CompressedModel phase changes.",
-    ["from_phase", "to_phase"],
+    "CompressedModel phase changes, per model.",
+    ["namespace", "model", "from_phase", "to_phase"],
     registry=REGISTRY,
 )
 GATE_DECISIONS: Final = Counter(
     "slimserve_operator_gate_decisions_total",
-    "Evaluator step decisions read from reports.",
-    ["decision"],
+    "Evaluator step decisions read from reports, per model.",
+    ["namespace", "model", "decision"],
     registry=REGISTRY,
 )
 WEBHOOK_CALLS: Final = Counter(

@@ -1108,9 +1108,9 @@ def _evaluating(
         "checks": [{"name": c.name, "verdict": c.verdict} for c in step.checks],
     }
     st.data["steps"] = [*(st.data.get("steps") or []), record]
-    mine = (report.load or {}).get("candidate") or {}
+    mine = (report.load or {}).get("candidate")
     if mine:
-        st.data.update(p99Ms=mine.get("p99Ms"), throughputRps=mine.get("rps"))
+        st.data.update(p99Ms=mine.p99_ms, throughputRps=mine.rps)
     nxt = _next(model, [*judged, step])
     st.data["failedSteps"] = nxt.failures
     failing = ", ".join(f"{c.name} {c.verdict}" for c in step.checks if c.verdict != "Pass")

@@ -9,23 +9,29 @@ model and Triton's reason.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import json
 import os
 import re
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from slimserve.errors import InvalidInput
-from slimserve.triton.process import ManagedProcess, ServingError, free_port, port_in_use, wait_until
+import psutil
+import tritonclient.http as triton_http
+from tritonclient.utils import InferenceServerException
+
+from slimserve.errors import InvalidInput, ServingError
+from slimserve.processes import ManagedProcess, free_port, port_in_use, wait_until
 
 ENV_BINARY: Final = "SLIMSERVE_TRITONSERVER"
 INSTALL_HINT: Final = "install the serving extra (pip install 'nvidia-pytriton==0.7.0') or set SLIMSERVE_TRITONSERVER"
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.MULTILINE)
+
+
+class PortTaken(ServingError):
+    """Another process bound one of Triton's ports between the choice and the start."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class TritonServer:
                 raise InvalidInput(
                     f"Triton {flag} port = {port}: already in use on 127.0.0.1; stop what holds it or pick another"
                 )
+        self._fixed_ports = any(port is not None for port in (http_port, grpc_port, metrics_port))
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
@@ -132,6 +139,18 @@ class TritonServer:
         return self.work_dir / "triton.log"
 
     def start(self) -> TritonServer:
+        """Start Triton and wait until it is ready. Free ports are picked before Triton binds them, so
+        another process can take one in between: then new ports are picked, twice at most."""
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except PortTaken:
+                if self._fixed_ports or attempt == 2:
+                    raise
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> TritonServer:
         install = find_triton()
         backends = prepare_backend_dir(install, self.work_dir)
         env = dict(os.environ)
@@ -181,7 +200,7 @@ class TritonServer:
                 + [f"see {self.log_path}"]
             )
         if "Address already in use" in text or "failed to start" in text.lower():
-            raise ServingError(
+            raise PortTaken(
                 f"Triton could not bind its ports (http {self.http_port}, grpc {self.grpc_port}, metrics "
                 f"{self.metrics_port}): another process took one; retry. Log: {self.log_path}"
             )
@@ -189,17 +208,18 @@ class TritonServer:
         tail = "\n".join(text.splitlines()[-15:])
         raise ServingError(f"Triton {what}; log {self.log_path}:\n{tail}")
 
-    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:  # noqa: S310 - loopback
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
+    def client(self, timeout: float = 2.0) -> triton_http.InferenceServerClient:
+        """tritonclient's HTTP client for this server (health, metadata, inference)."""
+        return triton_http.InferenceServerClient(
+            self.url.removeprefix("http://"), connection_timeout=timeout, network_timeout=timeout
+        )
 
     def _ready(self) -> bool:
-        return self._get("/v2/health/ready")[0] == 200
+        try:
+            with contextlib.closing(self.client()) as client:
+                return bool(client.is_server_ready())
+        except (InferenceServerException, OSError):
+            return False
 
     def check_alive(self) -> None:
         """Raise ServingError with the log's tail if Triton died (called between stages)."""
@@ -212,25 +232,16 @@ class TritonServer:
         if self.process is None:
             return []
         found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent != self.process.pid or len(argv) < 2 or not argv[0].endswith(b"triton_python_backend_stub"):
-                continue
-            if Path(argv[1].decode(errors="replace")).parent.parent.name == model:
-                found.append(int(entry.name))
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(self.process.pid).children():
+                try:
+                    argv = child.cmdline()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                stub = len(argv) >= 2 and argv[0].endswith("triton_python_backend_stub")
+                if stub and Path(argv[1]).parent.parent.name == model:
+                    found.append(child.pid)
         return found
-
-    def model_metadata(self, model: str) -> dict[str, object]:
-        status, body = self._get(f"/v2/models/{model}")
-        if status != 200:
-            raise ServingError(f"Triton does not serve model '{model}' (HTTP {status}): {body[:200]!r}")
-        return json.loads(body)  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         if self.process is not None:

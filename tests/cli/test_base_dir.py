@@ -16,11 +16,10 @@ import yaml
 from typer.testing import CliRunner
 
 from slimserve.api import load_compressed_model
-from slimserve.cli.main import _register, app
+from slimserve.cli.main import app
 from slimserve.operator import builders as b
 from tests.compression.conftest import DIGITS
 
-_register()
 runner = CliRunner()
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from slimserve.cli.main import _register, app
+from slimserve.cli.main import app
 from tests.compression.conftest import digits_spec, write_spec
 
-_register()
 runner = CliRunner()
 
 

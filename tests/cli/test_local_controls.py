@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from slimserve.cli.main import _register, app
+from slimserve.cli.main import app
 from slimserve.evaluator.rollout import run_rollout
 from slimserve.local.controls import CONTROLS_FILE, RunControls, read_controls, update_controls
 from tests.kube.test_reconcile import FakeJudge, _model
@@ -83,7 +83,6 @@ def test_concurrent_commands_lose_nothing(tmp_path: Path) -> None:
 
 
 def test_the_cli_writes_the_controls_file(tmp_path: Path) -> None:
-    _register()
     runner = CliRunner()
     result = runner.invoke(app, ["pause", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -20,9 +20,8 @@ from sklearn.metrics import accuracy_score, r2_score
 from torch import nn
 from typer.testing import CliRunner
 
-from slimserve.cli.main import _register, app
+from slimserve.cli.main import app
 
-_register()
 runner = CliRunner()
 
 

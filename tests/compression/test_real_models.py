@@ -51,7 +51,7 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_minilm_onnx_every_quantization_recipe_holds_and_a_bad_variant_does_not_end_the_run(minilm_dir: Path) -> None:
-    from slimserve.cli.main import _register, app
+    from slimserve.cli.main import app
 
     variants = [
         {"name": "fp16", "steps": [{"quantize": {"mode": "fp16"}}]},
@@ -68,7 +68,6 @@ def test_minilm_onnx_every_quantization_recipe_holds_and_a_bad_variant_does_not_
         },
         name="minilm",
     )
-    _register()
     result = CliRunner().invoke(app, ["compress", str(spec), "--out", str(minilm_dir / "out")])
     assert result.exit_code == 0, result.output
     failed = [line for line in result.output.splitlines() if line.startswith("failed")]

@@ -22,7 +22,7 @@ import pytest
 from slimserve.api.status import TERMINAL_PHASES
 from slimserve.evaluator.prometheus import PromClient, find_prometheus
 from slimserve.operator import manifests
-from slimserve.triton.process import ManagedProcess, free_port, wait_until
+from slimserve.processes import ManagedProcess, free_port, wait_until
 from tests.e2e.node import Api, Node, write_prometheus_config
 from tests.e2e.worker_image import worker_venv
 from tests.kube.emulator import NS, Cluster, emulated_cluster, running_operator

@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from slimserve.triton.process import ManagedProcess, free_port
+from slimserve.processes import ManagedProcess, free_port
 from slimserve.triton.server import find_triton, prepare_backend_dir
 from tests.e2e.worker_image import clean_env
 

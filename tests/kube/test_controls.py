@@ -172,9 +172,8 @@ def slimserve(*args: str, input: str | None = None) -> Any:
     """`slimserve ARGS` in a thread (the emulator serves from this test's event loop)."""
     from typer.testing import CliRunner
 
-    from slimserve.cli.main import _register, app
+    from slimserve.cli.main import app
 
-    _register()
     return asyncio.to_thread(CliRunner().invoke, app, list(args), input=input)
 
 

@@ -63,8 +63,9 @@ async def _judge(
     await cluster.wait(lambda: len(cluster.status(name).get("steps") or []) == index + 1, message=f"step {index}")
 
 
-def decisions(decision: str) -> float:
-    return REGISTRY.get_sample_value("slimserve_operator_gate_decisions_total", {"decision": decision}) or 0.0
+def decisions(decision: str, name: str = "digits") -> float:
+    labels = {"namespace": NS, "model": name, "decision": decision}
+    return REGISTRY.get_sample_value("slimserve_operator_gate_decisions_total", labels) or 0.0
 
 
 def test_happy_path_promotes_the_candidate(tmp_path: Path) -> None:

@@ -466,24 +466,26 @@ def test_deployment_state_is_rollout_complete_not_one_ready_pod() -> None:
 
 
 def test_the_evaluators_summary_fits_a_termination_message_and_the_operator_reads_it() -> None:
-    from slimserve.api.report import EvaluationReport
+    from slimserve.api.report import EvaluationReport, ServedQuality, TargetLoad
     from slimserve.cli.evaluate import SUMMARY_LIMIT, summary_json
     from slimserve.operator.reconcile import parse_step_report
 
     checks = [CheckResult(name=f"check{i}", verdict="Pass", value=1.0, threshold=2.0, low=0.5, high=1.5,
                           detail="x" * 400) for i in range(12)]  # fmt: skip
     load = {
-        k: {"requests": 10**6, "failures": 0, "rps": 1234.5, "p50Ms": 1.0, "p99Ms": 4.2}
-        for k in ("candidate", "control")
+        k: TargetLoad(requests=10**6, failures=0, rps=1234.5, p50_ms=1.0, p99_ms=4.2) for k in ("candidate", "control")
     }
+    quality = ServedQuality(metric="accuracy", unit="points", n=900, baseline=98.0, candidate=97.9, drop=0.1,
+                            drop_low=-0.2, drop_high=0.4, detail="y" * 5000)  # fmt: skip
     report = EvaluationReport(candidate="digits", control="digits", weight=50,
                               step=StepResult(weight=50, verdict="Pass", checks=checks), load=load,
-                              quality={"metric": "accuracy", "detail": "y" * 5000, "drop": 0.1})  # fmt: skip
+                              quality=quality)  # fmt: skip
     text = summary_json(report)
     assert len(text) <= SUMMARY_LIMIT and "\n" not in text
     parsed = parse_step_report(JobState(succeeded=True, exit_code=0, output=text + "\n"))
     assert parsed is not None and [c.name for c in parsed.step.checks] == [c.name for c in checks]
-    assert parsed.load is not None and parsed.load["candidate"]["p99Ms"] == 4.2
+    assert parsed.load is not None and parsed.load["candidate"].p99_ms == 4.2
+    assert parsed.quality is not None and parsed.quality.drop_high == 0.4
     # a crash before the summary (exit 1, the log's tail) is not a judged step
     assert parse_step_report(JobState(failed=True, exit_code=1, output="Traceback ...")) is None
 

@@ -34,7 +34,7 @@ from slimserve.operator import metrics
 from slimserve.operator.dashboard import build_dashboard
 from slimserve.operator.manifests import render_chart
 from slimserve.operator.settings import OperatorSettings
-from slimserve.triton.process import free_port, wait_until
+from slimserve.processes import free_port, wait_until
 from slimserve.triton.repository import build_repository
 from slimserve.triton.server import TritonServer
 from tests.kube.emulator import example_model

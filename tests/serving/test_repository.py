@@ -215,10 +215,9 @@ def test_package_writes_a_variant_under_another_model_name(compression_output: P
     """What the operator's packaging Job asks when a new generation's candidate is named like the stable."""
     from typer.testing import CliRunner
 
-    from slimserve.cli.main import _register, app
+    from slimserve.cli.main import app
     from tests.serving.conftest import write_spec
 
-    _register()
     repo = tmp_path / "repo"
     (repo / "int8").mkdir(parents=True)
     (repo / "int8" / "config.pbtxt").write_text('name: "int8"  # the stable serves these files')

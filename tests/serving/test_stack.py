@@ -21,8 +21,8 @@ import pytest
 
 from slimserve.api import load_compressed_model
 from slimserve.api.report import CompressionReport
-from slimserve.errors import InvalidInput
-from slimserve.triton.process import ServingError, free_port, live_processes
+from slimserve.errors import InvalidInput, ServingError
+from slimserve.processes import free_port, live_processes
 from tests.serving.conftest import write_spec
 
 pytestmark = pytest.mark.serving
@@ -71,7 +71,7 @@ def test_a_twin_is_not_rolled_back_with_the_default_gates(compression_output: Pa
     report = json.loads((out / "report.json").read_text())
     assert result.decision != "RolledBack", result.reason
     assert not [k for k, v in _checks(report).items() if v == "Fail"], _checks(report)
-    assert report["servedQuality"]["drop"] == 0.0 and report["servedQuality"]["drop_high"] > 0  # never zero-width
+    assert report["servedQuality"]["drop"] == 0.0 and report["servedQuality"]["dropHigh"] > 0  # never zero-width
     for window in report["load"]:
         shares = window["perTarget"]
         assert shares["candidate"]["requests"] >= 500 and shares["control"]["requests"] >= 500
@@ -224,6 +224,21 @@ def test_ports_taken_are_invalid_input(tmp_path: Path) -> None:
             PrometheusServer(["127.0.0.1:1"], tmp_path, port=port)
 
 
+def test_a_port_taken_after_it_was_picked_is_retried_on_new_ports(tmp_path: Path, no_orphans: Path) -> None:
+    import socket
+
+    from slimserve.triton.server import TritonServer
+
+    triton = TritonServer(tmp_path / "empty-repo", no_orphans / "triton")
+    (tmp_path / "empty-repo").mkdir()
+    with socket.socket() as holder:  # someone binds the port free_port() chose before Triton starts
+        holder.bind(("127.0.0.1", triton.http_port))
+        holder.listen()
+        taken = triton.http_port
+        with triton:
+            assert triton.http_port != taken and triton._ready()
+
+
 def test_prometheus_missing_stops_triton(
     compression_output: Path, no_orphans: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,7 +352,7 @@ def test_cli_evaluate_judges_one_weight_against_running_servers(compression_outp
             results[name] = (proc.returncode, EvaluationReport.model_validate_json(out.read_text()), text)
     code, quality, text = results["quality"]
     assert code == 3 and quality.step.verdict == "Fail" and quality.weight == 0, text
-    assert quality.quality is not None and quality.quality["drop_low"] > 1.0
+    assert quality.quality is not None and quality.quality.drop_low > 1.0
     code, canary, text = results["canary"]
     assert code == 3 and canary.step.verdict == "Fail", text
     verdicts = {c.name: c.verdict for c in canary.step.checks}

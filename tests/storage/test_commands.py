@@ -11,11 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from slimserve.cli.main import _register, app
+from slimserve.cli.main import app
 from slimserve.storage import Cache, triton_repository_uri
 from tests.storage.conftest import S3, Counter
 
-_register()
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits"

@@ -1,9 +1,12 @@
 """Child processes that never outlive slimserve: Triton, Prometheus, Locust.
 
-Each child gets its own process group (so Triton's backend stubs and Locust's workers go with it),
-a log file, and a parent-death signal (so even `kill -9` of slimserve does not leave it behind).
-Every live child is registered; `stop_all()` runs at exit and from the SIGTERM handler that
-`install_signal_handlers()` sets up for the command line.
+A neutral module: the Triton launcher, the Prometheus and Locust drivers all use it, and none of
+them owns it. Each child gets its own process group (so Triton's backend stubs and Locust's workers
+go with it), a log file, and a parent-death signal (so even `kill -9` of slimserve does not leave it
+behind). psutil could list and kill the tree, but not arrange the parent-death signal before exec,
+which is what makes `kill -9` safe; so the few lines stay here. Every live child is registered;
+`stop_all()` runs at exit (registered when the first child starts, never on import) and from the
+SIGTERM handler that `install_signal_handlers()` sets up for the command line.
 """
 
 from __future__ import annotations
@@ -22,22 +25,24 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from slimserve.errors import SlimserveError
+from slimserve.errors import ServingError
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG: Final = 1
 _LIVE: dict[int, ManagedProcess] = {}
 _LOCK = threading.Lock()
+_AT_EXIT: list[bool] = []  # non-empty once stop_all() is registered with atexit
 
 
-class ServingError(SlimserveError):
-    """A serving component (Triton, Prometheus, Locust) is missing, failed to start or died. Exit 1."""
+# Resolved in the parent, once: the child between fork and exec must not load libraries (dlopen takes
+# locks another thread of the parent, e.g. rich's spinner, may hold at fork time).
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent() -> None:  # runs in the child between fork and exec: one system call
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -83,6 +88,9 @@ class ManagedProcess:
             raise ServingError(f"{name}: cannot start {self.argv[0]}: {exc}") from None
         with _LOCK:
             _LIVE[self.popen.pid] = self
+            if not _AT_EXIT:
+                atexit.register(stop_all)
+                _AT_EXIT.append(True)
         log.debug("started %s pid=%d: %s", name, self.popen.pid, " ".join(self.argv))
 
     @property
@@ -151,6 +159,3 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return False
-
-
-atexit.register(stop_all)
