@@ -50,7 +50,7 @@ examples/digits/data/train.npz: examples/digits/train.py examples/digits/model.p
 # The CRD from the API models, then the chart's CRD, dashboard and manifests/ from the chart.
 manifests: install
 	$(PY) -m slimserve.api.crd > manifests/crds/compressedmodels.yaml
-	$(PY) -m slimserve.operator.manifests
+	$(PY) -m slimserve.chart.manifests
 
 bench: install
 	$(PY) -m benchmarks.compression --json .bench/compression.json

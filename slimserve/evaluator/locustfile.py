@@ -25,11 +25,8 @@ from typing import Any, TextIO
 
 import numpy as np
 from locust import FastHttpUser, events, task
+from tritonclient.utils import np_to_triton_dtype
 
-V2_DATATYPES = {
-    "float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
-    "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL",
-}  # fmt: skip
 _requests_file: dict[str, TextIO] = {}
 
 
@@ -88,9 +85,9 @@ def build_bodies(path: str, max_samples: int) -> list[tuple[bytes, int]]:
         inputs, blobs = [], []
         for name in names:
             sample = np.ascontiguousarray(data[name][i : i + 1])
-            datatype = V2_DATATYPES.get(str(sample.dtype))
-            if datatype is None:
-                raise SystemExit(f"{path}: array '{name}' has dtype {sample.dtype}, not a KServe v2 type")
+            datatype = np_to_triton_dtype(sample.dtype)
+            if datatype in (None, "BYTES"):  # strings would need BYTES' length-prefixed encoding, not tobytes()
+                raise SystemExit(f"{path}: array '{name}' has dtype {sample.dtype}, not a numeric KServe v2 type")
             blob = sample.tobytes()
             inputs.append(
                 {"name": name, "shape": list(sample.shape), "datatype": datatype,

@@ -13,12 +13,11 @@ import math
 import os
 import shutil
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
+
+import httpx
 
 from slimserve.errors import InvalidInput, ServingError
 from slimserve.processes import ManagedProcess, free_port, port_in_use, wait_until
@@ -86,8 +85,8 @@ class PrometheusServer:
             "--log.level=warn",
         ]
         self.process = ManagedProcess("prometheus", argv, self.work_dir / "prometheus.log")
-        client = PromClient(self.url)
-        ready = wait_until(lambda: client.ready() or not self.process.alive(), self.startup_timeout)  # type: ignore[union-attr]
+        with PromClient(self.url) as client:
+            ready = wait_until(lambda: client.ready() or not self.process.alive(), self.startup_timeout)  # type: ignore[union-attr]
         if not (ready and self.process.alive()):
             tail = self.process.log_tail(15)
             self.process.stop()
@@ -96,14 +95,14 @@ class PrometheusServer:
 
     def wait_for_targets(self, timeout: float = 20) -> None:
         """Block until every target has been scraped up at least once."""
-        client = PromClient(self.url)
+        with PromClient(self.url) as client:
 
-        def up() -> bool:
-            values = client.vector('up{job="triton"}')
-            return len(values) == len(self.targets) and all(v == 1 for v in values.values())
+            def up() -> bool:
+                values = client.vector('up{job="triton"}')
+                return len(values) == len(self.targets) and all(v == 1 for v in values.values())
 
-        if not wait_until(up, timeout, interval=0.5):
-            raise ServingError(f"Prometheus could not scrape {', '.join(self.targets)} within {timeout:.0f} s")
+            if not wait_until(up, timeout, interval=0.5):
+                raise ServingError(f"Prometheus could not scrape {', '.join(self.targets)} within {timeout:.0f} s")
 
     def check_alive(self) -> None:
         if self.process is None or not self.process.alive():
@@ -122,31 +121,49 @@ class PrometheusServer:
 
 
 class PromClient:
-    """The Prometheus HTTP API (`/api/v1/query`), returning floats (NaN kept, empty → None)."""
+    """The Prometheus HTTP API (`/api/v1/query`) over httpx, returning floats (NaN kept, empty → None).
+
+    One connection pool per client; `close()` it, or use it as a context manager.
+    """
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PromClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as response:  # noqa: S310
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
+            return self._http.get("/-/ready", timeout=2).status_code == httpx.codes.OK
+        except httpx.TransportError:
             return False
 
     def _query(self, expr: str, at: float | None) -> list[dict[str, object]]:
         params = {"query": expr}
         if at is not None:
             params["time"] = f"{at:.3f}"
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310
-                body = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise ServingError(f"Prometheus rejected {expr!r}: {exc.read()[:300]!r}") from None
-        except (urllib.error.URLError, OSError) as exc:
+            response = self._http.get("/api/v1/query", params=params)
+        except httpx.TimeoutException:
+            raise ServingError(f"Prometheus at {self.url} did not answer {expr!r} within {self.timeout:g} s") from None
+        except httpx.TransportError as exc:
             raise ServingError(f"Prometheus at {self.url} did not answer: {exc}") from None
+        if response.is_error:
+            raise ServingError(f"Prometheus rejected {expr!r} (HTTP {response.status_code}): {response.text[:300]}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise ServingError(
+                f"Prometheus at {self.url} answered {expr!r} with something other than JSON: {response.text[:300]!r}"
+            ) from None
         if body.get("status") != "success":
             raise ServingError(f"Prometheus query {expr!r} failed: {body.get('error')}")
         return body["data"]["result"]  # type: ignore[no-any-return]

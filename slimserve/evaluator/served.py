@@ -19,11 +19,6 @@ from slimserve.evaluator.gate import QualityEvidence
 if TYPE_CHECKING:
     import numpy as np
 
-NUMPY_TO_V2 = {
-    "float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
-    "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL",
-}  # fmt: skip
-
 
 def load_npz(path: Path, field: str = "spec.data.evaluation") -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Input arrays by name, and the labels `y` when present."""
@@ -51,6 +46,8 @@ def _client(url: str) -> Any:
 
 def check_inputs(model: str, metadata: dict[str, Any], batching: bool, arrays: dict[str, np.ndarray]) -> None:
     """The data's arrays match the served model's inputs by name, dtype and per-sample shape."""
+    from tritonclient.utils import np_to_triton_dtype
+
     problems = []
     declared = {i["name"]: i for i in metadata["inputs"]}
     for name in declared.keys() - arrays.keys():
@@ -71,7 +68,7 @@ def check_inputs(model: str, metadata: dict[str, Any], batching: bool, arrays: d
                 f"spec.data.evaluation: array '{name}' has per-sample shape {have} but model '{model}' input "
                 f"'{name}' expects {want}; reshape the data (or re-export the model) so they agree"
             )
-        got = NUMPY_TO_V2.get(str(array.dtype))
+        got = np_to_triton_dtype(array.dtype)
         if got != spec["datatype"]:
             problems.append(
                 f"spec.data.evaluation: array '{name}' is {array.dtype} ({got}) but model '{model}' input "
@@ -99,7 +96,7 @@ def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | N
     """One output of the model (`output`, default the first) for every sample, one request per sample."""
     import numpy as np
     import tritonclient.http as httpclient
-    from tritonclient.utils import InferenceServerException
+    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
     client = httpclient.InferenceServerClient(url.removeprefix("http://").removeprefix("https://"), network_timeout=120)
     try:
@@ -122,7 +119,7 @@ def predict(url: str, model: str, arrays: dict[str, np.ndarray], output: str | N
             inputs = []
             for name, array in arrays.items():
                 sample = np.ascontiguousarray(array[i : i + 1] if batching else array[i])
-                tensor = httpclient.InferInput(name, list(sample.shape), NUMPY_TO_V2[str(sample.dtype)])
+                tensor = httpclient.InferInput(name, list(sample.shape), np_to_triton_dtype(sample.dtype))
                 tensor.set_data_from_numpy(sample, binary_data=True)
                 inputs.append(tensor)
             requested = [httpclient.InferRequestedOutput(wanted, binary_data=True)]

@@ -19,6 +19,7 @@ from typing import Final, Literal, TypeVar
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import np_to_triton_dtype
 
 from slimserve.api.report import CompressionReport, VariantRecord
 from slimserve.api.spec import Serving
@@ -31,23 +32,6 @@ VERSION: Final = "1"
 PYTHON_MODEL_SOURCE: Final = Path(__file__).with_name("python_model.py")
 TensorMessage = TypeVar("TensorMessage", mc.ModelInput, mc.ModelOutput)
 
-# onnx.TensorProto element types → Triton data types.
-ONNX_TO_TRITON: Final[dict[int, str]] = {
-    1: "TYPE_FP32",
-    2: "TYPE_UINT8",
-    3: "TYPE_INT8",
-    4: "TYPE_UINT16",
-    5: "TYPE_INT16",
-    6: "TYPE_INT32",
-    7: "TYPE_INT64",
-    8: "TYPE_STRING",
-    9: "TYPE_BOOL",
-    10: "TYPE_FP16",
-    11: "TYPE_FP64",
-    12: "TYPE_UINT32",
-    13: "TYPE_UINT64",
-    16: "TYPE_BF16",
-}
 # Ops TensorRT's ONNX parser cannot take (QOperator int8 graphs): such variants skip the accelerator.
 NOT_TENSORRT_OPS: Final = frozenset(
     {
@@ -79,6 +63,20 @@ class Signature:
     external_files: tuple[str, ...] = ()  # external-data files the graph names, relative to it
 
 
+def triton_data_type(elem_type: int) -> str | None:
+    """The model configuration's data type (`TYPE_FP32`) of an ONNX element type; None where Triton has none."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    try:
+        datatype = np_to_triton_dtype(tensor_dtype_to_np_dtype(elem_type))
+    except KeyError:  # not an element type this onnx knows
+        return None
+    if datatype is None:
+        return None
+    # KServe v2's BYTES tensors are TYPE_STRING in the model configuration.
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
 def read_signature(path: Path) -> Signature:
     """Inputs, outputs and op types of an ONNX file, without loading its weights.
 
@@ -97,7 +95,8 @@ def read_signature(path: Path) -> Signature:
     def spec(value: object, where: str) -> TensorSpec:
         tensor_type = value.type.tensor_type  # type: ignore[attr-defined]
         name = value.name  # type: ignore[attr-defined]
-        if tensor_type.elem_type not in ONNX_TO_TRITON:
+        data_type = triton_data_type(tensor_type.elem_type)
+        if data_type is None:
             raise InvalidInput(
                 f"{path}: {where} '{name}' has ONNX element type {tensor_type.elem_type}, which Triton cannot "
                 "serve; cast it to a float or integer type before export"
@@ -105,7 +104,7 @@ def read_signature(path: Path) -> Signature:
         dims = tuple(
             d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim
         )
-        return TensorSpec(name, ONNX_TO_TRITON[tensor_type.elem_type], dims)
+        return TensorSpec(name, data_type, dims)
 
     inputs = tuple(spec(v, "input") for v in graph.input if v.name not in initializers)
     outputs = tuple(spec(v, "output") for v in graph.output)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from slimserve.api.status import TERMINAL_PHASES
+from slimserve.chart import manifests
 from slimserve.evaluator.prometheus import PromClient, find_prometheus
-from slimserve.operator import manifests
 from slimserve.processes import ManagedProcess, free_port, wait_until
 from tests.e2e.node import Api, Node, write_prometheus_config
 from tests.e2e.worker_image import worker_venv

@@ -14,8 +14,8 @@ import yaml
 
 from slimserve.api import parse_compressed_model
 from slimserve.api.crd import build_crd
-from slimserve.operator import manifests
-from slimserve.operator.dashboard import build_dashboard
+from slimserve.chart import manifests
+from slimserve.chart.dashboard import build_dashboard
 from slimserve.operator.handlers import seniority_priority
 from slimserve.operator.settings import OperatorSettings
 from tests.kube.schemas import SCHEMAS, validate_custom
@@ -288,7 +288,7 @@ def test_generated_files_have_not_drifted() -> None:
     stale = [
         str(p.relative_to(ROOT)) for p, text in manifests.generated().items() if not p.exists() or p.read_text() != text
     ]
-    assert stale == [], "run `python -m slimserve.operator.manifests`"
+    assert stale == [], "run `python -m slimserve.chart.manifests`"
 
 
 def test_chart_crd_is_the_api_crd() -> None:

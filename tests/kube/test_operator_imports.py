@@ -19,6 +19,9 @@ FORBIDDEN = (
     "s3fs",
     "gcsfs",
     "huggingface_hub",
+    "httpx",  # the evaluator's Prometheus client
+    "grafana_foundation_sdk",  # build-time only: slimserve.chart
+    "helm_python",
 )
 
 

@@ -28,11 +28,11 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from slimserve.api import parse_compressed_model
 from slimserve.api.report import CompressionReport
+from slimserve.chart.dashboard import build_dashboard
+from slimserve.chart.manifests import render_chart
 from slimserve.evaluator.prometheus import SCRAPE_INTERVAL_S, PrometheusServer
 from slimserve.operator import builders as b
 from slimserve.operator import metrics
-from slimserve.operator.dashboard import build_dashboard
-from slimserve.operator.manifests import render_chart
 from slimserve.operator.settings import OperatorSettings
 from slimserve.processes import free_port, wait_until
 from slimserve.triton.repository import build_repository

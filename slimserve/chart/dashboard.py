@@ -5,13 +5,28 @@ tell variants apart: the chart's PodMonitor adds the pods' labels, `slimserve_de
 CompressedModel, `slimserve_dev_variant` = the variant and `app_kubernetes_io_component` (`triton`, or
 `triton-control` for the evaluator's control copy, left out here). The operator's own gauges carry
 `model` = the CompressedModel (canary weight, gate thresholds, variant roles).
-`python -m slimserve.operator.manifests` writes it into the chart.
+Built with Grafana's own dashboards-as-code SDK (grafana-foundation-sdk, the `chart` extra);
+`python -m slimserve.chart.manifests` writes it into the chart.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any, Final
+
+from grafana_foundation_sdk.builders import common as options
+from grafana_foundation_sdk.builders import dashboard, prometheus, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement, SortOrder, TooltipDisplayMode
+from grafana_foundation_sdk.models.dashboard import (
+    DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
+    GridPos,
+    VariableOption,
+    VariableRefresh,
+)
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 TRITON: Final = 'namespace=~"$namespace", slimserve_dev_model=~"$model", app_kubernetes_io_component="triton"'
 OPERATOR: Final = 'namespace=~"$namespace", model=~"$model"'
@@ -46,54 +61,72 @@ def _threshold(gate: str) -> str:
     return f'max(slimserve_gate_threshold{{{OPERATOR}, gate="{gate}"}})'
 
 
-def _target(expr: str, legend: str, ref: str, instant: bool = False) -> dict[str, Any]:
-    target: dict[str, Any] = {
-        "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "expr": expr,
-        "legendFormat": legend,
-        "refId": ref,
-    }
-    if instant:
-        target.update(instant=True, format="table")
-    return target
+DATASOURCE: Final = DataSourceRef(type_val="prometheus", uid="${datasource}")
+# A gate threshold is drawn as a red dashed line over the series it bounds.
+THRESHOLD_LINE: Final = [
+    DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+    DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
+]
+
+
+def _target(expr: str, legend_format: str, ref: str) -> prometheus.Dataquery:
+    return prometheus.Dataquery().datasource(DATASOURCE).expr(expr).legend_format(legend_format).ref_id(ref)
+
+
+def _instant(expr: str, ref: str) -> prometheus.Dataquery:
+    return _target(expr, "", ref).instant().format(PromQueryFormat.TABLE)
 
 
 def _timeseries(
     id: int,
     title: str,
     unit: str,
-    targets: list[dict[str, Any]],
+    targets: list[prometheus.Dataquery],
     x: int,
     y: int,
     description: str,
     threshold_refs: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    overrides = [
-        {
-            "matcher": {"id": "byFrameRefID", "options": ref},
-            "properties": [
-                {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
-                {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
-            ],
-        }
-        for ref in threshold_refs
-    ]
-    return {
-        "id": id,
-        "type": "timeseries",
-        "title": title,
-        "description": description,
-        "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": overrides},
-        "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}},
-        "targets": targets,
-    }
+) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .id(id)
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .grid_pos(GridPos(h=8, w=12, x=x, y=y))
+        .unit(unit)
+        .legend(
+            options.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(LegendDisplayMode.TABLE)
+            .placement(LegendPlacement.BOTTOM)
+            .calcs(["lastNotNull", "max"])
+        )
+        .tooltip(options.VizTooltipOptions().mode(TooltipDisplayMode.SINGLE).sort(SortOrder.NONE))
+    )
+    for target in targets:
+        panel.with_target(target)
+    for ref in threshold_refs:
+        panel.override_by_query(ref, THRESHOLD_LINE)
+    return panel
+
+
+def _variable(name: str, label: str, query: str) -> dashboard.QueryVariable:
+    return (
+        dashboard.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .include_all(True)
+        .multi(True)
+        .current(VariableOption(text="All", value="$__all"))
+    )
 
 
 def build_dashboard() -> dict[str, Any]:
     """Per model and variant: throughput, p50/p99, errors, queue time, batch size, replicas, canary weight,
-    the candidate's quality drop."""
+    the candidate's quality drop; as Grafana's dashboard JSON."""
     q = QUERIES
     panels = [
         _timeseries(
@@ -186,33 +219,33 @@ def build_dashboard() -> dict[str, Any]:
             "a 0-100 score, or % error increase for mse/mae), as the served quality check measured it.",
             ("T",),
         ),
-        {
-            "id": 8,
-            "type": "table",
-            "title": "Stable vs canary",
-            "description": "The numbers the gate compares, side by side for the variants now serving.",
-            "datasource": {"type": "prometheus", "uid": "${datasource}"},
-            "gridPos": {"h": 8, "w": 12, "x": 12, "y": 24},
-            "targets": [
+        table.Panel()
+        .id(8)
+        .title("Stable vs canary")
+        .description("The numbers the gate compares, side by side for the variants now serving.")
+        .datasource(DATASOURCE)
+        .grid_pos(GridPos(h=8, w=12, x=12, y=24))
+        .targets(
+            [
                 # Aggregated to the two labels it shows: the operator's series also carry the
                 # ServiceMonitor's target labels (pod, job, instance...), which would become columns.
-                _target(
+                _instant(
                     "max by (slimserve_dev_variant, role) (label_replace("
                     f'{q["role"]}, "slimserve_dev_variant", "$1", "variant", "(.*)"))',
-                    "",
                     "ROLE",
-                    instant=True,
                 ),
-                _target(q["throughput"], "", "RPS", instant=True),
-                _target(q["p99"], "", "P99", instant=True),
-                _target(q["error_rate"], "", "ERR", instant=True),
-                _target(q["queue_ms"], "", "QUEUE", instant=True),
-            ],
-            "transformations": [
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {
+                _instant(q["throughput"], "RPS"),
+                _instant(q["p99"], "P99"),
+                _instant(q["error_rate"], "ERR"),
+                _instant(q["queue_ms"], "QUEUE"),
+            ]
+        )
+        .transformations(
+            [
+                DataTransformerConfig(id_val="merge", options={}),
+                DataTransformerConfig(
+                    id_val="organize",
+                    options={
                         "excludeByName": {"Time": True, "Value #ROLE": True},
                         "renameByName": {
                             "slimserve_dev_variant": "variant",
@@ -222,46 +255,34 @@ def build_dashboard() -> dict[str, Any]:
                             "Value #QUEUE": "queue ms",
                         },
                     },
-                },
-            ],
-        },
-    ]
-    variable = {
-        "type": "query",
-        "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "refresh": 2,
-        "includeAll": True,
-        "multi": True,
-        "current": {"text": "All", "value": "$__all"},
-    }
-    return {
-        "uid": "slimserve-rollout",
-        "title": "slimserve: compressed models and canary rollouts",
-        "tags": ["slimserve", "triton"],
-        "timezone": "browser",
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"},
-        "templating": {
-            "list": [
-                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
-                {
-                    **variable,
-                    "name": "namespace",
-                    "label": "Namespace",
-                    "query": "label_values(slimserve_canary_weight_percent, namespace)",
-                },
-                {
-                    **variable,
-                    "name": "model",
-                    "label": "CompressedModel",
-                    "query": 'label_values(slimserve_canary_weight_percent{namespace=~"$namespace"}, model)',
-                },
+                ),
             ]
-        },
-        "panels": panels,
-    }
+        ),
+    ]
+    built = (
+        dashboard.Dashboard("slimserve: compressed models and canary rollouts")
+        .uid("slimserve-rollout")
+        .tags(["slimserve", "triton"])
+        .timezone("browser")
+        .version(1)
+        .refresh("10s")
+        .time("now-1h", "now")
+        .variables(
+            [
+                dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"),
+                _variable("namespace", "Namespace", "label_values(slimserve_canary_weight_percent, namespace)"),
+                _variable(
+                    "model",
+                    "CompressedModel",
+                    'label_values(slimserve_canary_weight_percent{namespace=~"$namespace"}, model)',
+                ),
+            ]
+        )
+    )
+    for panel in panels:
+        built.with_panel(panel)
+    result: dict[str, Any] = json.loads(JSONEncoder().encode(built.build()))
+    return result
 
 
 def render_dashboard() -> str:
