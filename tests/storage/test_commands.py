@@ -150,6 +150,21 @@ def test_package_uploads_the_repository_to_s3(s3: S3, compression: Path, tmp_pat
     assert s3.fs.exists(base + ".complete")
 
 
+def test_package_uploads_to_the_version_it_is_given(s3: S3, compression: Path, tmp_path: Path) -> None:
+    """What the operator's packaging Job runs: a version it names before the upload (`gen-<g>/<variant>`)."""
+    root = f"s3://{s3.bucket}/digits/repository"
+    args = ["package", str(compression / "compressedmodel.yaml"), "--report", str(compression / "report.json"),
+            "--backend", "onnxruntime", "--variants", "int8=digits", "--repository-version", "gen-1/int8"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--repository", root, "--uri-file", str(tmp_path / "uri")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "uri").read_text().strip() == f"s3://{s3.endpoint}/{s3.bucket}/digits/repository/gen-1/int8"
+    base = f"{s3.bucket}/digits/repository/gen-1/int8"
+    assert f"{base}/digits/1/model.onnx" in s3.fs.find(base)
+    assert s3.fs.exists(base + ".complete")
+    result = runner.invoke(app, [*args, "--repository", str(tmp_path / "folder")])
+    assert result.exit_code == 2 and "--repository-version = 'gen-1/int8'" in result.output
+
+
 @pytest.mark.serving
 def test_triton_serves_the_packaged_repository_from_s3(s3: S3, compression: Path, tmp_path: Path) -> None:
     """The pytriton wheel's tritonserver reads s3://http://host:port/bucket/prefix with the AWS variables."""
