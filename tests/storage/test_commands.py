@@ -181,3 +181,21 @@ def test_triton_serves_the_packaged_repository_from_s3(s3: S3, compression: Path
             outputs = json.loads(response.read())["outputs"]
     assert len(outputs[0]["data"]) == 10
     assert "s3://http://127.0.0.1:" in (tmp_path / "triton" / "triton.log").read_text()
+
+
+@pytest.mark.serving
+def test_slimserve_run_takes_the_s3_example_to_a_decision(s3: S3, cache: Cache, tmp_path: Path) -> None:
+    """`slimserve run` on the S3 example, as a user runs it: every file fetched from the bucket, the local
+    stack (Triton, Prometheus, Locust) judging one quick variant to Promoted."""
+    variants = [{"name": "int8-static", "steps": [{"quantize": {"mode": "static", "calibration": "minmax"}}]}]
+    spec = s3_example(
+        s3, tmp_path / "elsewhere",
+        compression={"variants": variants, "measure": {"latencyRuns": 20, "throughputBatch": 8, "threads": 1}},
+        rollout={"candidate": "int8-static", "steps": [100], "stepDuration": "8s", "users": 4, "spawnRate": 4},
+    )  # fmt: skip
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(spec), "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert result.exit_code == 0, result.output
+    assert report["decision"] == "Promoted" and report["candidate"] == "int8-static", report
+    assert not (tmp_path / "elsewhere" / "model.py").exists(), "the factory module came from codeUri in S3"
