@@ -822,9 +822,11 @@ class ModelRepository(Model):
         default=None,
         max_length=1024,
         pattern=S3_REPOSITORY_PATTERN,
-        description="s3://bucket/prefix: `slimserve package` uploads each repository to <uri>/<version>/ (a "
-        "content hash), then writes <uri>/<version>.complete; Triton reads it natively with the credentials "
-        "of spec.storage.secretName (AWS_ENDPOINT_URL for MinIO). Example: s3://models/digits/repository.",
+        description="s3://bucket/prefix: the packaging Job uploads each variant's repository to "
+        "<uri>/gen-<generation>/<variant>/ (then <variant>.complete), and Triton reads it natively with the "
+        "variables of spec.storage.secretName (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION; "
+        "AWS_ENDPOINT_URL with its port for MinIO); its pods mount no model volume. The worker Jobs still use "
+        "the model volume. Example: s3://models/digits/repository.",
     )
     size: str = Field(
         default="5Gi", pattern=r"^[0-9]+(Mi|Gi|Ti)$",

@@ -6,12 +6,15 @@ import logging
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import typer
 from rich.console import Console
 
 from slimserve.errors import EXIT_INTERNAL, EXIT_INVALID, InvalidInput, SlimserveError
+
+if TYPE_CHECKING:
+    from slimserve.api import CompressedModel
 
 err_console = Console(stderr=True)
 
@@ -25,15 +28,27 @@ BASE_DIR_HELP: Final = (
 )
 
 
-def base_dir_for(file: Path, base_dir: Path | None) -> Path:
-    """The folder relative URIs resolve against: `--base-dir`, else the YAML file's own folder."""
+def base_dir_for(file: Path, base_dir: Path | None, model: CompressedModel) -> Path:
+    """The folder relative URIs resolve against: `--base-dir`, else the YAML file's own folder.
+
+    A `--base-dir` that does not exist is refused only when the spec reads from it (a relative path, or a
+    factory module without codeUri): a spec whose files are all in a bucket has nothing on the model volume.
+    """
     if base_dir is None:
         return file.resolve().parent
-    if not base_dir.is_dir():
+    if not base_dir.is_dir() and _reads_base_dir(model):
         raise InvalidInput(
             f"--base-dir = '{base_dir}': not a folder; pass the folder that holds the files the spec names"
         )
     return base_dir.resolve()
+
+
+def _reads_base_dir(model: CompressedModel) -> bool:
+    from slimserve.storage.spec import spec_uris  # the fetchers load only when a URI is read
+
+    source = model.spec.source
+    relative = any("://" not in uri and not Path(uri).is_absolute() for uri in spec_uris(model).values())
+    return relative or (bool(source.factory) and not source.code_uri)
 
 
 def handle_errors(func: F) -> F:

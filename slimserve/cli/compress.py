@@ -94,7 +94,7 @@ def compress(
 
     from slimserve.storage import localize
 
-    model, base = localize(load_compressed_model(file), base_dir_for(file, base_dir))
+    model, base = localize(loaded := load_compressed_model(file), base_dir_for(file, base_dir, loaded))
     console = Console()
     if not console.is_terminal:  # logs and pipes: keep the table on one line per variant
         console = Console(width=140)

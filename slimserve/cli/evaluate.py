@@ -117,7 +117,7 @@ def evaluate(
     from slimserve.storage import localize
 
     install_signal_handlers()
-    model, folder = localize(load_compressed_model(file), base_dir_for(file, base_dir))
+    model, folder = localize(loaded := load_compressed_model(file), base_dir_for(file, base_dir, loaded))
     spec = model.spec
     evaluation = data_files(model, folder)["evaluation"]
     if not evaluation.is_file():

@@ -33,7 +33,7 @@ def fetch(
 
     from slimserve.storage import fetch_into
 
-    written = fetch_into(load_compressed_model(file), base_dir_for(file, base_dir), out)
+    written = fetch_into(loaded := load_compressed_model(file), base_dir_for(file, base_dir, loaded), out)
     Console(soft_wrap=True).print(
         f"[green]fetched[/] into {written.parent}; next: slimserve compress {written} --out DIR"
     )

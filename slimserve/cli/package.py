@@ -57,6 +57,12 @@ def package(
         "VARIANT=MODEL packages a variant as Triton model MODEL (the operator does this when a new "
         "generation's candidate has the name of the variant already serving).",
     ),
+    repository_version: str = typer.Option(
+        None,
+        "--repository-version",
+        help="With an s3:// repository: upload to <prefix>/<this>/ instead of a content hash (the operator "
+        "passes gen-<generation>/<variant>, so it names Triton's --model-repository before the upload).",
+    ),
     uri_file: Path = typer.Option(
         None,
         "--uri-file",
@@ -100,10 +106,15 @@ def package(
 
         with tempfile.TemporaryDirectory(prefix="slimserve-repository-") as staging:
             built = build(Path(staging))
-            location = upload_repository(Path(staging), repository)
+            location = upload_repository(Path(staging), repository, version=repository_version)
         for_triton = triton_repository_uri(location)
         detail = f" (Triton: --model-repository={for_triton} with the AWS variables)"
     else:
+        if repository_version:
+            raise InvalidInput(
+                f"--repository-version = {repository_version!r}: names a version under an s3:// --repository; "
+                f"a folder ({repository!r}) is written as it is"
+            )
         built = build(Path(repository))
         location, for_triton, detail = repository, repository, ""
     if uri_file is not None:

@@ -21,6 +21,6 @@ def validate(
     from slimserve.storage import check_reachable
 
     model = load_compressed_model(file)
-    check_reachable(model, base_dir_for(file, base_dir))
+    check_reachable(model, base_dir_for(file, base_dir, model))
     variants = ", ".join(v.name for v in model.spec.compression.variants) or "(search only)"
     Console().print(f"[green]valid[/]: {model.metadata.name} with variants {variants}")

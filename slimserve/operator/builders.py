@@ -8,6 +8,8 @@ Every variant serves under one client-facing Triton model name (`model_name`), f
 repository of its own generation (`/models/<cr>/gen-<g>/repository/<variant>`): a later generation
 writes next to the files a serving stable reads, never over them, and a same-name candidate of a new
 generation is a new pod template, so its pods roll and load the new weights.
+With `spec.serving.modelRepository.uri` the packaging Job also uploads each repository to
+`<uri>/gen-<g>/<variant>/` and Triton reads it from there (no model volume in its pods).
 """
 
 from __future__ import annotations
@@ -191,6 +193,13 @@ def compressed_dir(owner: Owner) -> str:
 def repository_dir(owner: Owner, served: Served) -> str:
     """The Triton model repository of one variant of one generation: one model, named `model_name`."""
     return f"{MODELS_MOUNT}/{owner.name}/gen-{served.generation}/repository/{served.variant}"
+
+
+def repository_uri(model: CompressedModel, served: Served) -> str | None:
+    """Where Triton reads one variant of one generation with an s3:// model repository: the model volume's
+    layout under `spec.serving.modelRepository.uri` (None: Triton reads the model volume)."""
+    uri = model.spec.serving.model_repository.uri
+    return f"{uri.rstrip('/')}/gen-{served.generation}/{served.variant}" if uri else None
 
 
 def served_model_file(model: CompressedModel, owner: Owner, served: Served) -> str:
@@ -505,18 +514,27 @@ def build_packaging_job(
     with_baseline: bool,
 ) -> Manifest:
     """`slimserve package`: the candidate (and, in a model's first generation, the baseline as the stable)
-    into repositories of their own under this generation, each serving as the client-facing model name."""
+    into repositories of their own under this generation, each serving as the client-facing model name;
+    uploaded to `repository_uri` too with an s3:// model repository (credentials: spec.storage.secretName)."""
     name = model_name(model)
     report = shlex.quote(compressed_dir(owner) + "/report.json")
     backend = triton_backend(model, settings)
     wanted = [(BASELINE, BASELINE)] if with_baseline else []
     wanted.append((candidate, served))
-    script = "set -e; " + "; ".join(
-        f"slimserve package {SPEC_FILE} --report {report} "
-        f"--repository {shlex.quote(repository_dir(owner, Served(variant, owner.generation)))} "
-        f"--backend {backend} --variants {shlex.quote(f'{source}={name}')}"
-        for source, variant in wanted
-    )
+
+    def package(source: str, repository: str) -> str:
+        return (f"slimserve package {SPEC_FILE} --report {report} --repository {shlex.quote(repository)} "
+                f"--backend {backend} --variants {shlex.quote(f'{source}={name}')}")  # fmt: skip
+
+    commands = []
+    for source, variant in wanted:
+        one = Served(variant, owner.generation)
+        commands.append(package(source, repository_dir(owner, one)))
+        uri = repository_uri(model, one)
+        if uri:  # the volume's copy stays: a later generation's choice reads the stable's model file there
+            prefix, generation, folder = uri.rsplit("/", 2)
+            commands.append(f"{package(source, prefix)} --repository-version {shlex.quote(f'{generation}/{folder}')}")
+    script = "set -e; " + "; ".join(commands)
     container = _worker_container(settings, script, _resources("500m", "1Gi", 0))
     return _job(
         model, owner, packaging_job_name(owner), "packaging", container, settings=settings,
@@ -526,6 +544,20 @@ def build_packaging_job(
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
+
+
+def triton_s3_script(uri: str) -> str:
+    """`tritonserver --model-repository=<uri>` in the form Triton's S3 client reads, from the pod's environment
+    (spec.storage.secretName): AWS itself takes `s3://bucket/prefix`; another endpoint (AWS_ENDPOINT_URL_S3 or
+    AWS_ENDPOINT_URL, as `slimserve.storage.triton_repository_uri` reads them) goes inside the URI with its port,
+    `s3://http://host:port/bucket/prefix`. Its credentials are AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_SESSION_TOKEN and AWS_DEFAULT_REGION. The flags that follow are the script's arguments ("$@")."""
+    path = shlex.quote(uri[len("s3://") :])
+    return (
+        'endpoint="${AWS_ENDPOINT_URL_S3:-${AWS_ENDPOINT_URL:-}}"; endpoint="${endpoint%/}"; '
+        'case "$endpoint" in ""|*://*:[0-9]*) ;; https://*) endpoint="$endpoint:443" ;; *) endpoint="$endpoint:80" ;; '
+        f'esac; exec tritonserver --model-repository="s3://${{endpoint:+$endpoint/}}"{path} "$@"'
+    )
 
 
 def build_triton_deployment(
@@ -538,7 +570,8 @@ def build_triton_deployment(
 ) -> Manifest:
     """Triton serving one variant of one generation under the client-facing model name.
 
-    `replicas` is left out when an autoscaler owns the count. The role label sits on the
+    With an s3:// model repository Triton reads `repository_uri` with the credentials of spec.storage.secretName
+    (`triton_s3_script`). `replicas` is left out when an autoscaler owns the count. The role label sits on the
     Deployment only (not the pod template or selector), so promoting a canary to stable
     relabels it without restarting its pods. The control's pods get a component of their own.
     """
@@ -549,21 +582,21 @@ def build_triton_deployment(
     selector = {LABEL_MODEL: owner.name, LABEL_VARIANT: served.variant, LABEL_COMPONENT: component}
     gpus = serving.gpus if serving.instance_kind == "gpu" or serving.gpus else 0
     served_name = model_name(model)
+    flags = [
+        "--model-control-mode=explicit",
+        f"--load-model={served_name}",
+        f"--http-port={HTTP_PORT}",
+        f"--grpc-port={GRPC_PORT}",
+        f"--metrics-port={METRICS_PORT}",
+        "--metrics-config=summary_latencies=true",
+        "--allow-metrics=true",
+    ]
+    uri = repository_uri(model, served)
     container: dict[str, Any] = {
         "name": "triton",
         "image": settings.triton_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "args": [
-            "tritonserver",
-            f"--model-repository={repository_dir(owner, served)}",
-            "--model-control-mode=explicit",
-            f"--load-model={served_name}",
-            f"--http-port={HTTP_PORT}",
-            f"--grpc-port={GRPC_PORT}",
-            f"--metrics-port={METRICS_PORT}",
-            "--metrics-config=summary_latencies=true",
-            "--allow-metrics=true",
-        ],
+        "args": ["tritonserver", f"--model-repository={repository_dir(owner, served)}", *flags],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
@@ -584,14 +617,22 @@ def build_triton_deployment(
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }  # fmt: skip
+    volumes: list[dict[str, Any]] = [
+        {"name": "models", "persistentVolumeClaim": {"claimName": model_pvc_name(model, owner), "readOnly": True}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if uri:  # Triton's S3 client downloads the repository into /tmp: no model volume
+        container["command"] = ["/bin/sh", "-c", triton_s3_script(uri), "tritonserver"]
+        container["args"] = flags
+        container["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
+        volumes = [{"name": "tmp", "emptyDir": {}}]
+        if model.spec.storage.secret_name:
+            container["envFrom"] = [{"secretRef": {"name": model.spec.storage.secret_name}}]
     pod: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "securityContext": _pod_security_context(),
         "containers": [container],
-        "volumes": [
-            {"name": "models", "persistentVolumeClaim": {"claimName": model_pvc_name(model, owner), "readOnly": True}},
-            {"name": "tmp", "emptyDir": {}},
-        ],
+        "volumes": volumes,
     }
     if serving.node_selector:
         pod["nodeSelector"] = dict(serving.node_selector)

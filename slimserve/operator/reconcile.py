@@ -259,13 +259,6 @@ def spec_problems(model: CompressedModel, status: Mapping[str, Any], settings: O
             f"(warm-up, maxStepDuration {longest:g} s, Prometheus scrapes and start-up); use at least "
             f"{math.ceil(needed / 60)}m"
         )
-    uri = model.spec.serving.model_repository.uri
-    if uri:
-        problems.append(
-            f"spec.serving.modelRepository.uri = {uri!r}: the operator serves every variant from the model volume "
-            f"(spec.serving.modelRepository.pvc, default {model.metadata.name}-models); an s3:// repository is not "
-            "wired into the cluster path yet: remove uri (`slimserve package --repository s3://...` works by hand)"
-        )
     served_as = status.get("modelName")
     if served_as and served_as != b.model_name(model):
         problems.append(

@@ -2,8 +2,12 @@
 
 Object stores have no rename, so a repository is never written in place: it goes to
 `<uri>/<version>/` (version: a hash of its content), and only then `<uri>/<version>.complete`
-appears, listing every file. A repository whose marker exists is complete and is not uploaded
-again; a failed upload leaves no marker, and the next run writes the same version again.
+appears, listing every file. A repository whose marker lists the same files is complete and is not
+uploaded again; a failed upload leaves no marker, and the next run writes the same version again.
+
+The operator names the version itself (`gen-<generation>/<variant>`, the layout of the model volume),
+so it can render Triton's `--model-repository` before the upload: no Triton reads that prefix until
+the packaging Job has written its marker.
 """
 
 from __future__ import annotations
@@ -40,25 +44,31 @@ def repository_version(local_dir: Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:VERSION_LENGTH]
 
 
-def upload_repository(local_dir: Path, uri: str, field: str = "--repository") -> str:
-    """Upload `local_dir` to `<uri>/<version>/`, then write the marker; return `<uri>/<version>`."""
+def upload_repository(local_dir: Path, uri: str, field: str = "--repository", version: str | None = None) -> str:
+    """Upload `local_dir` to `<uri>/<version>/`, then write the marker; return `<uri>/<version>`.
+
+    `version` defaults to a hash of the content; a given one (`gen-2/int8`) is uploaded again when its
+    marker lists other files (a retried generation packaged for another backend)."""
     loc = parse(uri, Path.cwd(), field)
     if loc.scheme != "s3":
         raise InvalidInput(f"{field} = {uri!r}: a remote model repository is s3://bucket/prefix (Triton reads it)")
     files = _files(local_dir)
     if not files:
         raise InvalidInput(f"{field}: {local_dir} holds no files to upload")
-    version = repository_version(local_dir)
+    version = (version or repository_version(local_dir)).strip("/")
     root = loc.remote.rstrip("/")
     target, marker = f"{root}/{version}", f"{root}/{version}{MARKER_SUFFIX}"
     from slimserve.storage.remotes import ObjectStore
 
     try:
         fs = ObjectStore("s3").fs
-        if not fs.exists(marker):
+        listing = {r: {"size": s, "sha256": h} for r, (s, h) in files.items()}
+        if not fs.exists(marker) or json.loads(fs.cat_file(marker)).get("files") != listing:
+            if fs.exists(marker):
+                fs.rm_file(marker)  # incomplete from here until the new marker
             for rel in files:
                 fs.put_file(str(local_dir / rel), f"{target}/{rel}")
-            body = {"version": version, "created": time.time(), "files": {r: {"size": s, "sha256": h} for r, (s, h) in files.items()}}  # fmt: skip
+            body = {"version": version, "created": time.time(), "files": listing}
             fs.pipe_file(marker, json.dumps(body, indent=1).encode())
     except (InvalidInput, KeyboardInterrupt):
         raise

@@ -87,6 +87,22 @@ def test_a_base_dir_that_is_not_a_folder_is_exit_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--base-dir" in result.stderr and "not a folder" in result.stderr
 
 
+def test_a_missing_base_dir_is_fine_when_the_spec_reads_nothing_from_it(tmp_path: Path) -> None:
+    """The S3 example in a cluster: every file in a bucket, nothing in the model volume's inputs folder."""
+    spec = _spec_alone(tmp_path / "spec")
+    body = yaml.safe_load(spec.read_text())
+    body["spec"]["source"] |= {"uri": f"file://{DIGITS / 'digits_cnn.pt'}", "codeUri": f"file://{DIGITS / 'model.py'}"}
+    body["spec"]["data"] = {"calibration": f"file://{DIGITS / 'data' / 'calibration.npz'}",
+                            "evaluation": f"file://{DIGITS / 'data' / 'test.npz'}"}  # fmt: skip
+    spec.write_text(yaml.safe_dump(body))
+    result = runner.invoke(app, ["validate", str(spec), "--base-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 0, result.output
+    del body["spec"]["source"]["codeUri"]  # the factory module would be imported from --base-dir
+    spec.write_text(yaml.safe_dump(body))
+    result = runner.invoke(app, ["validate", str(spec), "--base-dir", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "--base-dir" in result.stderr and "not a folder" in result.stderr
+
+
 def test_the_bundled_example_works_from_the_spec_configmap_with_base_dir(tmp_path: Path) -> None:
     """What the operator's Jobs see: the example's spec at /spec, its files at --base-dir."""
     example = load_compressed_model(DIGITS / "compressedmodel.yaml")

@@ -7,7 +7,9 @@ by polling the emulator's API like a controller would:
   process of the worker image (a venv installed as docker/worker.Dockerfile installs it), with the
   Job's backoffLimit, podFailurePolicy and activeDeadlineSeconds;
 - the Deployment controller and the kubelet: each replica of a Triton Deployment runs its container's
-  args with the local `tritonserver` (the Python backend of the pytriton wheel), its readiness probe
+  args (or, with an s3:// model repository, its shell command, which finds `tritonserver` on PATH, and
+  the envFrom Secret's variables) with the local `tritonserver` (the pytriton wheel's Python backend and
+  its native S3 client), its readiness probe
   decides when it is ready, its preStop hook runs before it stops, a new pod template rolls (surge
   first), and the Deployment's status says what `kubectl rollout status` reads;
 - kube-proxy and cluster DNS: `<service>.<namespace>.svc:<port>` in a container's command resolves to
@@ -165,6 +167,9 @@ class Node:
         self.names = itertools.count()
         self.triton = find_triton()
         self.backends = prepare_backend_dir(self.triton, root / "triton-image")
+        self.image_bin = root / "triton-image" / "bin"  # the image's PATH: `tritonserver` is the wheel's binary
+        self.image_bin.mkdir(parents=True, exist_ok=True)
+        (self.image_bin / "tritonserver").symlink_to(self.triton.binary)
         self.gateway = Gateway(self, gateway_delay_s)
         self.targets_file = root / "prometheus" / "targets.json"
         self.targets_file.parent.mkdir(parents=True, exist_ok=True)
@@ -438,8 +443,9 @@ class Node:
         pod.ports = {p["name"]: free_port() for p in container.get("ports") or []}
         flags = {"--http-port": "http", "--grpc-port": "grpc", "--metrics-port": "metrics"}
         cpus = self.compared_cpus if pod.role in ("canary", "control") else self.other_cpus
-        argv = ["taskset", "-c", ",".join(map(str, cpus)), str(self.triton.binary)]
-        for arg in container["args"][1:]:
+        command = container.get("command") or [str(self.triton.binary)]  # else the image's entrypoint runs args
+        argv = ["taskset", "-c", ",".join(map(str, cpus)), *command]
+        for arg in container["args"] if container.get("command") else container["args"][1:]:
             key = arg.split("=", 1)[0]
             argv.append(f"{key}={pod.ports[flags[key]]}" if key in flags else _map_paths(arg, mounts))
         argv += [f"--backend-directory={self.backends}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
@@ -450,7 +456,8 @@ class Node:
         env.pop("PYTHONPATH", None)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(self.triton.libs), env.get("LD_LIBRARY_PATH")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p.endswith("site-packages"))
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["PATH"] = os.pathsep.join([str(self.image_bin), str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.update(self._env(container, mounts))  # envFrom: the storage Secret's AWS variables
         env["OMP_NUM_THREADS"] = "1"
         cwd = self.root / "pods" / pod.name
         pod.process = ManagedProcess(pod.name, argv, cwd / "log.txt", env=env, cwd=cwd)

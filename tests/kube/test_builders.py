@@ -60,6 +60,9 @@ def gpu_body() -> dict[str, Any]:
 
 MODEL = parse_compressed_model(example_model())
 GPU_MODEL = parse_compressed_model(gpu_body())
+S3_MODEL = parse_compressed_model(example_model(
+    serving={"modelRepository": {"uri": "s3://models/digits/repository"}}, storage={"secretName": "model-storage"}
+))  # fmt: skip
 OWNER = b.Owner.from_body(example_model())
 
 
@@ -77,6 +80,8 @@ def all_manifests() -> dict[str, dict[str, Any]]:
         "compression-job-gpu": b.build_compression_job(GPU_MODEL, OWNER, SETTINGS, INT8_G1, "int8"),
         "choice-job": b.build_choice_job(MODEL, REUSING, SETTINGS, INT8_G1, "int8"),
         "packaging-job": b.build_packaging_job(MODEL, OWNER, SETTINGS, "int8", "int8", with_baseline=True),
+        "packaging-job-s3": b.build_packaging_job(S3_MODEL, OWNER, SETTINGS, "int8", "int8", with_baseline=True),
+        "deployment-s3": b.build_triton_deployment(S3_MODEL, OWNER, INT8_G1, "canary", SETTINGS),
         "deployment-stable": b.build_triton_deployment(MODEL, OWNER, BASELINE_G1, "stable", SETTINGS),
         "deployment-canary-replicas": b.build_triton_deployment(MODEL, OWNER, INT8_G1, "canary", SETTINGS, replicas=1),
         "deployment-gpu": b.build_triton_deployment(GPU_MODEL, OWNER, INT8_G1, "canary", SETTINGS),
@@ -387,3 +392,60 @@ def test_the_operator_mounts_what_the_storage_layer_reads() -> None:
     assert b.SECRET_MOUNT_PATH == storage.SECRET_MOUNT_PATH
     assert b.pvc_claims(GPU_MODEL) == storage.pvc_claims(GPU_MODEL) == ["datasets"]
     assert b.pvc_claims(MODEL) == storage.pvc_claims(MODEL) == []
+
+
+def test_an_s3_model_repository_is_uploaded_per_generation_and_variant_and_read_by_triton() -> None:
+    """The packaging Job keeps the volume's copy (a later choice reads the stable's model file there) and
+    uploads each repository under `gen-<g>/<variant>`; Triton reads that prefix with the Secret's variables
+    and mounts no model volume."""
+    script = MANIFESTS["packaging-job-s3"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    package = "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
+    assert script == "set -e; " + "; ".join([
+        package + "--repository /models/digits/gen-1/repository/baseline --backend onnxruntime --variants baseline=digits",
+        package + "--repository s3://models/digits/repository --backend onnxruntime --variants baseline=digits "
+        "--repository-version gen-1/baseline",
+        package + "--repository /models/digits/gen-1/repository/int8 --backend onnxruntime --variants int8=digits",
+        package + "--repository s3://models/digits/repository --backend onnxruntime --variants int8=digits "
+        "--repository-version gen-1/int8",
+    ])  # fmt: skip
+    assert MANIFESTS["packaging-job-s3"]["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
+        {"secretRef": {"name": "model-storage"}}
+    ]
+    pod = MANIFESTS["deployment-s3"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "model-storage"}}]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"] and container["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"}
+    ]
+    assert container["command"][:2] == ["/bin/sh", "-c"] and "$(" not in container["command"][2]  # no kubelet expansion
+    assert container["args"][0] == "--model-control-mode=explicit" and "--load-model=digits" in container["args"]
+    assert b.repository_uri(S3_MODEL, INT8_G1) == "s3://models/digits/repository/gen-1/int8"
+    assert b.repository_uri(MODEL, INT8_G1) is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"AWS_ENDPOINT_URL": "http://minio.minio:9000"},
+        {"AWS_ENDPOINT_URL": "http://minio.minio:9000/"},
+        {"AWS_ENDPOINT_URL": "https://objects.example.com"},
+        {"AWS_ENDPOINT_URL": "http://objects.example.com"},
+        {"AWS_ENDPOINT_URL": "http://ignored:1", "AWS_ENDPOINT_URL_S3": "http://s3.local:9000"},
+    ],
+)
+def test_triton_gets_the_s3_endpoint_in_the_form_its_client_reads(env: dict[str, str], tmp_path: Path) -> None:
+    """The Triton container's shell line, run by sh with a stand-in tritonserver, renders what
+    `slimserve.storage.triton_repository_uri` (what `slimserve package` prints) renders for the same variables."""
+    from slimserve.storage import triton_repository_uri
+
+    (tmp_path / "tritonserver").write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    (tmp_path / "tritonserver").chmod(0o755)
+    container = MANIFESTS["deployment-s3"]["spec"]["template"]["spec"]["containers"][0]
+    done = subprocess.run([*container["command"], *container["args"]], capture_output=True, text=True, check=True,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin", **env})  # fmt: skip
+    argv = done.stdout.splitlines()
+    uri = "s3://models/digits/repository/gen-1/int8"
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+    assert argv[0] == f"--model-repository={triton_repository_uri(uri, endpoint.rstrip('/'))}"
+    assert argv[1:] == container["args"]

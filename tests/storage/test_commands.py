@@ -149,6 +149,21 @@ def test_package_uploads_the_repository_to_s3(s3: S3, compression: Path, tmp_pat
     assert s3.fs.exists(base + ".complete")
 
 
+def test_package_uploads_to_the_version_it_is_given(s3: S3, compression: Path, tmp_path: Path) -> None:
+    """What the operator's packaging Job runs: a version it names before the upload (`gen-<g>/<variant>`)."""
+    root = f"s3://{s3.bucket}/digits/repository"
+    args = ["package", str(compression / "compressedmodel.yaml"), "--report", str(compression / "report.json"),
+            "--backend", "onnxruntime", "--variants", "int8=digits", "--repository-version", "gen-1/int8"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--repository", root, "--uri-file", str(tmp_path / "uri")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "uri").read_text().strip() == f"s3://{s3.endpoint}/{s3.bucket}/digits/repository/gen-1/int8"
+    base = f"{s3.bucket}/digits/repository/gen-1/int8"
+    assert f"{base}/digits/1/model.onnx" in s3.fs.find(base)
+    assert s3.fs.exists(base + ".complete")
+    result = runner.invoke(app, [*args, "--repository", str(tmp_path / "folder")])
+    assert result.exit_code == 2 and "--repository-version = 'gen-1/int8'" in result.output
+
+
 @pytest.mark.serving
 def test_triton_serves_the_packaged_repository_from_s3(s3: S3, compression: Path, tmp_path: Path) -> None:
     """The pytriton wheel's tritonserver reads s3://http://host:port/bucket/prefix with the AWS variables."""
@@ -165,3 +180,21 @@ def test_triton_serves_the_packaged_repository_from_s3(s3: S3, compression: Path
             outputs = json.loads(response.read())["outputs"]
     assert len(outputs[0]["data"]) == 10
     assert "s3://http://127.0.0.1:" in (tmp_path / "triton" / "triton.log").read_text()
+
+
+@pytest.mark.serving
+def test_slimserve_run_takes_the_s3_example_to_a_decision(s3: S3, cache: Cache, tmp_path: Path) -> None:
+    """`slimserve run` on the S3 example, as a user runs it: every file fetched from the bucket, the local
+    stack (Triton, Prometheus, Locust) judging one quick variant to Promoted."""
+    variants = [{"name": "int8-static", "steps": [{"quantize": {"mode": "static", "calibration": "minmax"}}]}]
+    spec = s3_example(
+        s3, tmp_path / "elsewhere",
+        compression={"variants": variants, "measure": {"latencyRuns": 20, "throughputBatch": 8, "threads": 1}},
+        rollout={"candidate": "int8-static", "steps": [100], "stepDuration": "8s", "users": 4, "spawnRate": 4},
+    )  # fmt: skip
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(spec), "--out", str(out)])
+    report = json.loads((out / "report.json").read_text())
+    assert result.exit_code == 0, result.output
+    assert report["decision"] == "Promoted" and report["candidate"] == "int8-static", report
+    assert not (tmp_path / "elsewhere" / "model.py").exists(), "the factory module came from codeUri in S3"

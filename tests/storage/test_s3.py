@@ -169,6 +169,26 @@ def test_a_repository_upload_is_versioned_marked_and_idempotent(s3: S3, tmp_path
     assert upload_repository(repo, root) != location, "new content, new version: a running Triton is never rewritten"
 
 
+def test_a_named_version_is_uploaded_again_only_when_its_files_change(s3: S3, tmp_path: Path) -> None:
+    """The operator's `gen-<g>/<variant>`: a retried generation re-packages to the same place."""
+    repo = tmp_path / "repository"
+    (repo / "m" / "1").mkdir(parents=True)
+    (repo / "m" / "config.pbtxt").write_text('name: "m"')
+    (repo / "m" / "1" / "model.onnx").write_bytes(b"onnx")
+    root = f"s3://{s3.bucket}/digits/repository"
+    assert upload_repository(repo, root, version="gen-2/int8") == f"{root}/gen-2/int8"
+    prefix = f"{s3.bucket}/digits/repository/gen-2/int8"
+    assert sorted(s3.fs.find(prefix)) == [f"{prefix}/m/1/model.onnx", f"{prefix}/m/config.pbtxt"]
+    marker = s3.fs.info(f"{prefix}.complete")["ETag"]
+
+    upload_repository(repo, root, version="gen-2/int8")
+    assert s3.fs.info(f"{prefix}.complete")["ETag"] == marker  # the same files: nothing written
+    (repo / "m" / "1" / "model.onnx").write_bytes(b"onnx, packaged again")
+    upload_repository(repo, root, version="gen-2/int8")
+    assert s3.fs.cat_file(f"{prefix}/m/1/model.onnx") == b"onnx, packaged again"
+    assert json.loads(s3.fs.cat_file(f"{prefix}.complete"))["files"]["m/1/model.onnx"]["size"] == 20
+
+
 def test_an_unwritable_cache_names_the_variable(s3: S3, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(InvalidInput, match=r"SLIMSERVE_CACHE_DIR: cannot write the download cache at .*; set"):

@@ -133,6 +133,7 @@ def test_the_s3_example_is_the_bundled_example_with_other_uris() -> None:
     prefix = "s3://slimserve-examples/digits/"
     source, data = remote["spec"].pop("source"), remote["spec"].pop("data")
     assert remote["spec"].pop("storage") == {"secretName": "model-storage"}
+    assert remote["spec"]["serving"].pop("modelRepository") == {"uri": prefix + "repository"}
     plain_source = plain["spec"].pop("source")
     assert source.pop("codeUri") == prefix + "model.py"
     assert source == {**plain_source, "uri": prefix + plain_source["uri"]}
