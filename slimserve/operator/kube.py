@@ -17,6 +17,7 @@ which the handlers turn into a retry of the whole pass.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from kubernetes_asyncio.dynamic import DynamicClient
 from kubernetes_asyncio.dynamic.exceptions import DynamicApiError, ResourceNotFoundError
 from kubernetes_asyncio.dynamic.resource import Resource
 
+from slimserve import __version__
 from slimserve.operator.builders import SPEC_HASH_ANNOTATION
 from slimserve.operator.metrics import API_REQUESTS
 from slimserve.operator.settings import FIELD_MANAGER
@@ -47,6 +49,7 @@ OPTIONAL_APIS: Final = {
 # Children whose spec cannot change after creation: a 409 means "already there", never a patch.
 IMMUTABLE_KINDS: Final = frozenset({"Job", "PersistentVolumeClaim"})
 MERGE_PATCH: Final = "application/merge-patch+json"
+USER_AGENT: Final = f"slimserve-operator/{__version__}"
 BACKGROUND: Final = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
 
 
@@ -110,6 +113,8 @@ class KubeApi:
         self.dynamic = dynamic
         self.logger = logger or logging.getLogger(__name__)
         self.requests = 0
+        self._resources: dict[tuple[str, str], Resource] = {}
+        self._discovery = asyncio.Lock()
 
     @classmethod
     async def connect(cls, logger: logging.Logger | None = None) -> KubeApi:
@@ -122,6 +127,7 @@ class KubeApi:
             # $KUBECONFIG read now, not when kubernetes_asyncio was imported (its default).
             await config.load_kube_config(os.environ.get("KUBECONFIG"), client_configuration=configuration)
         api = client.ApiClient(configuration)
+        api.user_agent = USER_AGENT  # in audit logs (and the benchmark's emulator): the operator's own requests
         try:
             dynamic = await DynamicClient(api)
         except BaseException:
@@ -133,11 +139,19 @@ class KubeApi:
         await self.dynamic.client.close()
 
     async def _resource(self, api_version: str, kind: str) -> Resource | None:
-        """The kind's API resource, or None when this cluster does not serve it."""
-        try:
-            return await self.dynamic.resources.get(api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            return None
+        """The kind's API resource, or None when this cluster does not serve it (asked again next time: a CRD
+        may be installed meanwhile). One discovery at a time: concurrent first uses would each fetch it."""
+        key = (api_version, kind)
+        if key not in self._resources:
+            async with self._discovery:
+                if key not in self._resources:
+                    prefix = "apis" if "/" in api_version else "api"  # core kinds: else every group's v1 is searched
+                    try:
+                        found = await self.dynamic.resources.get(prefix=prefix, api_version=api_version, kind=kind)
+                    except ResourceNotFoundError:
+                        return None
+                    self._resources[key] = found
+        return self._resources[key]
 
     async def _send(self, verb: str, what: str, request: Awaitable[Any], logger: Any) -> Any:
         """One counted request; its JSON answer, or the API server's refusal as `APIError`."""
