@@ -150,6 +150,8 @@ class KubeApi:
                         found = await self.dynamic.resources.get(prefix=prefix, api_version=api_version, kind=kind)
                     except ResourceNotFoundError:
                         return None
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        raise APIError(0, f"discovery of {kind}: {type(exc).__name__}: {exc}") from exc
                     self._resources[key] = found
         return self._resources[key]
 
