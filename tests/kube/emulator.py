@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -334,7 +335,7 @@ async def emulated_cluster(tmp_path: Path, gateway_api: bool = True) -> AsyncIte
                 }
             )
         )
-        with _env("KUBECONFIG", str(kubeconfig)):
+        with _env("KUBECONFIG", str(kubeconfig)), _tempdir(tmp_path):
             yield Cluster(emulator)
 
 
@@ -351,6 +352,18 @@ def _env(key: str, value: str) -> Any:
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
+
+
+@contextlib.contextmanager
+def _tempdir(path: Path) -> Any:
+    """The operator's API discovery cache (kubernetes_asyncio keeps one file per API server URL in the temp
+    folder) in the test's own folder: every emulator has a new port, and /tmp would collect them."""
+    old = tempfile.tempdir
+    tempfile.tempdir = str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
 
 
 @contextlib.asynccontextmanager
