@@ -1,7 +1,7 @@
 """kmock's Kubernetes emulator as its own process, counting what the operator asks of it.
 
 `python -m benchmarks.emulator --port PORT` serves the API on 127.0.0.1:PORT until SIGTERM.
-`GET /_bench/stats` answers, as JSON: requests by client (`operator` = kopf's User-Agent, else
+`GET /_bench/stats` answers, as JSON: requests by client (`operator` = kopf's or slimserve's User-Agent, else
 `bench`) and by `verb resource[/subresource]`, watch events sent to the operator by resource,
 the open watch streams, creates refused by resource (409s), and the wall-clock time (`time.time()`, comparable across processes on
 one machine) of each CompressedModel's and each Job's first create. `?times=0` leaves the times out.
@@ -27,11 +27,13 @@ from typing import Any
 import aiohttp.web
 import kmock
 
+from slimserve.operator.kube import USER_AGENT
 from tests.kube.emulator import ClusterEmulator
 
 CR = "slimserve.dev/v1alpha1/compressedmodels"
 PEERING = "kopf.dev/v1/kopfpeerings"
 STATS_PATH = "/_bench/stats"
+OPERATOR_AGENTS = ("kopf/", USER_AGENT)  # kopf's watches and its own patches; slimserve's API client
 
 
 class CountingEmulator(ClusterEmulator):
@@ -56,7 +58,7 @@ class CountingEmulator(ClusterEmulator):
     async def _handle(self, request: Any) -> Any:
         if request.resource is None and request.url.path == STATS_PATH:
             return aiohttp.web.json_response(self.stats(times=request.params.get("times") != "0"))
-        agent = "operator" if str(request.headers.get("User-Agent", "")).startswith("kopf/") else "bench"
+        agent = "operator" if str(request.headers.get("User-Agent", "")).startswith(OPERATOR_AGENTS) else "bench"
         if request.resource is not None:
             what = f"{request.action.value if request.action else request.method} {request.resource.plural}"
             self.requests[agent, what + (f"/{request.subresource}" if request.subresource else "")] += 1
@@ -75,7 +77,7 @@ class CountingEmulator(ClusterEmulator):
         return response
 
     async def _serve_watch(self, request: Any) -> Any:
-        operator = str(request.headers.get("User-Agent", "")).startswith("kopf/")
+        operator = str(request.headers.get("User-Agent", "")).startswith(OPERATOR_AGENTS)
         self.watches_open += 1
         try:
             async for event in super()._serve_watch(request):

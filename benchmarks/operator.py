@@ -160,6 +160,7 @@ async def run_one(
                 {
                     **os.environ,
                     "KUBECONFIG": str(kubeconfig),
+                    "TMPDIR": str(workdir),  # the client's API discovery cache, one file per API server URL
                     "SLIMSERVE_METRICS_PORT": str(port),
                     "SLIMSERVE_SCANNING": "false",
                 },
@@ -293,6 +294,7 @@ async def run_takeover(
                     {
                         **os.environ,
                         "KUBECONFIG": str(workdir / "kubeconfig"),
+                        "TMPDIR": str(workdir),  # the client's API discovery cache, one file per API server URL
                         "SLIMSERVE_METRICS_PORT": str(port),
                         "SLIMSERVE_SCANNING": "false",
                         "SLIMSERVE_PEERING_LIFETIME_SECONDS": str(lifetime),

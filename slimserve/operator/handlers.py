@@ -87,11 +87,18 @@ async def configure(
         settings.peering.priority = seniority_priority(time.time_ns())
     settings.peering.lifetime = ops.peering_lifetime_seconds
     settings.posting.level = logging.INFO
-    memo["kube"] = KubeApi(settings)
+    memo["kube"] = await KubeApi.connect()
     memo["wakeups"] = Wakeups()  # shared: kopf copies the operator's memo shallowly into each object's
     if ops.metrics_port:
         metrics.serve(ops.metrics_port)
         logger.info("metrics on :%d/metrics", ops.metrics_port)
+
+
+@kopf.on.cleanup()
+async def disconnect(memo: kopf.Memo, **_: Any) -> None:
+    """Close the API client's connections as the operator stops."""
+    if "kube" in memo:
+        await memo["kube"].close()
 
 
 def seniority_priority(started_ns: int) -> int:

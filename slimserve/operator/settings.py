@@ -18,6 +18,7 @@ from slimserve.api.spec import DURATION_PATTERN
 # Our own finalizer and annotation prefix, so kopf's defaults never appear on our objects.
 FINALIZER: Final = "slimserve.dev/finalizer"
 ANNOTATION_PREFIX: Final = "slimserve.dev"
+# The field manager of the operator's server-side applies (`metadata.managedFields`, `kubectl get --show-managed-fields`).
 FIELD_MANAGER: Final = "slimserve-operator"
 _UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import itertools
 import json
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import kmock
 import kopf
 import yaml
@@ -28,6 +30,7 @@ NS = "models"
 CR = "slimserve.dev/v1alpha1/compressedmodels"
 CR_URL = f"/apis/slimserve.dev/v1alpha1/namespaces/{NS}/compressedmodels"
 MERGE = {"Content-Type": "application/merge-patch+json"}
+APPLY_PATCH = "application/apply-patch+yaml"
 
 
 class ClusterEmulator(kmock.KubernetesEmulator):
@@ -37,7 +40,14 @@ class ClusterEmulator(kmock.KubernetesEmulator):
       stale watch events that precede its own patches (without it, a handler runs several times);
     - `metadata.uid` is set on create (a recreated object gets a new one);
     - `metadata.generation` starts at 1 and grows when a patch changes `spec`;
-    - a JSON patch whose `test` of resourceVersion fails is 422 (kopf retries it next cycle), not 500.
+    - a JSON patch whose `test` of resourceVersion fails is 422 (kopf retries it next cycle), not 500;
+    - a server-side apply (PATCH `application/apply-patch+yaml`) needs a `fieldManager`, creates the object
+      when it is not there, and records its manager in `metadata.managedFields`.
+
+    Server-side apply is approximated: an apply to an existing object is merged as kmock merges any
+    patch (dicts recursively, lists and scalars replaced), with no per-field ownership, so a field the
+    manager stopped applying stays, and `force` and conflicts between managers are not modelled. For
+    the operator, which applies whole manifests it alone manages, the outcome is the same.
     """
 
     _versions = itertools.count(2)
@@ -52,6 +62,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             del self._requests[: -self.request_history]
         if request.resource is not None and request.resource.group in self.missing_groups:
             raise kmock.KubernetesError(status=404, reason="NotFound", message="the server could not find the resource")
+        content_type = next((v for k, v in request.headers.items() if k.lower() == "content-type"), "")
+        if request.action == kmock.action.UPDATE and content_type.split(";")[0] == APPLY_PATCH:
+            request = self._apply(request)
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             version = str(next(self._versions))
             data = request.data
@@ -76,6 +89,27 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     if data["spec"] != {k: (current.get("spec") or {}).get(k) for k in data["spec"]}:
                         meta["generation"] = int((current.get("metadata") or {}).get("generation") or 1) + 1
         return await super()._handle(request)
+
+    def _apply(self, request: Any) -> Any:
+        """A server-side apply as the API server takes it: validated, its manager recorded, and a create
+        when the object is not there (kmock itself answers a PATCH of a missing object with 404)."""
+        manager = request.params.get("fieldManager")
+        data = request.data if isinstance(request.data, dict) else {}
+        meta = data.get("metadata") or {}
+        if not manager:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="fieldManager is required for apply")
+        if not data.get("apiVersion") or not data.get("kind") or meta.get("name") != request.name:
+            raise kmock.KubernetesError(status=400, reason="BadRequest",
+                                        message="an apply needs apiVersion, kind and the URL's metadata.name")  # fmt: skip
+        meta["managedFields"] = [{"manager": manager, "operation": "Apply", "apiVersion": data["apiVersion"],
+                                  "fieldsType": "FieldsV1"}]  # fmt: skip
+        if self._current(request):
+            return request
+        # A create from here on: kmock's create branch and reaction, which find requests by identity in its log.
+        created = attrs.evolve(request, action=kmock.action.CREATE, method="POST")
+        index = next(i for i in range(len(self._requests) - 1, -1, -1) if self._requests[i] is request)
+        self._requests[index] = created
+        return created
 
     def _current(self, request: Any) -> dict[str, Any]:
         try:
@@ -301,7 +335,7 @@ async def emulated_cluster(tmp_path: Path, gateway_api: bool = True) -> AsyncIte
                 }
             )
         )
-        with _env("KUBECONFIG", str(kubeconfig)):
+        with _env("KUBECONFIG", str(kubeconfig)), _tempdir(tmp_path):
             yield Cluster(emulator)
 
 
@@ -318,6 +352,18 @@ def _env(key: str, value: str) -> Any:
             os.environ.pop(key, None)
         else:
             os.environ[key] = old
+
+
+@contextlib.contextmanager
+def _tempdir(path: Path) -> Any:
+    """The operator's API discovery cache (kubernetes_asyncio keeps one file per API server URL in the temp
+    folder) in the test's own folder: every emulator has a new port, and /tmp would collect them."""
+    old = tempfile.tempdir
+    tempfile.tempdir = str(path)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
 
 
 @contextlib.asynccontextmanager

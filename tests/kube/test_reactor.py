@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from slimserve.operator.metrics import REGISTRY
+from slimserve.operator.settings import FIELD_MANAGER
 from tests.kube.emulator import (
     CR,
     NS,
@@ -504,6 +505,10 @@ def test_a_gates_only_change_reuses_compression_and_a_compression_change_does_no
                 cluster, "digits-eval-g2-s0"
             )
             assert [n for n in cluster.names(JOB) if "compress" in n] == ["digits-compress-g1"]
+            # Children are server-side applied under the operator's field manager; Jobs are only ever created.
+            managers = cluster.get(DEPLOY, "digits-int8")["metadata"]["managedFields"]
+            assert [(m["manager"], m["operation"]) for m in managers] == [(FIELD_MANAGER, "Apply")]
+            assert "managedFields" not in cluster.get(JOB, "digits-compress-g1")["metadata"]
 
             await cluster.change_spec("digits", {"compression": {"variants": [{"name": "int8", "steps": [
                 {"quantize": {"mode": "dynamic"}}]}]}})  # fmt: skip

@@ -65,6 +65,8 @@ app.kubernetes.io/component: operator
 - apiGroups: ["slimserve.dev"]
   resources: ["compressedmodels/finalizers"]
   verbs: ["update"]
+# Jobs and PVCs are created once and never changed; every other child is written with server-side apply
+# (the patch verb; create too, for an apply that creates). API discovery is system:discovery's.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "create", "delete"]
