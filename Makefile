@@ -11,7 +11,7 @@ OUT ?= out/digits
 # A rollback (3) or an inconclusive gate (4) is an honest outcome of the demo, not a failure of it.
 demo: install examples/digits/data/train.npz
 	$(VENV)/bin/slimserve run examples/digits/compressedmodel.yaml --out $(OUT); rc=$$?; \
-	  case $$rc in 0|3|4) echo "demo finished (exit $$rc: 0 promoted, 3 rolled back, 4 inconclusive); see $(OUT)/report.md";; \
+	  case $$rc in 0|3|4) echo "demo finished (exit $$rc: 0 promoted, 3 rolled back, 4 inconclusive); see $(OUT)/rollout-report.md";; \
 	  *) exit $$rc;; esac
 
 # Every tier, the e2e one included (its worker-image venv is built once under .e2e/, ~2 min).

@@ -6,7 +6,7 @@ Two models:
 - a ResNet-18-shaped CNN at 224x224 with random weights, for speed: int8 static, 50% structured
   pruning, and prune → int8. Its metric is fidelity (top-1 agreement with fp32).
 
-Both go through `run_compression`, so the JSON holds the same records as report.json. The
+Both go through `run_compression`, so the JSON holds the same records as compression-report.json. The
 ResNet's speed is then measured again interleaved with a fp32-vs-fp32 control (the baseline
 file timed twice under two names): the control's ratio shows how much of a speedup is noise.
 """

@@ -116,7 +116,7 @@ def summary(model: CompressedModel, report: CompressionReport, stable_onnx: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m slimserve.api.choice SPEC.yaml --report report.json [--stable-onnx FILE --stable NAME]`."""
+    """`python -m slimserve.api.choice SPEC.yaml --report compression-report.json [--stable-onnx FILE --stable NAME]`."""
     parser = argparse.ArgumentParser(prog="python -m slimserve.api.choice", description=__doc__)
     parser.add_argument("spec", type=Path)
     parser.add_argument("--report", type=Path, required=True)

@@ -1,16 +1,22 @@
 """Reports exchanged between the pipeline's stages (compression → serving → gate → status).
 
-`report.json` written by `slimserve compress` and read by the packaging step, the evaluator and
+`compression-report.json` written by `slimserve compress` and read by the packaging step, the evaluator and
 the operator; `EvaluationReport` written by the evaluator (locally, or into a ConfigMap).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+# Three reports, three names: what `slimserve compress` measured (its --out folder, and `compression/` of a
+# run folder), what one evaluator step judged (`slimserve evaluate --out`), what `slimserve run` decided.
+COMPRESSION_REPORT: Final = "compression-report.json"
+EVALUATION_REPORT: Final = "evaluation-report.json"
+ROLLOUT_REPORT: Final = "rollout-report.json"
 
 
 class ReportModel(BaseModel):

@@ -68,7 +68,7 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             err_console.print(
                 "[yellow]interrupted[/]: every process it started was stopped; a run's decision counts only "
-                "once its report.json is written (state.json is written after it)"
+                "once its rollout-report.json is written (state.json is written after it)"
             )
             raise typer.Exit(130) from None
         except typer.Exit:

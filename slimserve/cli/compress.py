@@ -83,7 +83,7 @@ def compress(
         typer.Option(
             "--out",
             "-o",
-            help="Output folder: report.json, report.md and one .onnx per "
+            help="Output folder: compression-report.json, compression-report.md and one .onnx per "
             "variant; replaced atomically when the run completes.",
         ),
     ],
@@ -126,6 +126,6 @@ def compress(
             soft_wrap=True,
         )
     console.print(
-        f"wrote {out / 'report.json'}, {out / 'report.md'}, {len(report.variants) + 1} ONNX files and "
+        f"wrote {out / 'compression-report.json'}, {out / 'compression-report.md'}, {len(report.variants) + 1} ONNX files and "
         f"{out / 'compress.log'} (library warnings)"
     )

@@ -1,4 +1,4 @@
-"""`slimserve package FILE.yaml --report DIR/report.json --repository REPO`: a Triton model repository."""
+"""`slimserve package FILE.yaml --report DIR/compression-report.json --repository REPO`: a Triton model repository."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def parse_variants(text: str) -> tuple[list[str], dict[str, str]]:
 @handle_errors
 def package(
     file: Path = typer.Argument(..., help="The CompressedModel YAML file (its spec.serving shapes the configs)."),
-    report: Path = typer.Option(..., "--report", help="report.json written by `slimserve compress`."),
+    report: Path = typer.Option(..., "--report", help="compression-report.json written by `slimserve compress`."),
     repository: str = typer.Option(
         ...,
         "--repository",

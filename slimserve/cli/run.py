@@ -17,8 +17,8 @@ def run(
         ...,
         "--out",
         "-o",
-        help="Run folder: compression/, repository/, logs/, report.json, "
-        "report.md, PNG plots and state.json (the local registry; kept across runs).",
+        help="Run folder: compression/, repository/, logs/, rollout-report.json, "
+        "rollout-report.md, PNG plots and state.json (the local registry; kept across runs).",
     ),
     recompress: bool = typer.Option(
         False,

@@ -2,7 +2,7 @@
 
 Load the source and data sets, export the baseline, build every variant (a chain of recipe
 steps), optionally search, measure all of them the same way (speed interleaved), and write
-`report.json`, `report.md` and one ONNX file per variant. Work happens in a temp folder next to
+`compression-report.json`, `compression-report.md` and one ONNX file per variant. Work happens in a temp folder next to
 `out_dir` that is renamed into place only when complete, so an interrupted or failed run never
 leaves a partial variant looking finished.
 """
@@ -30,7 +30,7 @@ import onnxruntime as ort
 import torch
 
 from slimserve.api.paths import check_files, data_files
-from slimserve.api.report import CompressionReport, VariantFailure, VariantRecord
+from slimserve.api.report import COMPRESSION_REPORT, CompressionReport, VariantFailure, VariantRecord
 from slimserve.api.resource import CompressedModel
 from slimserve.api.spec import Measure, Step
 from slimserve.compression import measure
@@ -417,10 +417,14 @@ def environment(device: torch.device, cfg: Measure) -> dict[str, str]:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    foreign = out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "report.json").exists()
+    foreign = (
+        out_dir.is_dir()
+        and any(out_dir.iterdir())
+        and not any((out_dir / name).exists() for name in (COMPRESSION_REPORT, "report.json"))
+    )
     if out_dir.exists() and (not out_dir.is_dir() or foreign):
         raise InvalidInput(
-            f"--out = '{out_dir}': exists and is not a slimserve output (no report.json); "
+            f"--out = '{out_dir}': exists and is not a slimserve output (no compression-report.json); "
             "choose a new or empty folder (a previous output is replaced)"
         )
 

@@ -1,11 +1,11 @@
-"""report.json (the contract other stages read) and report.md (for people)."""
+"""compression-report.json (the contract other stages read) and compression-report.md (for people)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from slimserve.api.report import CompressionReport, VariantRecord
+from slimserve.api.report import COMPRESSION_REPORT, CompressionReport, VariantRecord
 
 
 def _size(n: int) -> str:
@@ -82,5 +82,5 @@ def render_markdown(report: CompressionReport) -> str:
 
 
 def write_reports(report: CompressionReport, out: Path) -> None:
-    (out / "report.json").write_text(json.dumps(report.to_json_dict(), indent=2) + "\n")
-    (out / "report.md").write_text(render_markdown(report))
+    (out / COMPRESSION_REPORT).write_text(json.dumps(report.to_json_dict(), indent=2) + "\n")
+    (out / COMPRESSION_REPORT.replace(".json", ".md")).write_text(render_markdown(report))

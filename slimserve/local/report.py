@@ -1,4 +1,4 @@
-"""`report.md` and the PNG plots of a local run (matplotlib, headless)."""
+"""`rollout-report.md` and the PNG plots of a local run (matplotlib, headless)."""
 
 from __future__ import annotations
 

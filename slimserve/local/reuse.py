@@ -3,7 +3,7 @@
 The key is the spec's compression hash (`slimserve.api.compression_hash`: source, data, quality and
 compression settings; not serving, rollout or gates) plus the bytes of every local file compression
 reads (the source model, its code, the data sets): locally the files can be read, so new weights
-under the same path count as a change. The key is written beside `compression/report.json` only after
+under the same path count as a change. The key is written beside `compression/compression-report.json` only after
 a compression finished, and removed before a new one starts, so a crashed compression is never reused.
 A report is reused only when every file it records is there with the digest it records.
 """
@@ -16,7 +16,7 @@ from typing import Final
 
 from slimserve.api import compression_hash
 from slimserve.api.paths import data_files, resolve_uri
-from slimserve.api.report import CompressionReport
+from slimserve.api.report import COMPRESSION_REPORT, CompressionReport
 from slimserve.api.resource import CompressedModel
 from slimserve.local.registry import write_atomic
 
@@ -57,7 +57,7 @@ def reusable(compression_dir: Path, key: str) -> CompressionReport | None:
     try:
         if (compression_dir / KEY_FILE).read_text().strip() != key:
             return None
-        report = CompressionReport.model_validate_json((compression_dir / "report.json").read_text())
+        report = CompressionReport.model_validate_json((compression_dir / COMPRESSION_REPORT).read_text())
     except (OSError, ValueError):
         return None
     from slimserve.compression.export import sha256

@@ -28,6 +28,7 @@ from rich.table import Table
 from slimserve.api.choice import choose_candidate, no_candidate_reason
 from slimserve.api.paths import check_files, data_files
 from slimserve.api.report import (
+    ROLLOUT_REPORT,
     CompressionReport,
     Decision,
     LoadWindow,
@@ -285,7 +286,7 @@ def _num(value: float | None) -> str:
 
 
 def decision_table(steps: list[StepResult], decision: str, reason: str) -> Table:
-    table = Table(title="Gate evidence (details in report.md)", header_style="bold", title_justify="left")
+    table = Table(title="Gate evidence (details in rollout-report.md)", header_style="bold", title_justify="left")
     for col in ("step", "check", "verdict", "value", "90% interval", "threshold"):
         table.add_column(col, justify="left" if col in ("check", "verdict") else "right")
     colours = {"Pass": "green", "Fail": "red", "Inconclusive": "yellow"}
@@ -311,7 +312,7 @@ def _finish(
     reason: str,
     compression_dir: Path | None = None,
 ) -> RunResult:
-    """Write the evidence, then the decision: report.json (atomic), report.md and plots, then state.json.
+    """Write the evidence, then the decision: rollout-report.json (atomic), rollout-report.md and plots, then state.json.
 
     The report comes first, so a crash in between leaves a report without a promotion, never a
     promotion without its report.
@@ -342,9 +343,9 @@ def _finish(
         stable_after=stable_after,
         generator_bound=any(m.generator_bound for m in measurements),
     )
-    path = out_dir / "report.json"
+    path = out_dir / ROLLOUT_REPORT
     registry.write_atomic(path, json.dumps(doc.to_json_dict(), indent=2, default=str) + "\n")
-    write_markdown(out_dir / "report.md", doc)
+    write_markdown(out_dir / ROLLOUT_REPORT.replace(".json", ".md"), doc)
     points = [
         (name, m.weight, float(t["rps"] or 0.0), float(t["p99Ms"] or 0.0))
         for m in measurements

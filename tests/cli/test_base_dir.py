@@ -59,7 +59,7 @@ def test_compress_resolves_relative_uris_and_the_factory_against_base_dir(tmp_pa
     out = tmp_path / "out"
     result = runner.invoke(app, ["compress", str(spec), "--base-dir", str(inputs), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert (out / "report.json").is_file() and (out / "fp16.onnx").is_file()
+    assert (out / "compression-report.json").is_file() and (out / "fp16.onnx").is_file()
 
 
 def test_compress_with_a_wrong_base_dir_is_exit_2_naming_field_and_resolved_path(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_evaluate_with_a_wrong_base_dir_is_exit_2_before_any_traffic(tmp_path: P
         "--prometheus-url",
         "http://127.0.0.1:9",
         "--out",
-        str(tmp_path / "report.json"),
+        str(tmp_path / "evaluation-report.json"),
     ]
     code = "import sys; from slimserve.cli.main import main; sys.argv = ['slimserve', *sys.argv[1:]]; main()"
     result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)

@@ -21,9 +21,9 @@ def test_success_prints_the_table_and_writes_the_report(tmp_path: Path) -> None:
     result = runner.invoke(app, ["compress", str(spec), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "baseline" in result.stdout and "fp16" in result.stdout and "2.00x" in result.stdout
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((tmp_path / "out" / "compression-report.json").read_text())
     assert report["variants"][0]["name"] == "fp16"
-    assert (tmp_path / "out" / "fp16.onnx").is_file() and (tmp_path / "out" / "report.md").is_file()
+    assert (tmp_path / "out" / "fp16.onnx").is_file() and (tmp_path / "out" / "compression-report.md").is_file()
 
 
 def test_missing_data_file_is_exit_2_naming_the_field(tmp_path: Path) -> None:

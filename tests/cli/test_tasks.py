@@ -1,6 +1,6 @@
 """Each kind of model reports its true metric through `slimserve compress`, as a new user would see it.
 
-The baseline's value in report.json is checked against one computed here, independently, from the
+The baseline's value in compression-report.json is checked against one computed here, independently, from the
 same ONNX file with onnxruntime and scikit-learn: a one-logit binary classifier (its accuracy, not
 the class-0 share), a regression model (R²), and an embedding model (cosine, not per-token argmax).
 """
@@ -60,7 +60,7 @@ def _compress(spec: Path) -> dict[str, object]:
     out = spec.parent / "out"
     result = runner.invoke(app, ["compress", str(spec), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    return json.loads((out / "report.json").read_text())  # type: ignore[no-any-return]
+    return json.loads((out / "compression-report.json").read_text())  # type: ignore[no-any-return]
 
 
 def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss: nn.Module, steps: int = 300) -> nn.Module:

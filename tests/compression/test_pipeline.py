@@ -1,4 +1,4 @@
-"""run_compression end to end: the bundled example, report.json's shape, atomic output, multi-input models."""
+"""run_compression end to end: the bundled example, compression-report.json's shape, atomic output, multi-input models."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> tuple[CompressionReport
 @pytest.mark.slow
 def test_report_json_shape_is_stable(example: tuple[CompressionReport, Path]) -> None:
     _, out = example
-    data: dict[str, Any] = json.loads((out / "report.json").read_text())
+    data: dict[str, Any] = json.loads((out / "compression-report.json").read_text())
     assert set(data) == {"model", "device", "baseline", "variants", "search", "failures", "environment"}
     assert data["failures"] == []
     assert (out / "compress.log").is_file()
@@ -106,7 +106,7 @@ def test_example_variants_keep_their_promises(example: tuple[CompressionReport, 
         path = out / r.path
         assert hashlib.sha256(path.read_bytes()).hexdigest() == r.sha256
     assert any("float graph before quantization" in n for n in v["int8-static"].notes)
-    assert (out / "report.md").read_text().count("| pruned-int8 |") == 1
+    assert (out / "compression-report.md").read_text().count("| pruned-int8 |") == 1
     leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == [] and not (out / ".work").exists()
 
@@ -124,7 +124,7 @@ def test_a_failing_variant_is_a_result_and_the_run_goes_on(tmp_path: Path) -> No
     assert failure.name == "bad" and failure.step == "steps[0] (quantize)"
     assert "spec.compression.variants[1].steps[0].quantize.excludeNodes" in failure.reason and "nope" in failure.reason
     assert not (out / "bad.onnx").exists()
-    assert json.loads((out / "report.json").read_text())["failures"][0]["name"] == "bad"
+    assert json.loads((out / "compression-report.json").read_text())["failures"][0]["name"] == "bad"
 
 
 def test_when_every_variant_fails_the_run_fails_and_keeps_the_previous_output(tmp_path: Path) -> None:
@@ -132,12 +132,12 @@ def test_when_every_variant_fails_the_run_fails_and_keeps_the_previous_output(tm
     spec = write_spec(tmp_path, digits_spec(tmp_path, variants))
     out = tmp_path / "out"
     run_compression(load_compressed_model(spec), tmp_path, out)
-    before = (out / "report.json").read_bytes()
+    before = (out / "compression-report.json").read_bytes()
     bad = [{"name": "bad", "steps": [{"quantize": {"mode": "fp16", "excludeNodes": ["nope"]}}]}]
     spec = write_spec(tmp_path, digits_spec(tmp_path, bad))
     with pytest.raises(InvalidInput, match=r"variant bad \(steps\[0\] \(quantize\)\).*excludeNodes"):
         run_compression(load_compressed_model(spec), tmp_path, out)
-    assert (out / "report.json").read_bytes() == before
+    assert (out / "compression-report.json").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
 
 

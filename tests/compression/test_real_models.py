@@ -75,7 +75,7 @@ def test_minilm_onnx_every_quantization_recipe_holds_and_a_bad_variant_does_not_
     assert "Please consider" not in result.output  # onnxruntime's warnings went to compress.log
     out = minilm_dir / "out"
     assert "WARNING" in (out / "compress.log").read_text()
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "compression-report.json").read_text())
     base = report["baseline"]
     assert base["metric"] == "cosine"
     # 6 layers x (4 x 384² + 2 x 384 x 1536 + 2 x 128 x 384) per token at the data's 128 tokens, plus the pooler

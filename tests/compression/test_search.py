@@ -103,10 +103,10 @@ def test_search_never_returns_a_failing_trial(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "baseline.onnx",
         "compress.log",
-        "report.json",
-        "report.md",
+        "compression-report.json",
+        "compression-report.md",
     ]
-    assert "no trial held the quality budget" in (tmp_path / "out" / "report.md").read_text()
+    assert "no trial held the quality budget" in (tmp_path / "out" / "compression-report.md").read_text()
 
 
 def test_search_choice_must_beat_the_baseline_on_the_objective(tmp_path: Path) -> None:

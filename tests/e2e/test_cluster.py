@@ -85,7 +85,7 @@ def test_the_bundled_example_is_promoted_while_its_url_keeps_answering(tmp_path:
             assert client.failures == [], client.failures[:5]
             assert client.correct / len(client.outcomes) > 0.9  # real answers from real models
             # The evaluator's last report, as its pod wrote it (--out), matches what the status says.
-            last = max((p for p in (e2e.root / "pods").glob(f"{name}-eval-g1-s*/volumes/tmp/report.json")),
+            last = max((p for p in (e2e.root / "pods").glob(f"{name}-eval-g1-s*/volumes/tmp/evaluation-report.json")),
                        key=lambda p: p.stat().st_mtime)  # fmt: skip
             report = json.loads(last.read_text())
             assert report["weight"] == 100 and report["step"]["verdict"] == "Pass"

@@ -192,23 +192,23 @@ def test_worker_commands_use_the_cli_contract() -> None:
     assert (
         "slimserve compress /spec/compressedmodel.yaml --base-dir /models/digits/inputs "
         "--out /models/digits/gen-1/compressed; python -m slimserve.api.choice /spec/compressedmodel.yaml "
-        "--report /models/digits/gen-1/compressed/report.json > /dev/termination-log"
+        "--report /models/digits/gen-1/compressed/compression-report.json > /dev/termination-log"
     ) in script("compression-job-cpu")
     assert "--stable-onnx /models/digits/gen-1/repository/int8/digits/1/model.onnx --stable int8" in script(
         "compression-job-gpu"
     )
     # Each variant of each generation gets a repository of its own, serving the one client-facing name.
     assert script("packaging-job") == (
-        "set -e; slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
+        "set -e; slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/compression-report.json "
         "--repository /models/digits/gen-1/repository/baseline --backend onnxruntime --variants baseline=digits; "
-        "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
+        "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/compression-report.json "
         "--repository /models/digits/gen-1/repository/int8 --backend onnxruntime --variants int8=digits"
     )
     assert script("evaluator-job-quality") == (
         "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --weight 0 --model digits "
         "--candidate-url http://digits-int8.models.svc:8000 "
         "--reference-onnx /models/digits/gen-1/compressed/baseline.onnx "
-        "--out /tmp/report.json --summary-file /dev/termination-log"
+        "--out /tmp/evaluation-report.json --summary-file /dev/termination-log"
     )
     assert script("evaluator-job") == (
         "slimserve evaluate /spec/compressedmodel.yaml --base-dir /models/digits/inputs --weight 50 --model digits "
@@ -218,7 +218,7 @@ def test_worker_commands_use_the_cli_contract() -> None:
         "app_kubernetes_io_component=triton "
         "--control-labels namespace=models,slimserve_dev_model=digits,model=digits,"
         "app_kubernetes_io_component=triton-control "
-        "--prometheus-url http://prom:9090 --scrape-interval 3s --out /tmp/report.json "
+        "--prometheus-url http://prom:9090 --scrape-interval 3s --out /tmp/evaluation-report.json "
         "--summary-file /dev/termination-log"
     )
     for name in ("compression-job-cpu", "packaging-job", "evaluator-job"):
@@ -238,13 +238,13 @@ def test_a_generation_reusing_compression_chooses_packages_and_judges_from_that_
     script = choice["spec"]["template"]["spec"]["containers"][0]["args"][0]
     assert script == (
         "set -e; python -m slimserve.api.choice /spec/compressedmodel.yaml --report "
-        "/models/digits/gen-1/compressed/report.json --stable-onnx /models/digits/gen-1/repository/int8/digits/1/"
+        "/models/digits/gen-1/compressed/compression-report.json --stable-onnx /models/digits/gen-1/repository/int8/digits/1/"
         "model.onnx --stable int8 > /dev/termination-log"
     )
     assert "nvidia.com/gpu" not in str(choice)
     packaging = b.build_packaging_job(MODEL, REUSING, SETTINGS, "int8", "int8-g3", with_baseline=False)
     assert packaging["spec"]["template"]["spec"]["containers"][0]["args"][0] == (
-        "set -e; slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
+        "set -e; slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/compression-report.json "
         "--repository /models/digits/gen-3/repository/int8-g3 --backend onnxruntime --variants int8=digits"
     )
     quality = b.build_evaluator_job(MODEL, REUSING, 0, 0, "int8", "int8-g3", SETTINGS)
@@ -327,11 +327,18 @@ def test_the_choice_script_fits_the_termination_message_whatever_the_report(tmp_
     """32 variants with 40-character names: the Job prints only the chosen one (Kubernetes keeps 4096 bytes)."""
     variants = [_variant(f"v{i:02d}-" + "x" * 36, 1000 + i, 0.1) for i in range(32)]
     report = {"model": "m", "device": "cpu", "baseline": _variant("baseline", 4000, 0.0), "variants": variants}
-    (tmp_path / "report.json").write_text(json.dumps(report))
+    (tmp_path / "compression-report.json").write_text(json.dumps(report))
     spec = tmp_path / "cm.yaml"
     spec.write_text(MANIFESTS["spec-configmap"]["data"]["compressedmodel.yaml"])
     out = subprocess.run(
-        [sys.executable, "-m", "slimserve.api.choice", str(spec), "--report", str(tmp_path / "report.json")],
+        [
+            sys.executable,
+            "-m",
+            "slimserve.api.choice",
+            str(spec),
+            "--report",
+            str(tmp_path / "compression-report.json"),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -348,7 +355,7 @@ def test_the_choice_script_fits_the_termination_message_whatever_the_report(tmp_
             "slimserve.api.choice",
             str(spec),
             "--report",
-            str(tmp_path / "report.json"),
+            str(tmp_path / "compression-report.json"),
             "--stable-onnx",
             str(tmp_path / "stable.onnx"),
             "--stable",
@@ -399,7 +406,9 @@ def test_an_s3_model_repository_is_uploaded_per_generation_and_variant_and_read_
     uploads each repository under `gen-<g>/<variant>`; Triton reads that prefix with the Secret's variables
     and mounts no model volume."""
     script = MANIFESTS["packaging-job-s3"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    package = "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/report.json "
+    package = (
+        "slimserve package /spec/compressedmodel.yaml --report /models/digits/gen-1/compressed/compression-report.json "
+    )
     assert script == "set -e; " + "; ".join([
         package + "--repository /models/digits/gen-1/repository/baseline --backend onnxruntime --variants baseline=digits",
         package + "--repository s3://models/digits/repository --backend onnxruntime --variants baseline=digits "

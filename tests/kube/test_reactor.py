@@ -494,7 +494,9 @@ def test_a_gates_only_change_reuses_compression_and_a_compression_change_does_no
             assert "reused from generation 1" in cluster.condition("digits", "Compressed")["message"]
             await cluster.finish_job("digits-choose-g2", summary=SUMMARY)
             await cluster.wait_phase("digits", "Packaging")
-            assert "--report /models/digits/gen-1/compressed/report.json" in script(cluster, "digits-package-g2")
+            assert "--report /models/digits/gen-1/compressed/compression-report.json" in script(
+                cluster, "digits-package-g2"
+            )
             await cluster.finish_job("digits-package-g2")
             await cluster.wait_phase("digits", "Deploying")
             for deployment in ("digits-baseline", "digits-int8", "digits--control"):

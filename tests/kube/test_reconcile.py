@@ -540,7 +540,9 @@ def test_a_gates_only_change_reuses_the_compression_output() -> None:
     assert "reused from generation 1" in next(c for c in out.status["conditions"] if c["type"] == "Compressed")[
         "message"]  # fmt: skip
     script = next(m for m in out.apply if m["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    assert "--report /models/digits/gen-1/compressed/report.json --repository /models/digits/gen-2/" in script
+    assert (
+        "--report /models/digits/gen-1/compressed/compression-report.json --repository /models/digits/gen-2/" in script
+    )
 
 
 def test_a_compression_change_compresses_again_and_becomes_the_output_to_reuse() -> None:
@@ -552,4 +554,4 @@ def test_a_compression_change_compresses_again_and_becomes_the_output_to_reuse()
     assert [m["metadata"]["name"] for m in out.apply if m["kind"] == "Job"] == ["digits-compress-g2"]
     out = plan(model2, owner2, out.status, Observed(compression_job=job(True, SUMMARY)), SETTINGS, NOW)
     assert out.status["compression"] == {"hash": out.status["compressionHash"], "generation": 2}
-    assert "--report /models/digits/gen-2/compressed/report.json" in str(out.apply)
+    assert "--report /models/digits/gen-2/compressed/compression-report.json" in str(out.apply)

@@ -1,6 +1,6 @@
 """Tiny real models for the serving tests: an MLP trained on scikit-learn's digits in under a second.
 
-`make_compression_output` writes what `slimserve compress` would (report.json, baseline.onnx, one
+`make_compression_output` writes what `slimserve compress` would (compression-report.json, baseline.onnx, one
 ONNX per variant), so the serving stack is tested on its own, without the compression engine.
 Variants: `int8` (onnxruntime dynamic quantization, same accuracy), `noisy` (weights corrupted:
 accuracy drops), `slow` (same answers, plus heavy extra compute: latency and throughput suffer),
@@ -117,7 +117,7 @@ def _record(name: str, path: Path, base_size: int, base_acc: float, acc: float) 
 def make_compression_output(
     out_dir: Path, variants: tuple[str, ...] = ("int8", "noisy", "slow", "twin")
 ) -> CompressionReport:
-    """report.json, baseline.onnx, <variant>.onnx and data/test.npz under `out_dir`."""
+    """compression-report.json, baseline.onnx, <variant>.onnx and data/test.npz under `out_dir`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,5 +158,5 @@ def make_compression_output(
     )
     import json
 
-    (out_dir / "report.json").write_text(json.dumps(report.to_json_dict(), indent=2))
+    (out_dir / "compression-report.json").write_text(json.dumps(report.to_json_dict(), indent=2))
     return report

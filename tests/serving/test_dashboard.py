@@ -155,7 +155,7 @@ def send_traffic(url: str, model: str, stop: threading.Event) -> None:
 def test_every_panel_answers_with_the_clusters_target_labels(
     compression_output: Path, operator_metrics: str, no_orphans: Path
 ) -> None:
-    report = CompressionReport.model_validate_json((compression_output / "report.json").read_text())
+    report = CompressionReport.model_validate_json((compression_output / "compression-report.json").read_text())
     repo = no_orphans / "repo"
     build_repository(report, compression_output, repo, "python", ["int8"])
     stop = threading.Event()

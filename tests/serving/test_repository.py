@@ -143,7 +143,7 @@ def test_corrupted_onnx_is_invalid_input_naming_the_file(tmp_path: Path) -> None
 
 
 def test_build_repository_layout_for_both_backends(compression_output: Path, tmp_path: Path) -> None:
-    report = CompressionReport.model_validate_json((compression_output / "report.json").read_text())
+    report = CompressionReport.model_validate_json((compression_output / "compression-report.json").read_text())
     built = build_repository(report, compression_output, tmp_path / "py", "python", ["int8"])
     assert sorted(built) == ["baseline", "int8"]  # the baseline always comes along
     for name in built:
@@ -226,7 +226,7 @@ def test_package_writes_a_variant_under_another_model_name(compression_output: P
         "package",
         str(spec),
         "--report",
-        str(compression_output / "report.json"),
+        str(compression_output / "compression-report.json"),
         "--repository",
         str(repo),
         "--backend",

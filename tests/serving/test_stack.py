@@ -37,7 +37,7 @@ def fake_compress(compression_output: Path, mutate: object = None):  # noqa: ANN
         shutil.copytree(compression_output, out_dir)
         if mutate is not None:
             mutate(out_dir)  # type: ignore[operator]
-        return CompressionReport.model_validate_json((out_dir / "report.json").read_text())
+        return CompressionReport.model_validate_json((out_dir / "compression-report.json").read_text())
 
     return compress
 
@@ -68,7 +68,7 @@ def test_a_twin_is_not_rolled_back_with_the_default_gates(compression_output: Pa
     spec = write_spec(no_orphans / "spec", compression_output, rollout={"candidate": "twin", **STEPS})
     out = no_orphans / "run"
     result = run(spec, out, compression_output)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "rollout-report.json").read_text())
     assert result.decision != "RolledBack", result.reason
     assert not [k for k, v in _checks(report).items() if v == "Fail"], _checks(report)
     assert report["servedQuality"]["drop"] == 0.0 and report["servedQuality"]["dropHigh"] > 0  # never zero-width
@@ -84,7 +84,7 @@ def test_promotion_then_second_run_compares_with_it_and_a_slowed_candidate_rolls
     spec = write_spec(no_orphans / "spec", compression_output, rollout={"candidate": "int8", **STEPS})
     first = run(spec, out, compression_output)
     assert first.decision == "Promoted", first.reason
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "rollout-report.json").read_text())
     assert report["decision"] == "Promoted" and report["candidate"] == "int8" and report["metric"] == "accuracy"
     assert [s["weight"] for s in report["steps"]] == [0, 30, 100]
     checks = {c["name"]: c for s in report["steps"] for c in s["checks"]}
@@ -94,7 +94,7 @@ def test_promotion_then_second_run_compares_with_it_and_a_slowed_candidate_rolls
     # 30% of the requests on the candidate, 30% on the control, 40% on the stable: exactly, not on average.
     thirty = report["load"][0]["perTarget"]
     assert abs(thirty["candidate"]["requests"] - thirty["control"]["requests"]) <= 0.02 * thirty["control"]["requests"]
-    for name in ("report.md", "throughput_vs_p99.png", "quality_vs_size.png"):
+    for name in ("rollout-report.md", "throughput_vs_p99.png", "quality_vs_size.png"):
         assert (out / name).stat().st_size > 0
     state = json.loads((out / "state.json").read_text())
     assert state["stable"]["variant"] == "int8"
@@ -105,7 +105,7 @@ def test_promotion_then_second_run_compares_with_it_and_a_slowed_candidate_rolls
     slow_spec = write_spec(no_orphans / "spec2", compression_output, rollout={"candidate": "slow", **STEPS})
     second = run(slow_spec, out, compression_output, mutate=lambda _: pytest.fail("compressed again"))
     assert second.decision == "RolledBack", second.reason
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "rollout-report.json").read_text())
     assert report["stable"] == "int8"
     failed = {name for (_, name), verdict in _checks(report).items() if verdict == "Fail"}
     assert failed & {"p99VsBaseline", "throughputVsBaseline"}, _checks(report)
@@ -124,7 +124,7 @@ def test_an_accuracy_wrecked_candidate_is_rolled_back_before_any_traffic(
     spec = write_spec(no_orphans / "spec", compression_output, rollout={"candidate": "noisy", **STEPS})
     result = run(spec, no_orphans / "run", compression_output)
     assert result.decision == "RolledBack" and result.exit_code == 3
-    report = json.loads((no_orphans / "run" / "report.json").read_text())
+    report = json.loads((no_orphans / "run" / "rollout-report.json").read_text())
     assert [s["weight"] for s in report["steps"]] == [0]
     check = report["steps"][0]["checks"][0]
     assert check["name"] == "qualityDrop" and check["verdict"] == "Fail" and check["low"] > 1.0
@@ -146,7 +146,7 @@ def test_a_second_run_on_the_same_folder_is_refused_and_loses_nothing(compressio
     spec = write_spec(tmp_path / "spec", compression_output)
     with registry.exclusive(out), pytest.raises(InvalidInput, match=r"another slimserve run \(pid \d+\) is using"):
         run(spec, out, compression_output)
-    assert not (out / "report.json").exists() and not (out / "compression").exists()
+    assert not (out / "rollout-report.json").exists() and not (out / "compression").exists()
 
 
 def test_input_shape_mismatch_is_invalid_input_and_stops_everything(compression_output: Path, no_orphans: Path) -> None:
@@ -281,7 +281,7 @@ def test_cli_run_with_real_compression_then_triton_missing(compression_output: P
     proc = _cli(["run", str(spec), "--out", str(out)])
     text, _ = proc.communicate(timeout=240)
     assert proc.returncode in (0, 3, 4), text
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "rollout-report.json").read_text())
     expected = {"Promoted": 0, "RolledBack": 3, "Inconclusive": 4}[report["decision"]]
     assert proc.returncode == expected and report["candidate"] == "int8"
     assert report["decision"] in text and "qualityDrop" in text
@@ -327,7 +327,7 @@ def test_cli_evaluate_judges_one_weight_against_running_servers(compression_outp
     from slimserve.triton.repository import build_repository
     from slimserve.triton.server import TritonServer
 
-    report = CompressionReport.model_validate_json((compression_output / "report.json").read_text())
+    report = CompressionReport.model_validate_json((compression_output / "compression-report.json").read_text())
     control = report.baseline.model_copy(update={"name": "stable_control"})
     report = report.model_copy(update={"variants": [*report.variants, control]})
     repo = no_orphans / "repo"
@@ -375,7 +375,7 @@ def test_a_failing_pre_rollout_webhook_rolls_back_before_any_step(compression_ou
         result = run(spec, no_orphans / "run", compression_output)
         assert result.decision == "RolledBack" and result.exit_code == 3
         assert result.reason.startswith("pre-rollout webhook 'smoke' (HTTP 500: smoke test failed) failed")
-        report = json.loads((no_orphans / "run" / "report.json").read_text())
+        report = json.loads((no_orphans / "run" / "rollout-report.json").read_text())
         assert report["steps"] == [] and report["load"] == []
         sent = endpoint.calls("/smoke")[0]
         assert (sent["name"], sent["type"], sent["variant"], sent["stable"]) == ("digits-mlp", "pre-rollout", "int8",

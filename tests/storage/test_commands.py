@@ -85,7 +85,7 @@ def test_the_digits_example_compresses_from_s3_uris(s3: S3, cache: Cache, tmp_pa
     out = tmp_path / "out"
     result = runner.invoke(app, ["compress", str(spec), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "compression-report.json").read_text())
     assert report["variants"][0]["name"] == "int8-static" and report["baseline"]["quality"] > 90
     assert not (tmp_path / "elsewhere" / "model.py").exists(), "the factory module came from codeUri in S3"
 
@@ -120,7 +120,7 @@ def compression(tmp_path_factory: pytest.TempPathFactory) -> Path:
             latency_ms_p50=0.1, latency_ms_p99=0.2, throughput_rps=1000.0, speedup=1.0, compress_seconds=0.1,
         ))  # fmt: skip
     report = CompressionReport(model="digits", device="cpu", baseline=records[0], variants=records[1:])
-    (out / "report.json").write_text(json.dumps(report.to_json_dict()))
+    (out / "compression-report.json").write_text(json.dumps(report.to_json_dict()))
     spec = {"source": {"uri": "baseline.onnx"}, "data": {"evaluation": "test.npz"},
             "compression": {"variants": [{"name": "int8", "steps": [{"quantize": {"mode": "dynamic"}}]}]}}  # fmt: skip
     body = {"apiVersion": "slimserve.dev/v1alpha1", "kind": "CompressedModel", "metadata": {"name": "m"}, "spec": spec}
@@ -131,7 +131,7 @@ def compression(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _package_to_s3(s3: S3, compression: Path, tmp_path: Path, backend: str) -> tuple[str, list[str]]:
     root = f"s3://{s3.bucket}/digits/repository"
     result = runner.invoke(app, [
-        "package", str(compression / "compressedmodel.yaml"), "--report", str(compression / "report.json"),
+        "package", str(compression / "compressedmodel.yaml"), "--report", str(compression / "compression-report.json"),
         "--repository", root, "--backend", backend, "--uri-file", str(tmp_path / "uri"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -152,7 +152,7 @@ def test_package_uploads_the_repository_to_s3(s3: S3, compression: Path, tmp_pat
 def test_package_uploads_to_the_version_it_is_given(s3: S3, compression: Path, tmp_path: Path) -> None:
     """What the operator's packaging Job runs: a version it names before the upload (`gen-<g>/<variant>`)."""
     root = f"s3://{s3.bucket}/digits/repository"
-    args = ["package", str(compression / "compressedmodel.yaml"), "--report", str(compression / "report.json"),
+    args = ["package", str(compression / "compressedmodel.yaml"), "--report", str(compression / "compression-report.json"),
             "--backend", "onnxruntime", "--variants", "int8=digits", "--repository-version", "gen-1/int8"]  # fmt: skip
     result = runner.invoke(app, [*args, "--repository", root, "--uri-file", str(tmp_path / "uri")])
     assert result.exit_code == 0, result.output
@@ -194,7 +194,7 @@ def test_slimserve_run_takes_the_s3_example_to_a_decision(s3: S3, cache: Cache, 
     )  # fmt: skip
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(spec), "--out", str(out)])
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "rollout-report.json").read_text())
     assert result.exit_code == 0, result.output
     assert report["decision"] == "Promoted" and report["candidate"] == "int8-static", report
     assert not (tmp_path / "elsewhere" / "model.py").exists(), "the factory module came from codeUri in S3"

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from slimserve.api import API_GROUP, API_VERSION, KIND, CompressedModel
+from slimserve.api.report import COMPRESSION_REPORT, EVALUATION_REPORT
 from slimserve.operator.builders.common import (
     BASELINE,
     FINAL_EXIT_CODES,
@@ -167,7 +168,7 @@ def _choice_command(model: CompressedModel, owner: Owner, stable: Served | None,
         "python -m slimserve.api.choice",
         SPEC_FILE,
         "--report",
-        shlex.quote(compressed_dir(owner) + "/report.json"),
+        shlex.quote(f"{compressed_dir(owner)}/{COMPRESSION_REPORT}"),
     ]
     if stable is not None:
         choice += [
@@ -239,7 +240,7 @@ def build_packaging_job(
     into repositories of their own under this generation, each serving as the client-facing model name;
     uploaded to `repository_uri` too with an s3:// model repository (credentials: spec.storage.secretName)."""
     name = model_name(model)
-    report = shlex.quote(compressed_dir(owner) + "/report.json")
+    report = shlex.quote(f"{compressed_dir(owner)}/{COMPRESSION_REPORT}")
     backend = triton_backend(model, settings)
     wanted = [(BASELINE, BASELINE)] if with_baseline else []
     wanted.append((candidate, served))
@@ -296,7 +297,7 @@ def build_evaluator_job(
             "--prometheus-url", shlex.quote(settings.prometheus_url),
             "--scrape-interval", shlex.quote(settings.scrape_interval),
         ]  # fmt: skip
-    args += ["--out", "/tmp/report.json", "--summary-file", TERMINATION_LOG]
+    args += ["--out", f"/tmp/{EVALUATION_REPORT}", "--summary-file", TERMINATION_LOG]
     container = _worker_container(settings, " ".join(args), _resources(evaluator.cpu, evaluator.memory, 0))
     job = _job(
         model, owner, evaluator_job_name(owner, index), "evaluator", container, settings=settings,
