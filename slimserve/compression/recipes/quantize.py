@@ -6,7 +6,9 @@ weights — run ~3x faster than fp32 on x86 CPUs; QDQ (`format: QDQ`) is the por
 execution providers (TensorRT, OpenVINO) consume. On a transformer graph (Softmax and
 LayerNormalization present) only MatMul/Gemm layers with constant weights are quantized unless
 `opTypes` says otherwise: LayerNorm, Softmax, GELU, residual Adds, embedding Gathers and
-activation x activation MatMuls stay in float, where quantizing them costs the most.
+activation x activation MatMuls stay in float, where quantizing them costs the most. With
+`weightRounding: gptq` the Conv/Gemm weights are first rounded by GPTQ on the calibration set
+(recipes/rounding.py) and bias correction then measures their shift against the float weights.
 
 Dynamic int8 quantizes weights ahead and activations per call (per-channel by default). fp16 uses
 onnxruntime's converter (it keeps Cast, Gather and shape arithmetic consistent, where
