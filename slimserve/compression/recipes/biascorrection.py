@@ -45,14 +45,23 @@ def _input_means(model: onnx.ModelProto, names: list[str], data: DataSet) -> dic
 
 
 def correct(
-    src: Path, dst: Path, data: DataSet, per_channel: bool, reduce_range: bool, skip: Iterable[str] = ()
+    src: Path,
+    dst: Path,
+    data: DataSet,
+    per_channel: bool,
+    reduce_range: bool,
+    skip: Iterable[str] = (),
+    reference: Path | None = None,
 ) -> tuple[Path, int]:
     """Write the graph with corrected biases to `dst`; returns it and how many layers changed.
 
     Nodes named in `skip` stay in float after quantization, so their weights are not rounded and
     their biases are left alone (a corrected bias on a float layer is an error, not a correction).
+    `reference`: the float graph `src`'s weights were already rounded from (GPTQ writes them on the
+    int8 grid): the shift is then measured against its weights, matched by initializer name.
     """
     model = onnx.load(str(src))
+    original = {i.name: i for i in onnx.load(str(reference)).graph.initializer} if reference is not None else None
     inits = {i.name: i for i in model.graph.initializer}
     skipped = set(skip)
     layers = []
@@ -76,7 +85,8 @@ def correct(
         w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float64)
         bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float64)
         ex = means[node.input[0]]
-        dw = _rounded(w, per_channel, qmax) - w
+        first = w if original is None else numpy_helper.to_array(original[node.input[1]]).astype(np.float64)
+        dw = _rounded(w, per_channel, qmax) - first
         dw = dw.reshape(dw.shape[0], dw.shape[1], -1).sum(axis=2)  # [out, in / groups]
         groups = next((a.i for a in node.attribute if a.name == "group"), 1) if node.op_type == "Conv" else 1
         per_group_out, per_group_in = dw.shape[0] // groups, dw.shape[1]

@@ -6,7 +6,9 @@ weights — run ~3x faster than fp32 on x86 CPUs; QDQ (`format: QDQ`) is the por
 execution providers (TensorRT, OpenVINO) consume. On a transformer graph (Softmax and
 LayerNormalization present) only MatMul/Gemm layers with constant weights are quantized unless
 `opTypes` says otherwise: LayerNorm, Softmax, GELU, residual Adds, embedding Gathers and
-activation x activation MatMuls stay in float, where quantizing them costs the most.
+activation x activation MatMuls stay in float, where quantizing them costs the most. With
+`weightRounding: gptq` the Conv/Gemm weights are first rounded by GPTQ on the calibration set
+(recipes/rounding.py) and bias correction then measures their shift against the float weights.
 
 Dynamic int8 quantizes weights ahead and activations per call (per-channel by default). fp16 uses
 onnxruntime's converter (it keeps Cast, Gather and shape arithmetic consistent, where
@@ -40,6 +42,7 @@ from slimserve.compression.loading import DataSet, onnx_input_specs
 from slimserve.compression.measure import cpu_flags, take
 from slimserve.compression.recipes.base import ModelState, RecipeContext
 from slimserve.compression.recipes.biascorrection import correct
+from slimserve.compression.recipes.rounding import round_weights
 from slimserve.compression.recipes.smoothquant import smooth
 from slimserve.errors import InvalidInput
 
@@ -375,9 +378,25 @@ def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState
                 f"quantize: SmoothQuant alpha {params.smooth_quant:g} on {groups} activation(s) "
                 "feeding MatMul/Gemm weights"
             )
+        unrounded = None
+        if _value(params.weight_rounding) == "gptq":
+            unrounded = pre
+            pre, rounded = round_weights(
+                pre, ctx.work_dir / f"{ctx.variant}.gptq.onnx", calib, params.per_channel, rr, skip=exclude
+            )
+            ctx.notes.append(
+                f"quantize: GPTQ weight rounding on {rounded} Conv/Gemm layers (calibration set, "
+                "errors compensated column by column; weights written on onnxruntime's int8 grid)"
+            )
         if bias_correction(params, model):
             pre, changed = correct(
-                pre, ctx.work_dir / f"{ctx.variant}.bc.onnx", calib, params.per_channel, rr, skip=exclude
+                pre,
+                ctx.work_dir / f"{ctx.variant}.bc.onnx",
+                calib,
+                params.per_channel,
+                rr,
+                skip=exclude,
+                reference=unrounded,
             )
             ctx.notes.append(f"quantize: bias correction of int8 weight rounding on {changed} Conv/Gemm layers")
         static_int8(pre, out, params, calib, nodes_to_exclude=exclude)
