@@ -26,11 +26,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
+from pydantic import ValidationError
+
 from slimserve.api import CompressedModel, Phase, compression_hash, set_condition
 from slimserve.api.controls import Controls, Request
 from slimserve.api.report import CheckResult, EvaluationReport, StepResult
 from slimserve.api.spec import Webhook
-from slimserve.api.status import TERMINAL_PHASES
+from slimserve.api.status import TERMINAL_PHASES, CompressedModelStatus
 from slimserve.evaluator import policy, webhooks
 from slimserve.evaluator.webhooks import Answer
 from slimserve.operator import builders as b
@@ -618,9 +620,30 @@ def plan(
     webhooks, and the end of a rollout in flight to the post-rollout webhooks (`Plan.notify`).
     """
     out = _plan(model, owner, status, observed, settings, now, controls)
+    check_status(out.status)
     if not out.ask:
         out.notify = _notifications(model, owner, status or {}, out)
     return out
+
+
+STATUS_FIELDS: Final = frozenset(f.alias or name for name, f in CompressedModelStatus.model_fields.items())
+
+
+class StatusDrift(Exception):
+    """A plan built a status that CompressedModelStatus (and so the CRD's schema) does not declare: a bug in
+    the operator, never the user's input. Raised before anything is written; kopf logs it and retries."""
+
+
+def check_status(status: Mapping[str, Any]) -> CompressedModelStatus:
+    """The status a plan writes, parsed by the typed model: unknown fields and wrong types are refused
+    (the API server would prune an unknown field silently). `None` values are deletions in the patch."""
+    unknown = sorted(set(status) - STATUS_FIELDS)
+    if unknown:
+        raise StatusDrift(f"status fields {unknown} are not in CompressedModelStatus")
+    try:
+        return CompressedModelStatus.model_validate({k: v for k, v in status.items() if v is not None})
+    except ValidationError as exc:
+        raise StatusDrift(f"the planned status does not fit CompressedModelStatus: {exc}") from None
 
 
 def _notifications(model: CompressedModel, owner: b.Owner, before: Mapping[str, Any], out: Plan) -> list[

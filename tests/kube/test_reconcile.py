@@ -555,3 +555,14 @@ def test_a_compression_change_compresses_again_and_becomes_the_output_to_reuse()
     out = plan(model2, owner2, out.status, Observed(compression_job=job(True, SUMMARY)), SETTINGS, NOW)
     assert out.status["compression"] == {"hash": out.status["compressionHash"], "generation": 2}
     assert "--report /models/digits/gen-2/compressed/compression-report.json" in str(out.apply)
+
+
+def test_a_planned_status_is_checked_against_the_typed_model() -> None:
+    from slimserve.operator.reconcile import StatusDrift, check_status
+
+    typed = check_status({"phase": "Evaluating", "canaryWeight": 10, "candidateVariant": None, "steps": []})
+    assert typed.phase == "Evaluating" and typed.canary_weight == 10
+    with pytest.raises(StatusDrift, match="canaryWieght"):
+        check_status({"phase": "Evaluating", "canaryWieght": 10})  # the API server would prune it silently
+    with pytest.raises(StatusDrift, match="canaryWeight"):
+        check_status({"phase": "Evaluating", "canaryWeight": "ten"})
