@@ -47,7 +47,7 @@ from slimserve.compression.recipes.quantize import (
 from slimserve.evaluator import quality
 
 if TYPE_CHECKING:
-    from slimserve.compression.pipeline import Measured, Workbench
+    from slimserve.compression.workbench import Measured, Workbench
 
 log = logging.getLogger(__name__)
 
