@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 LABELS = "y"
 SINGLE_INPUT = "x"
 
-_ONNX_DTYPES: dict[int, np.dtype] = {
-    onnx.TensorProto.FLOAT: np.dtype(np.float32),
-    onnx.TensorProto.FLOAT16: np.dtype(np.float16),
-    onnx.TensorProto.DOUBLE: np.dtype(np.float64),
-    onnx.TensorProto.INT64: np.dtype(np.int64),
-    onnx.TensorProto.INT32: np.dtype(np.int32),
-    onnx.TensorProto.UINT8: np.dtype(np.uint8),
-    onnx.TensorProto.INT8: np.dtype(np.int8),
-    onnx.TensorProto.BOOL: np.dtype(np.bool_),
-}
-
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -265,7 +254,8 @@ def onnx_input_specs(path: Path) -> list[InputSpec]:
             continue
         t = inp.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        dtype = _ONNX_DTYPES.get(t.elem_type, np.dtype(np.float32))
+        # onnx's own element-type table; an undefined type (0) is read as float32, the exporters' default
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else np.dtype(np.float32)
         out.append(InputSpec(inp.name, dtype, tuple(dims[1:]), dims[0] if dims else None))
     return out
 
