@@ -27,6 +27,7 @@ PRINTER_COLUMNS: Final = [
     {"name": "P99-ms", "type": "number", "jsonPath": ".status.p99Ms", "format": "float"},
     {"name": "RPS", "type": "number", "jsonPath": ".status.throughputRps", "format": "float", "priority": 1},
     {"name": "Canary", "type": "integer", "jsonPath": ".status.canaryWeight"},
+    {"name": "Client-Share", "type": "integer", "jsonPath": ".status.clientShare", "priority": 1},
     {"name": "Compression-Hash", "type": "string", "jsonPath": ".status.compressionHash", "priority": 1},
     {"name": "Waiting-For", "type": "string", "jsonPath": ".status.waitingFor", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

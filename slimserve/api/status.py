@@ -167,7 +167,17 @@ class CompressedModelStatus(StatusModel):
     throughput_rps: float | None = Field(
         default=None, description="Candidate's requests per second in the last judged step."
     )
-    canary_weight: int | None = Field(default=None, description="Percent of traffic on the candidate.")
+    canary_weight: int | None = Field(
+        default=None,
+        description="The rollout's step: percent of the evaluator's load on the candidate (0 = the served quality check).",
+    )
+    client_share: int | None = Field(
+        default=None,
+        description="Percent of client traffic the candidate gets now. With trafficSplit gateway it is the "
+        "HTTPRoute's weight (canaryWeight); with replicas it is the candidate's share of the Triton pods behind "
+        "the shared Service (whole pods: 10% with 4 pods is 25%, and the candidate's first pod serves clients "
+        "from Deploying on).",
+    )
     canary_step: int | None = Field(
         default=None, description="Index of the current weight in spec.rollout.steps (0 = the first step)."
     )

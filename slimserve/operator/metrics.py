@@ -77,7 +77,10 @@ PHASE_SECONDS: Final = Histogram(
     registry=REGISTRY,
 )
 CANARY_WEIGHT: Final = Gauge(
-    "slimserve_canary_weight_percent", "Percent of traffic on the canary.", ["namespace", "model"], registry=REGISTRY
+    "slimserve_canary_weight_percent",
+    "Percent of client traffic on the canary (status.clientShare: whole pods in replica mode).",
+    ["namespace", "model"],
+    registry=REGISTRY,
 )
 VARIANT_ROLE: Final = Gauge(
     "slimserve_variant_role",
@@ -119,7 +122,8 @@ def _set(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
 def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]) -> None:
     """Publish the per-model gauges: canary weight, variant roles, phase and the gate thresholds."""
     name = model.metadata.name
-    CANARY_WEIGHT.labels(namespace, name).set(status.get("canaryWeight") or 0)
+    share = status.get("clientShare")  # what clients get; the step's weight where no share is known
+    CANARY_WEIGHT.labels(namespace, name).set(share if share is not None else status.get("canaryWeight") or 0)
     roles = {
         "stable": status.get("stableVariant"),
         "canary": canary_variant(status, int(status.get("observedGeneration") or 0)),

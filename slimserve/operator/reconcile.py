@@ -379,6 +379,17 @@ def _serving_children(
     return out
 
 
+def _client_share(model: CompressedModel, settings: OperatorSettings, status: Mapping[str, Any]) -> int | None:
+    """Percent of client traffic on the candidate (status.clientShare): the route's weight, or in replica
+    mode, from Deploying on, the candidate's pods over all pods behind the shared Service."""
+    weight = status.get("canaryWeight")
+    in_flight = status.get("phase") in {p.value for p in IN_FLIGHT - {Phase.packaging}}
+    if _gateway(model) or not in_flight:
+        return None if weight is None else int(weight)
+    stable_n, canary_n = b.split_replicas(settings.split_replicas, _replica_weight(model, int(weight or 0)))
+    return round(100 * canary_n / (stable_n + canary_n))
+
+
 def _replica_weight(model: CompressedModel, weight: int) -> int:
     """In replica mode the canary serves clients from its first pod: at least the first step's share."""
     return max(weight, model.spec.rollout.steps[0])
@@ -620,6 +631,7 @@ def plan(
     webhooks, and the end of a rollout in flight to the post-rollout webhooks (`Plan.notify`).
     """
     out = _plan(model, owner, status, observed, settings, now, controls)
+    out.status["clientShare"] = _client_share(model, settings, out.status)
     check_status(out.status)
     if not out.ask:
         out.notify = _notifications(model, owner, status or {}, out)

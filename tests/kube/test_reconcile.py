@@ -334,6 +334,22 @@ def test_replica_split_deploys_at_the_first_step_ratio_behind_one_service() -> N
     assert "Service/digits" in kinds(out.apply)
     assert not [m for m in out.apply if m["kind"] in ("HTTPRoute", "HorizontalPodAutoscaler")]
     assert out.status["endpoint"] == "http://digits.models.svc:8000/v2/models/digits"
+    # clients reach the canary's pod from Deploying on: its share is said as it is, not as the step's weight
+    assert out.status["phase"] == "Deploying" and out.status["clientShare"] == 25
+
+
+def test_the_client_share_is_the_pod_ratio_in_replica_mode_and_the_route_weight_with_a_gateway() -> None:
+    from slimserve.operator.reconcile import _client_share
+
+    status = {"phase": "Progressing", "canaryWeight": 10}
+    replicas = _model(rollout={"trafficSplit": "replicas", "steps": [10, 50, 100], "stepDuration": "10s"})
+    assert _client_share(replicas, SETTINGS, status) == 25  # 1 of 4 pods, not 10%
+    assert _client_share(replicas, SETTINGS, {**status, "canaryWeight": 50}) == 50
+    assert _client_share(replicas, SETTINGS, {"phase": "Deploying"}) == 25  # the first pod already serves
+    assert _client_share(replicas, SETTINGS, {"phase": "RolledBack", "canaryWeight": 0}) == 0
+    gateway = _model(rollout={"steps": [10, 50, 100], "stepDuration": "10s"})
+    assert _client_share(gateway, SETTINGS, status) == 10
+    assert _client_share(gateway, SETTINGS, {"phase": "Pending"}) is None
 
 
 def test_a_canary_rolled_back_to_zero_replicas_starts_again_at_the_autoscaler_minimum() -> None:
