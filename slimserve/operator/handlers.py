@@ -39,6 +39,7 @@ from slimserve.operator.reconcile import (
     invalid_api_status,
     invalid_spec,
     owner_for,
+    parse_status,
     plan,
     spec_problems,
 )
@@ -166,21 +167,23 @@ async def observe(
     logger: Any,
 ) -> Observed:
     """Read only the children the current phase waits on (few requests per pass)."""
-    phase = status.get("phase")
+    typed = parse_status(status)
+    phase = typed.phase
     ns = owner.namespace
-    if status.get("observedGeneration") != owner.generation or phase in (None, *[p.value for p in TERMINAL_PHASES]):
+    started = "phase" in typed.model_fields_set
+    if typed.observed_generation != owner.generation or not started or phase in TERMINAL_PHASES:
         return Observed()
-    deadline = status.get("deadline")
+    deadline = typed.deadline
     late = bool(deadline) and now_rfc3339() > str(deadline)  # same format: string order is time order
-    if phase == Phase.compressing.value:
+    if phase == Phase.compressing:
         return Observed(compression_job=await _job(kube, ns, b.compressing_job_name(owner), late, logger),
                         api_error=api_error)  # fmt: skip
-    if phase == Phase.packaging.value:
+    if phase == Phase.packaging:
         return Observed(packaging_job=await _job(kube, ns, b.packaging_job_name(owner), late, logger),
                         api_error=api_error)  # fmt: skip
-    if phase == Phase.deploying.value:
-        stable = status.get("stableVariant") or BASELINE
-        candidate = b.canary_variant(status, owner.generation) or ""
+    if phase == Phase.deploying:
+        stable = typed.stable_variant or BASELINE
+        candidate = b.canary_variant(typed, owner.generation) or ""
         states = {}
         for name in (b.triton_name(owner, stable), b.triton_name(owner, candidate), b.control_name(owner)):
             state = await _deployment(kube, ns, name, logger)
@@ -188,7 +191,7 @@ async def observe(
                 states[name] = state
         route = await _route(kube, owner, logger) if model.spec.rollout.traffic_split == "gateway" else None
         return Observed(deployments=states, route=route, api_error=api_error)
-    index = len(status.get("steps") or [])
+    index = len(typed.steps)
     return Observed(evaluator_job=await _job(kube, ns, b.evaluator_job_name(owner, index), late, logger),
                     api_error=api_error)  # fmt: skip
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from slimserve.api import CompressedModel
+from slimserve.api import CompressedModel, CompressedModelStatus
+from slimserve.api.status import TERMINAL_PHASES
 from slimserve.operator.builders import canary_variant
 
 REGISTRY: Final = CollectorRegistry(auto_describe=True)
@@ -119,16 +121,18 @@ def _set(gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
     _SERIES.setdefault((labels[0], labels[1]), {}).setdefault(gauge._name, set()).add(labels)  # noqa: SLF001
 
 
-def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]) -> None:
+def observe_model(model: CompressedModel, namespace: str, status: Mapping[str, Any]) -> None:
     """Publish the per-model gauges: canary weight, variant roles, phase and the gate thresholds."""
     name = model.metadata.name
-    share = status.get("clientShare")  # what clients get; the step's weight where no share is known
-    CANARY_WEIGHT.labels(namespace, name).set(share if share is not None else status.get("canaryWeight") or 0)
+    # The status as written (a None value is a deletion in the patch: absent).
+    typed = CompressedModelStatus.model_validate({k: v for k, v in status.items() if v is not None})
+    share = typed.client_share  # what clients get; the step's weight where no share is known
+    CANARY_WEIGHT.labels(namespace, name).set(share if share is not None else typed.canary_weight or 0)
     roles = {
-        "stable": status.get("stableVariant"),
-        "canary": canary_variant(status, int(status.get("observedGeneration") or 0)),
+        "stable": typed.stable_variant,
+        "canary": canary_variant(typed, typed.observed_generation or 0),
     }
-    if status.get("phase") in ("Promoted", "RolledBack", "Failed"):
+    if typed.phase in TERMINAL_PHASES:
         roles["canary"] = None
     wanted = {
         (namespace, name, variant, role)
@@ -139,14 +143,14 @@ def observe_model(model: CompressedModel, namespace: str, status: dict[str, Any]
         _remove(VARIANT_ROLE, labels)
     for labels in wanted:
         _set(VARIANT_ROLE, labels, 1)
-    phase = str(status.get("phase") or "Pending")
+    phase = typed.phase.value
     if (namespace, name, phase) not in _series(PHASE_ENTERED, namespace, name):
         _forget(PHASE_ENTERED, namespace, name)
         _set(PHASE_ENTERED, (namespace, name, phase), time.time())
-    drop, candidate = status.get("qualityDrop"), status.get("candidateVariant")
+    drop, candidate = typed.quality_drop, typed.candidate_variant
     quality: dict[tuple[str, ...], float] = {}
     if drop is not None and candidate:
-        quality[(namespace, name, str(candidate), str(status.get("metric") or "auto"))] = float(drop)
+        quality[(namespace, name, candidate, typed.metric or "auto")] = drop
     for labels in _series(QUALITY_DROP, namespace, name) - quality.keys():
         _remove(QUALITY_DROP, labels)
     for labels, points in quality.items():

@@ -26,13 +26,22 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Final, Literal
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from slimserve.api import CompressedModel, Phase, compression_hash, set_condition
 from slimserve.api.controls import Controls, Request
 from slimserve.api.report import CheckResult, EvaluationReport, StepResult
 from slimserve.api.spec import Webhook
-from slimserve.api.status import TERMINAL_PHASES, CompressedModelStatus
+from slimserve.api.status import (
+    TERMINAL_PHASES,
+    CheckVerdict,
+    CompressedModelStatus,
+    CompressionOutput,
+    Condition,
+    Drain,
+    HandledRequests,
+    JudgedStep,
+)
 from slimserve.evaluator import policy, webhooks
 from slimserve.evaluator.webhooks import Answer
 from slimserve.operator import builders as b
@@ -220,6 +229,7 @@ class Plan:
     delete: list[Ref] = field(default_factory=list)
     scale: list[tuple[str, int]] = field(default_factory=list)  # (Deployment, replicas)
     route_reset: tuple[str, str] | None = None  # (stable's Service, model name): all traffic back, spec unknown
+    # The status merge patch, dumped from the typed working copy: the fields set (a None deletes one).
     status: dict[str, Any] = field(default_factory=dict)
     gate_decision: str | None = None
     events: list[tuple[EventType, str]] = field(default_factory=list)  # what the user's controls did, or why not
@@ -261,7 +271,7 @@ def spec_problems(model: CompressedModel, status: Mapping[str, Any], settings: O
             f"(warm-up, maxStepDuration {longest:g} s, Prometheus scrapes and start-up); use at least "
             f"{math.ceil(needed / 60)}m"
         )
-    served_as = status.get("modelName")
+    served_as = parse_status(status).model_name
     if served_as and served_as != b.model_name(model):
         problems.append(
             f"spec.serving.modelName = {b.model_name(model)!r}: clients call {served_as!r} (status.modelName) and the "
@@ -284,18 +294,44 @@ def _after(now: str, delay_s: float) -> str:
     return (_parse_time(now) + timedelta(seconds=delay_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Status:
-    """A mutable working copy of status with condition helpers bound to generation and time."""
+class WorkingStatus(CompressedModelStatus):
+    """The plan's working copy: assignments are validated and mark their field set, so `patch` knows
+    which fields the plan writes (an explicit None included)."""
 
-    def __init__(self, status: Mapping[str, Any], generation: int, now: str) -> None:
-        self.data = dict(status)
-        self.data.setdefault("conditions", [])
+    model_config = ConfigDict(frozen=False, validate_assignment=True)
+
+
+# Fields a stored status cannot hold as null (a null there is read as absent).
+_NOT_NULL: Final = frozenset({"phase", "conditions", "steps"})
+
+
+def parse_status(status: Mapping[str, Any] | None) -> WorkingStatus:
+    """The stored status, typed; the fields it holds (an explicit null too) are the ones set."""
+    try:
+        return WorkingStatus.model_validate(
+            {k: v for k, v in (status or {}).items() if v is not None or k not in _NOT_NULL}
+        )
+    except ValidationError as exc:
+        raise StatusDrift(f"the stored status does not fit CompressedModelStatus: {exc}") from None
+
+
+class _Status:
+    """A typed working copy of status (`status`) with condition helpers bound to generation and time."""
+
+    def __init__(self, status: CompressedModelStatus, generation: int, now: str) -> None:
+        self.status = WorkingStatus.model_validate(status.model_dump(by_alias=True, exclude_unset=True))
+        if "conditions" not in self.status.model_fields_set:
+            self.status.conditions = []
         self.generation = generation
         self.now = now
 
+    def patch(self) -> dict[str, Any]:
+        """The status merge patch: every field set, from the stored status or by the plan; None deletes."""
+        return self.status.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
     def condition(self, type: str, status: ConditionStatus, reason: str, message: str = "") -> None:
-        self.data["conditions"] = set_condition(
-            list(self.data.get("conditions") or []),
+        conditions = set_condition(
+            [c.model_dump(by_alias=True, exclude_unset=True) for c in self.status.conditions],
             type,
             status,
             reason,
@@ -303,28 +339,29 @@ class _Status:
             observed_generation=self.generation,
             now=self.now,
         )
+        self.status.conditions = [Condition.model_validate(c) for c in conditions]
 
     def phase(self, phase: Phase, message: str, deadline_s: float | None = None) -> None:
-        self.data["phase"] = phase.value
-        self.data["message"] = message
-        self.data["deadline"] = _after(self.now, deadline_s) if deadline_s is not None else None
+        self.status.phase = phase
+        self.status.message = message
+        self.status.deadline = _after(self.now, deadline_s) if deadline_s is not None else None
 
     def past_deadline(self) -> bool:
-        deadline = self.data.get("deadline")
+        deadline = self.status.deadline
         return bool(deadline) and _parse_time(self.now) > _parse_time(str(deadline))
 
 
-def _stable(status: Mapping[str, Any], generation: int) -> Served:
-    return Served(status.get("stableVariant") or BASELINE, int(status.get("stableGeneration") or generation))
+def _stable(status: CompressedModelStatus, generation: int) -> Served:
+    return Served(status.stable_variant or BASELINE, int(status.stable_generation or generation))
 
 
-def _steps(status: Mapping[str, Any]) -> list[StepResult]:
+def _steps(status: CompressedModelStatus) -> list[StepResult]:
     """`status.steps` as the policy reads them (values are not needed to decide)."""
     return [
-        StepResult(weight=s["weight"], verdict=s["verdict"], checks=[
-            CheckResult(name=c["name"], verdict=c["verdict"], value=None, threshold=None) for c in s.get("checks") or []
+        StepResult(weight=s.weight, verdict=s.verdict, checks=[
+            CheckResult(name=c.name, verdict=c.verdict, value=None, threshold=None) for c in s.checks
         ])
-        for s in status.get("steps") or []
+        for s in status.steps
     ]  # fmt: skip
 
 
@@ -379,14 +416,13 @@ def _serving_children(
     return out
 
 
-def _client_share(model: CompressedModel, settings: OperatorSettings, status: Mapping[str, Any]) -> int | None:
+def _client_share(model: CompressedModel, settings: OperatorSettings, status: CompressedModelStatus) -> int | None:
     """Percent of client traffic on the candidate (status.clientShare): the route's weight, or in replica
     mode, from Deploying on, the candidate's pods over all pods behind the shared Service."""
-    weight = status.get("canaryWeight")
-    in_flight = status.get("phase") in {p.value for p in IN_FLIGHT - {Phase.packaging}}
-    if _gateway(model) or not in_flight:
-        return None if weight is None else int(weight)
-    stable_n, canary_n = b.split_replicas(settings.split_replicas, _replica_weight(model, int(weight or 0)))
+    weight = status.canary_weight
+    if _gateway(model) or status.phase not in IN_FLIGHT - {Phase.packaging}:
+        return weight
+    stable_n, canary_n = b.split_replicas(settings.split_replicas, _replica_weight(model, weight or 0))
     return round(100 * canary_n / (stable_n + canary_n))
 
 
@@ -449,7 +485,7 @@ def _drain(owner: b.Owner, variants: list[str], st: _Status, out: Plan, settings
     if settings.scale_down_delay_seconds <= 0:
         _scale_down(owner, deployments, out)
         return
-    st.data["drain"] = {"deployments": deployments, "at": _after(st.now, settings.scale_down_delay_seconds)}
+    st.status.drain = Drain(deployments=deployments, at=_after(st.now, settings.scale_down_delay_seconds))
 
 
 def _scale_down(owner: b.Owner, deployments: list[str], out: Plan) -> None:
@@ -460,33 +496,32 @@ def _scale_down(owner: b.Owner, deployments: list[str], out: Plan) -> None:
 
 
 def _drain_if_due(owner: b.Owner, st: _Status, out: Plan, force: bool = False) -> None:
-    drain = st.data.get("drain")
-    if drain and (force or _parse_time(st.now) >= _parse_time(drain["at"])):
-        _scale_down(owner, list(drain["deployments"]), out)
-        st.data["drain"] = None
+    drain = st.status.drain
+    if drain and (force or _parse_time(st.now) >= _parse_time(drain.at)):
+        _scale_down(owner, list(drain.deployments), out)
+        st.status.drain = None
 
 
-def _supersede(owner: b.Owner, status: Mapping[str, Any], out: Plan) -> None:
+def _supersede(owner: b.Owner, status: CompressedModelStatus, out: Plan) -> None:
     """A new generation (or an invalid spec) while one is in flight: its canary, control and Jobs go.
 
     The canary drains no longer: traffic is back on the stable in the same pass.
     """
-    old_gen = int(status.get("observedGeneration") or 0)
-    phase = status.get("phase")
-    if not old_gen or not phase:
+    old_gen = status.observed_generation or 0
+    if not old_gen or "phase" not in status.model_fields_set:
         return
-    old = b.Owner(owner.name, owner.namespace, owner.uid, old_gen, int(status.get("retries") or 0),
-                  reused_generation(status))  # fmt: skip
+    phase = status.phase
+    old = b.Owner(owner.name, owner.namespace, owner.uid, old_gen, status.retries or 0, reused_generation(status))
     jobs = {
-        Phase.compressing.value: b.compressing_job_name(old),
-        Phase.packaging.value: b.packaging_job_name(old),
-        Phase.evaluating.value: b.evaluator_job_name(old, len(status.get("steps") or [])),
-        Phase.progressing.value: b.evaluator_job_name(old, len(status.get("steps") or [])),
+        Phase.compressing: b.compressing_job_name(old),
+        Phase.packaging: b.packaging_job_name(old),
+        Phase.evaluating: b.evaluator_job_name(old, len(status.steps)),
+        Phase.progressing: b.evaluator_job_name(old, len(status.steps)),
     }
     if phase in jobs:
         out.delete.append(("batch/v1", "Job", jobs[phase]))
     candidate = b.canary_variant(status, old_gen)
-    if phase in {p.value for p in IN_FLIGHT} - {Phase.packaging.value} and candidate:
+    if phase in IN_FLIGHT - {Phase.packaging} and candidate:
         _scale_down(owner, [b.triton_name(owner, candidate)], out)
         _remove_control(owner, out)
 
@@ -496,45 +531,45 @@ def _supersede(owner: b.Owner, status: Mapping[str, Any], out: Plan) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def reused_generation(status: Mapping[str, Any]) -> int:
+def reused_generation(status: CompressedModelStatus) -> int:
     """The generation whose compression output the status's generation uses when not its own (else 0)."""
-    latest = status.get("compression") or {}
-    return int(latest["generation"]) if latest and latest.get("hash") == status.get("compressionHash") else 0
+    latest = status.compression
+    return latest.generation if latest and latest.hash == status.compression_hash else 0
 
 
 def start_pipeline(
-    model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings, now: str
+    model: CompressedModel, owner: b.Owner, status: CompressedModelStatus, settings: OperatorSettings, now: str
 ) -> Plan:
     """A new generation: compress again, unless the latest compression output was made from the same
     source, data, quality and compression (`compression_hash`); whatever serves keeps serving from the
     stable variant."""
-    serving = status.get("canaryWeight") is not None
+    serving = status.canary_weight is not None
     stable = _stable(status, owner.generation)
     # TrafficReady is judged again when this generation's canary deploys; approval is per generation.
     conditions = [
-        c
-        for c in status.get("conditions") or []
-        if c.get("type") not in ("TrafficReady", "WaitingForApproval", "WaitingForWebhook")
+        c for c in status.conditions if c.type not in ("TrafficReady", "WaitingForApproval", "WaitingForWebhook")
     ]
-    st = _Status({"conditions": conditions, "drain": status.get("drain")}, owner.generation, now)
-    plan = Plan(status=st.data)
+    # The fields of the last generation's rollout are set to None (deleted); those not named are kept.
+    fresh = CompressedModelStatus(
+        conditions=conditions, drain=status.drain, observed_generation=owner.generation,
+        stable_variant=stable.variant, stable_generation=status.stable_generation,
+        previous_stable_variant=status.previous_stable_variant,
+        previous_stable_generation=status.previous_stable_generation, model_name=status.model_name,
+        endpoint=status.endpoint, candidate_variant=None, size_ratio=None, metric=None, quality_drop=None,
+        p99_ms=None, throughput_rps=None, canary_step=None, decision=None, steps=[], failed_steps=0,
+        canary_weight=0 if serving else None, retries=None, handled_requests=status.handled_requests,
+        compression_hash=compression_hash(model.spec), compression=status.compression,
+    )  # fmt: skip
+    st = _Status(fresh, owner.generation, now)
+    plan = Plan()
     _drain_if_due(owner, st, plan, force=True)
     _supersede(owner, status, plan)
     job = model.spec.compression.job
-    st.data.update(
-        observedGeneration=owner.generation, stableVariant=stable.variant,
-        stableGeneration=status.get("stableGeneration"), previousStableVariant=status.get("previousStableVariant"),
-        previousStableGeneration=status.get("previousStableGeneration"), modelName=status.get("modelName"),
-        endpoint=status.get("endpoint"), candidateVariant=None, sizeRatio=None, metric=None, qualityDrop=None,
-        p99Ms=None, throughputRps=None, canaryStep=None, decision=None, steps=[], failedSteps=0,
-        canaryWeight=0 if serving else None, retries=None, handledRequests=status.get("handledRequests"),
-        compressionHash=compression_hash(model.spec), compression=status.get("compression"),
-    )  # fmt: skip
-    owner = replace(owner, compressed_generation=reused_generation(st.data))
+    owner = replace(owner, compressed_generation=reused_generation(st.status))
     name = b.compressing_job_name(owner)
     if b.reuses_compression(owner):
         msg = (f"compression reused from generation {owner.compressed_generation} (hash "
-               f"{st.data['compressionHash'][:12]}): source, data, quality and compression are unchanged; Job "
+               f"{str(st.status.compression_hash)[:12]}): source, data, quality and compression are unchanged; Job "
                f"{name} chooses the candidate from its output")  # fmt: skip
         st.phase(Phase.compressing, f"generation {owner.generation}: {msg}",
                  settings.packaging_deadline_seconds + DEADLINE_GRACE_S)  # fmt: skip
@@ -559,14 +594,15 @@ def start_pipeline(
     plan.apply.append(_compression_job(model, owner, status, settings))
     if serving:
         plan.apply += _traffic(model, owner, stable, None, 0, settings)
+    plan.status = st.patch()
     return plan
 
 
 def _compression_job(
-    model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings
+    model: CompressedModel, owner: b.Owner, status: CompressedModelStatus, settings: OperatorSettings
 ) -> Manifest:
     """The Job of the Compressing phase: compression and choice, or only the choice on a reused output."""
-    stable = status.get("stableVariant")
+    stable = status.stable_variant
     served = _stable(status, owner.generation) if stable and stable != BASELINE else None
     build = b.build_choice_job if b.reuses_compression(owner) else b.build_compression_job
     return build(model, owner, settings, served, stable)
@@ -574,26 +610,27 @@ def _compression_job(
 
 def invalid_spec(owner: b.Owner, status: Mapping[str, Any] | None, problems: list[str], now: str) -> Plan:
     """Failed with a Ready condition naming each field, value and fix; a rollout in flight is called off."""
-    status = dict(status or {})
-    st = _Status(status, owner.generation, now)
-    plan = Plan(status=st.data)
-    if status.get("observedGeneration") != owner.generation:
+    current = parse_status(status)
+    st = _Status(current, owner.generation, now)
+    plan = Plan()
+    if current.observed_generation != owner.generation:
         _drain_if_due(owner, st, plan, force=True)
-        _supersede(owner, status, plan)
-        stable = status.get("stableVariant")
-        if stable and status.get("modelName") and status.get("phase") in {p.value for p in IN_FLIGHT}:
-            plan.route_reset = (b.triton_name(owner, stable), str(status["modelName"]))
-            st.data["canaryWeight"] = 0
+        _supersede(owner, current, plan)
+        stable = current.stable_variant
+        if stable and current.model_name and _phase(current) in IN_FLIGHT:
+            plan.route_reset = (b.triton_name(owner, stable), current.model_name)
+            st.status.canary_weight = 0
     msg = "invalid spec: " + "; ".join(problems)
-    st.data["observedGeneration"] = owner.generation
+    st.status.observed_generation = owner.generation
     st.phase(Phase.failed, msg)
-    serving = status.get("canaryWeight") is not None
+    serving = current.canary_weight is not None
     st.condition(
         "Ready",
         "False",
         "InvalidSpec",
-        msg + (f"; stable variant {status.get('stableVariant')} keeps serving" if serving else ""),
+        msg + (f"; stable variant {current.stable_variant} keeps serving" if serving else ""),
     )
+    plan.status = st.patch()
     return plan
 
 
@@ -602,17 +639,17 @@ def invalid_api_status(
 ) -> dict[str, Any]:
     """The status as it was, plus a condition saying what in the cluster blocks this model (an API it lacks,
     a child's name another object holds) and how to fix it."""
-    st = _Status(status, generation, now)
+    st = _Status(parse_status(status), generation, now)
     st.condition(condition, "False", reason, message)
-    return st.data
+    return st.patch()
 
 
-def owner_for(owner: b.Owner, status: Mapping[str, Any] | None) -> b.Owner:
+def owner_for(owner: b.Owner, status: CompressedModelStatus | Mapping[str, Any] | None) -> b.Owner:
     """The owner with the attempt its current generation is on (status.retries), which names its Jobs."""
-    status = status or {}
-    if status.get("observedGeneration") != owner.generation:
+    typed = status if isinstance(status, CompressedModelStatus) else parse_status(status)
+    if typed.observed_generation != owner.generation:
         return replace(owner, attempt=0, compressed_generation=0)
-    return replace(owner, attempt=int(status.get("retries") or 0), compressed_generation=reused_generation(status))
+    return replace(owner, attempt=typed.retries or 0, compressed_generation=reused_generation(typed))
 
 
 def plan(
@@ -630,12 +667,18 @@ def plan(
     again with the answers in `observed.webhooks`. A phase change and each Event are told to the event
     webhooks, and the end of a rollout in flight to the post-rollout webhooks (`Plan.notify`).
     """
-    out = _plan(model, owner, status, observed, settings, now, controls)
-    out.status["clientShare"] = _client_share(model, settings, out.status)
-    check_status(out.status)
+    current = parse_status(status)
+    out = _plan(model, owner, current, observed, settings, now, controls)
+    typed = check_status(out.status)
+    out.status["clientShare"] = _client_share(model, settings, typed)
     if not out.ask:
-        out.notify = _notifications(model, owner, status or {}, out)
+        out.notify = _notifications(model, owner, current, typed, out)
     return out
+
+
+def _phase(status: CompressedModelStatus) -> Phase | None:
+    """The status's phase; None when it has none (a new object)."""
+    return status.phase if "phase" in status.model_fields_set else None
 
 
 STATUS_FIELDS: Final = frozenset(f.alias or name for name, f in CompressedModelStatus.model_fields.items())
@@ -658,24 +701,23 @@ def check_status(status: Mapping[str, Any]) -> CompressedModelStatus:
         raise StatusDrift(f"the planned status does not fit CompressedModelStatus: {exc}") from None
 
 
-def _notifications(model: CompressedModel, owner: b.Owner, before: Mapping[str, Any], out: Plan) -> list[
-        tuple[Webhook, dict[str, Any]]]:  # fmt: skip
+def _notifications(
+    model: CompressedModel, owner: b.Owner, before: CompressedModelStatus, after: CompressedModelStatus, out: Plan
+) -> list[tuple[Webhook, dict[str, Any]]]:
     hooks = model.spec.rollout.webhooks
     if not hooks:
         return []
-    old, new = before.get("phase"), out.status.get("phase")
-    messages = [str(out.status.get("message") or new)] if new != old else []
+    old, new = _phase(before), after.phase
+    messages = [str(after.message or new.value)] if new != old else []
     messages += [text for _, text in out.events if text not in messages]
     told = []
     if messages:  # one call per webhook and pass, its lines in order
-        told += [(hook, webhooks.payload(hook, replace(_context(owner, out.status), message="\n".join(messages))))
+        told += [(hook, webhooks.payload(hook, replace(_context(owner, after), message="\n".join(messages))))
                  for hook in webhooks.of_type(hooks, "event")]  # fmt: skip
-    ended = new != old and new in (Phase.promoted.value, Phase.rolled_back.value) and old in {
-        p.value for p in IN_FLIGHT}  # fmt: skip
+    ended = new != old and new in (Phase.promoted, Phase.rolled_back) and old in IN_FLIGHT
     if ended:
         told += [
-            (hook, webhooks.payload(hook, _context(owner, out.status)))
-            for hook in webhooks.of_type(hooks, "post-rollout")
+            (hook, webhooks.payload(hook, _context(owner, after))) for hook in webhooks.of_type(hooks, "post-rollout")
         ]
     return told
 
@@ -683,28 +725,41 @@ def _notifications(model: CompressedModel, owner: b.Owner, before: Mapping[str, 
 def _plan(
     model: CompressedModel,
     owner: b.Owner,
-    status: Mapping[str, Any] | None,
+    status: CompressedModelStatus,
     observed: Observed,
     settings: OperatorSettings,
     now: str,
     controls: Controls | None = None,
 ) -> Plan:
-    status = dict(status or {})
     controls = controls or Controls()
-    if status.get("observedGeneration") != owner.generation or not status.get("phase"):
+    if status.observed_generation != owner.generation or _phase(status) is None:
         return start_pipeline(model, owner, status, settings, now)  # requests wait for the next pass
-    owner = owner_for(owner, status)
     st = _Status(status, owner.generation, now)
-    out = Plan(status=st.data)
+    out = Plan()
+    _phase_step(model, owner_for(owner, status), st, observed, settings, out, controls)
+    out.status = st.patch()
+    return out
+
+
+def _phase_step(
+    model: CompressedModel,
+    owner: b.Owner,
+    st: _Status,
+    observed: Observed,
+    settings: OperatorSettings,
+    out: Plan,
+    controls: Controls,
+) -> None:
     _drain_if_due(owner, st, out)
     acted = False
-    for request in controls.pending(status.get("handledRequests")):
+    handled = st.status.handled_requests
+    for request in controls.pending(handled.model_dump(exclude_unset=True) if handled else None):
         acted = _request(request, controls.requests[request], model, owner, st, settings, out) or acted
-    phase = Phase(st.data["phase"])
+    phase = st.status.phase
     if acted or phase in TERMINAL_PHASES or phase == Phase.pending:
         _control_conditions(st, controls, out)
-        return out
-    owner = owner_for(owner, st.data)
+        return
+    owner = owner_for(owner, st.status)
     if phase == Phase.compressing:
         _compressing(model, owner, st, observed, settings, out)
     elif phase == Phase.packaging:
@@ -714,7 +769,6 @@ def _plan(
     else:
         _evaluating(model, owner, st, observed, settings, out, controls.paused)
     _control_conditions(st, controls, out)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -732,8 +786,11 @@ def _request(
     out: Plan,
 ) -> bool:
     """Act on one request, or say why not; either way it is handled (recorded) and never acted on again."""
-    st.data["handledRequests"] = {**(st.data.get("handledRequests") or {}), request: value}
-    phase = Phase(st.data["phase"])
+    handled = st.status.handled_requests
+    st.status.handled_requests = HandledRequests.model_validate(
+        {**(handled.model_dump(exclude_unset=True) if handled else {}), request: value}
+    )
+    phase = st.status.phase
     gen = owner.generation
     if request == "abort":
         if phase in TERMINAL_PHASES or phase == Phase.pending:
@@ -756,9 +813,9 @@ def _request(
         out.events.append(("Warning", f"retry refused: generation {gen} is {phase.value}; only a RolledBack or "
                                       "Failed generation is retried"))  # fmt: skip
         return False
-    if not st.data.get("candidateVariant"):
+    if not st.status.candidate_variant:
         out.events.append(("Warning", f"retry refused: generation {gen} has no compression output to deploy again "
-                                      f"({st.data.get('message') or 'compression did not finish'}); fix the cause "
+                                      f"({st.status.message or 'compression did not finish'}); fix the cause "
                                       "and change the spec to compress again"))  # fmt: skip
         return False
     _retry(model, owner, st, settings, out)
@@ -767,38 +824,39 @@ def _request(
 
 def _in_flight_job(owner: b.Owner, st: _Status) -> str | None:
     """The Job the current phase waits on (None when it waits on none)."""
-    phase = Phase(st.data["phase"])
+    phase = st.status.phase
     if phase == Phase.compressing:
         return b.compressing_job_name(owner)
     if phase == Phase.packaging:
         return b.packaging_job_name(owner)
     if phase in PROMOTABLE:
-        return b.evaluator_job_name(owner, len(st.data.get("steps") or []))
+        return b.evaluator_job_name(owner, len(st.status.steps))
     return None
 
 
 def _abort(model: CompressedModel, owner: b.Owner, st: _Status, settings: OperatorSettings, out: Plan) -> None:
     """Roll back now: the Job in flight goes, all traffic back on the stable, the canary drains."""
-    phase = Phase(st.data["phase"])
+    phase = st.status.phase
     job = _in_flight_job(owner, st)
     if job:
         out.delete.append(("batch/v1", "Job", job))
-    stable = _stable(st.data, owner.generation)
+    stable = _stable(st.status, owner.generation)
     msg = f"aborted by hand during {phase.value}: nothing promoted"
     if phase in (Phase.deploying, *PROMOTABLE):
-        candidate = _candidate(st.data, owner)
-        msg = f"rolled back to {stable.variant}: aborted by hand at {st.data.get('canaryWeight') or 0}% ({phase.value})"
-        st.data.update(decision="RolledBack", canaryWeight=0)
+        candidate = _candidate(st.status, owner)
+        msg = f"rolled back to {stable.variant}: aborted by hand at {st.status.canary_weight or 0}% ({phase.value})"
+        st.status.decision = "RolledBack"
+        st.status.canary_weight = 0
         _back_to_stable(model, owner, st, stable, candidate, settings, out)
-    serving = st.data.get("canaryWeight") is not None
+    serving = st.status.canary_weight is not None
     st.phase(
         Phase.rolled_back, msg + (f"; stable variant {stable.variant} keeps serving all traffic" if serving else "")
     )
     st.condition("Promoted", "False", "Aborted", msg)
     st.condition("Ready", "True" if serving else "False", "ServingStable" if serving else "Aborted",
                  f"stable variant {stable.variant} serves all traffic" if serving else msg)  # fmt: skip
-    out.events.append(("Warning", msg + ("; `slimserve retry` deploys and judges it again" if st.data.get(
-        "candidateVariant") else "")))  # fmt: skip
+    retry = "; `slimserve retry` deploys and judges it again" if st.status.candidate_variant else ""
+    out.events.append(("Warning", msg + retry))
 
 
 def _promote_by_hand(
@@ -808,53 +866,62 @@ def _promote_by_hand(
     job = _in_flight_job(owner, st)
     if job:
         out.delete.append(("batch/v1", "Job", job))
-    weight = st.data.get("canaryWeight") or 0
+    weight = st.status.canary_weight or 0
     waiting = _condition_true(st, "WaitingForApproval")
     skipped = [w for w in model.spec.rollout.steps if w > weight] if not waiting else []
     reason = "approved by hand" if waiting else "promoted by hand at " + f"{weight}%" + (
         f", skipping the steps at {', '.join(f'{w}%' for w in skipped)}" if skipped else "")  # fmt: skip
     if waiting:
         st.condition("WaitingForApproval", "False", "Approved", "approved by `slimserve promote`")
-    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
+    stable, candidate = _stable(st.status, owner.generation), _candidate(st.status, owner)
     _promote(model, owner, st, stable, candidate, settings, out, reason, "PromotedByHand")
-    out.events.append(("Normal", st.data["message"]))
+    out.events.append(("Normal", str(st.status.message)))
 
 
 def _retry(model: CompressedModel, owner: b.Owner, st: _Status, settings: OperatorSettings, out: Plan) -> None:
     """Package, deploy and judge this generation's candidate again; its compression output is reused."""
     _drain_if_due(owner, st, out, force=True)  # the canary's drain must not scale the retried canary down
-    retries = int(st.data.get("retries") or 0) + 1
+    retries = (st.status.retries or 0) + 1
     owner = replace(owner, attempt=retries)
-    st.data.update(retries=retries, steps=[], failedSteps=0, decision=None, canaryStep=None, p99Ms=None,
-                   throughputRps=None, waitingFor=None, webhookRetryAt=None, preRolloutFailures=None)  # fmt: skip
-    candidate = st.data["candidateVariant"]
+    st.status.retries = retries
+    st.status.steps = []
+    st.status.failed_steps = 0
+    st.status.decision = None
+    st.status.canary_step = None
+    st.status.p99_ms = None
+    st.status.throughput_rps = None
+    st.status.waiting_for = None
+    st.status.webhook_retry_at = None
+    st.status.pre_rollout_failures = None
+    candidate = st.status.candidate_variant
     msg = (f"retry {retries}: packaging, deploying and judging candidate {candidate} of generation "
            f"{owner.generation} again from its compression output (no new compression)")  # fmt: skip
     st.phase(Phase.packaging, msg, settings.packaging_deadline_seconds + DEADLINE_GRACE_S)
-    serving = st.data.get("canaryWeight") is not None
+    serving = st.status.canary_weight is not None
     st.condition("Deployed", "Unknown", "Packaging", f"Job {b.packaging_job_name(owner)} is running")
     st.condition("Evaluated", "Unknown", "Pending", "waiting for deployment")
     st.condition("Promoted", "Unknown", "Pending", "waiting for the gate")
-    stable = st.data.get("stableVariant") or BASELINE
+    stable = st.status.stable_variant or BASELINE
     st.condition("Ready", "True" if serving else "False", "ServingStable" if serving else "Retrying",
                  f"stable variant {stable} serves all traffic" if serving else "nothing is served yet")  # fmt: skip
-    out.apply.append(_packaging_job(model, owner, st.data, settings))
+    out.apply.append(_packaging_job(model, owner, st.status, settings))
     out.events.append(("Normal", msg))
 
 
 def _condition_true(st: _Status, type: str) -> bool:
-    return any(c.get("type") == type and c.get("status") == "True" for c in st.data.get("conditions") or [])
+    return any(c.type == type and c.status == "True" for c in st.status.conditions)
 
 
 def _control_conditions(st: _Status, controls: Controls, out: Plan) -> None:
     """Paused follows the pause request while a rollout is in flight; an ended rollout waits for nothing."""
-    phase = Phase(st.data["phase"])
+    phase = st.status.phase
     was_paused = _condition_true(st, "Paused")
     if phase in TERMINAL_PHASES:
         for type in ("Paused", "WaitingForApproval", "WaitingForWebhook"):
             if _condition_true(st, type):
                 st.condition(type, "False", "RolloutEnded", f"the rollout ended {phase.value}")
-        st.data.update(waitingFor=None, webhookRetryAt=None)
+        st.status.waiting_for = None
+        st.status.webhook_retry_at = None
         return
     if controls.paused and not was_paused:
         msg = "paused by `slimserve pause`: no new step starts (a step in flight is judged first); " \
@@ -863,12 +930,12 @@ def _control_conditions(st: _Status, controls: Controls, out: Plan) -> None:
         out.events.append(("Normal", f"paused during {phase.value}: {msg}"))
     elif not controls.paused and was_paused:
         st.condition("Paused", "False", "Resumed", "resumed by `slimserve resume`")
-        out.events.append(("Normal", f"resumed: {st.data.get('message') or phase.value}"))
+        out.events.append(("Normal", f"resumed: {st.status.message or phase.value}"))
 
 
 def _fail(st: _Status, condition: str, reason: str, why: str) -> None:
-    serving = st.data.get("canaryWeight") is not None
-    stable = st.data.get("stableVariant") or BASELINE
+    serving = st.status.canary_weight is not None
+    stable = st.status.stable_variant or BASELINE
     st.phase(Phase.failed, why + (f"; stable variant {stable} keeps serving all traffic" if serving else ""))
     st.condition(condition, "False", reason, why)
     st.condition(
@@ -888,7 +955,7 @@ def _job_phase(st: _Status, job: JobState | None, name: str, what: str, conditio
         return "done"
     if st.past_deadline():
         why = job.describe(name) if job is not None else f"Job {name} was never created ({api_error or 'unknown'})"
-        _fail(st, condition, "DeadlineExceeded", f"{what.lower()} did not finish by {st.data['deadline']}: {why}")
+        _fail(st, condition, "DeadlineExceeded", f"{what.lower()} did not finish by {st.status.deadline}: {why}")
         return "late"
     return "missing" if job is None else "running"
 
@@ -900,25 +967,30 @@ def _compressing(
     name = b.compressing_job_name(owner)
     state = _job_phase(st, job, name, "Compression", "Compressed", observed.api_error)
     if state == "missing":  # deleted, or its create was refused: ask again
-        out.apply += [b.build_spec_config_map(model, owner), _compression_job(model, owner, st.data, settings)]
+        out.apply += [b.build_spec_config_map(model, owner), _compression_job(model, owner, st.status, settings)]
     if state != "done":
         return
     assert job is not None
     reused = ""
     if b.reuses_compression(owner):
-        reused = (f"reused from generation {owner.compressed_generation} (hash {st.data['compressionHash'][:12]}), "
+        reused = (f"reused from generation {owner.compressed_generation} (hash {str(st.status.compression_hash)[:12]}), "
                   "no new compression; ")  # fmt: skip
     else:  # the output is on the volume whatever the choice: a later generation with the same hash reuses it
-        st.data["compression"] = {"hash": st.data.get("compressionHash"), "generation": owner.generation}
+        # (a status with no compressionHash is refused here, as CompressionOutput requires one)
+        st.status.compression = CompressionOutput.model_validate(
+            {"hash": st.status.compression_hash, "generation": owner.generation}
+        )
     choice = parse_choice(job.output)
     if choice is None or choice.get("candidate") is None:
         why = choice["reason"] if choice else f"Job {name} left no candidate choice in its termination message"
         _fail(st, "Compressed", "NoCandidate", reused + why)
         return
     chosen = choice["candidate"]
-    st.data.update(candidateVariant=chosen["name"], sizeRatio=chosen.get("compressionRatio"),
-                   metric=chosen.get("metric"), qualityDrop=chosen.get("drop"))  # fmt: skip
-    served = b.canary_variant(st.data, owner.generation)
+    st.status.candidate_variant = chosen["name"]
+    st.status.size_ratio = chosen.get("compressionRatio")
+    st.status.metric = chosen.get("metric")
+    st.status.quality_drop = chosen.get("drop")
+    served = b.canary_variant(st.status, owner.generation)
     assert served is not None
     msg = (f"{reused}candidate {chosen['name']} ({choice.get('reason')}): size ratio {chosen.get('compressionRatio')}, "
            f"{chosen.get('metric')} drop {chosen.get('drop')} {chosen.get('dropUnit') or ''}".rstrip())  # fmt: skip
@@ -931,16 +1003,16 @@ def _compressing(
     st.phase(Phase.packaging, f"packaging the model repository; {msg}",
              settings.packaging_deadline_seconds + DEADLINE_GRACE_S)  # fmt: skip
     st.condition("Deployed", "Unknown", "Packaging", f"Job {b.packaging_job_name(owner)} is running")
-    out.apply.append(_packaging_job(model, owner, st.data, settings))
+    out.apply.append(_packaging_job(model, owner, st.status, settings))
 
 
 def _packaging_job(
-    model: CompressedModel, owner: b.Owner, status: Mapping[str, Any], settings: OperatorSettings
+    model: CompressedModel, owner: b.Owner, status: CompressedModelStatus, settings: OperatorSettings
 ) -> Manifest:
     served = b.canary_variant(status, owner.generation)
-    assert served is not None
-    first = status.get("stableGeneration") is None  # the baseline is packaged once, as the first stable
-    return b.build_packaging_job(model, owner, settings, status["candidateVariant"], served, with_baseline=first)
+    assert served is not None and status.candidate_variant is not None
+    first = status.stable_generation is None  # the baseline is packaged once, as the first stable
+    return b.build_packaging_job(model, owner, settings, status.candidate_variant, served, with_baseline=first)
 
 
 def _packaging(
@@ -949,13 +1021,14 @@ def _packaging(
     state = _job_phase(st, observed.packaging_job, b.packaging_job_name(owner), "Packaging", "Deployed",
                        observed.api_error)  # fmt: skip
     if state == "missing":
-        out.apply.append(_packaging_job(model, owner, st.data, settings))
+        out.apply.append(_packaging_job(model, owner, st.status, settings))
     if state != "done":
         return
-    if st.data.get("stableGeneration") is None:
-        st.data["stableGeneration"] = owner.generation
-    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
-    st.data.update(modelName=b.model_name(model), endpoint=b.endpoint(model, owner, settings))
+    if st.status.stable_generation is None:
+        st.status.stable_generation = owner.generation
+    stable, candidate = _stable(st.status, owner.generation), _candidate(st.status, owner)
+    st.status.model_name = b.model_name(model)
+    st.status.endpoint = b.endpoint(model, owner, settings)
     st.phase(Phase.deploying, f"deploying Triton for stable {stable.variant}, canary {candidate.variant} and the "
              "control", seconds(model.spec.serving.deploy_deadline))  # fmt: skip
     st.condition(
@@ -967,7 +1040,7 @@ def _packaging(
     out.apply += _deploy_children(model, owner, stable, candidate, settings)
 
 
-def _candidate(status: Mapping[str, Any], owner: b.Owner) -> Served:
+def _candidate(status: CompressedModelStatus, owner: b.Owner) -> Served:
     served = b.canary_variant(status, owner.generation)
     assert served is not None, "a candidate is chosen before packaging"
     return Served(served, owner.generation)
@@ -982,7 +1055,7 @@ def _deploying(
     out: Plan,
     paused: bool = False,
 ) -> None:
-    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
+    stable, candidate = _stable(st.status, owner.generation), _candidate(st.status, owner)
     names = {b.triton_name(owner, stable.variant): "stable", b.triton_name(owner, candidate.variant): "canary",
              b.control_name(owner): "control"}  # fmt: skip
     states = observed.deployments
@@ -1001,7 +1074,7 @@ def _deploying(
         why = (
             "; ".join(failed)
             if failed
-            else f"Triton was not ready by {st.data['deadline']}: {'; '.join(waiting)} {observed.api_error}".rstrip()
+            else f"Triton was not ready by {st.status.deadline}: {'; '.join(waiting)} {observed.api_error}".rstrip()
         )
         _fail(st, "Deployed", "DeploymentFailed" if failed else "DeadlineExceeded", why)
         _scale_down(owner, [b.triton_name(owner, candidate.variant)], out)
@@ -1056,7 +1129,8 @@ def _start_step(
     out: Plan,
 ) -> None:
     steps = model.spec.rollout.steps
-    st.data.update(canaryWeight=weight, canaryStep=steps.index(weight) if weight in steps else None)
+    st.status.canary_weight = weight
+    st.status.canary_step = steps.index(weight) if weight in steps else None
     job = b.evaluator_job_name(owner, index)
     deadline = seconds(model.spec.rollout.evaluator.deadline) + DEADLINE_GRACE_S
     if weight == policy.QUALITY_WEIGHT:
@@ -1081,8 +1155,8 @@ def _evaluating(
     out: Plan,
     paused: bool = False,
 ) -> None:
-    stable, candidate = _stable(st.data, owner.generation), _candidate(st.data, owner)
-    judged = _steps(st.data)
+    stable, candidate = _stable(st.status, owner.generation), _candidate(st.status, owner)
+    judged = _steps(st.status)
     index = len(judged)
     pending = _next(model, judged)
     if pending.decision is not None:  # every step passed: waiting for approval, or for confirm-promotion webhooks
@@ -1092,7 +1166,7 @@ def _evaluating(
     assert pending.weight is not None
     name = b.evaluator_job_name(owner, index)
     job = observed.evaluator_job
-    if job is None and not st.data.get("deadline"):  # between steps, paused (no deadline): resume starts the next
+    if job is None and not st.status.deadline:  # between steps, paused (no deadline): resume starts the next
         if not paused and _before_step(model, owner, st, observed, stable, candidate, settings, out, index):
             _start_step(model, owner, st, index, pending.weight, stable, candidate, settings, out)
         return
@@ -1109,7 +1183,7 @@ def _evaluating(
                 settings,
                 out,
                 "DeadlineExceeded",
-                f"the step at {pending.weight}% did not finish by {st.data['deadline']}: {why}",
+                f"the step at {pending.weight}% did not finish by {st.status.deadline}: {why}",
             )
         elif job is None:  # deleted, or its create was refused: ask again
             out.apply.append(b.build_evaluator_job(model, owner, index, pending.weight, stable.variant,
@@ -1130,17 +1204,18 @@ def _evaluating(
         )
         return
     step = report.step
-    record = {
-        "weight": step.weight,
-        "verdict": step.verdict,
-        "checks": [{"name": c.name, "verdict": c.verdict} for c in step.checks],
-    }
-    st.data["steps"] = [*(st.data.get("steps") or []), record]
+    record = JudgedStep(
+        weight=step.weight,
+        verdict=step.verdict,
+        checks=[CheckVerdict(name=c.name, verdict=c.verdict) for c in step.checks],
+    )
+    st.status.steps = [*st.status.steps, record]
     mine = (report.load or {}).get("candidate")
     if mine:
-        st.data.update(p99Ms=mine.p99_ms, throughputRps=mine.rps)
+        st.status.p99_ms = mine.p99_ms
+        st.status.throughput_rps = mine.rps
     nxt = _next(model, [*judged, step])
-    st.data["failedSteps"] = nxt.failures
+    st.status.failed_steps = nxt.failures
     failing = ", ".join(f"{c.name} {c.verdict}" for c in step.checks if c.verdict != "Pass")
     where = "served quality" if step.weight == 0 else f"canary at {step.weight}%"
     if nxt.decision is None:
@@ -1155,19 +1230,19 @@ def _evaluating(
                 f"{where} was {step.verdict} ({failing}); judging {nxt.weight}% again ({nxt.reason})",
             )
         if paused:  # no deadline while paused: the next step starts on resume
-            st.phase(Phase(st.data["phase"]), f"paused after the {where} step ({step.verdict}); canary "
-                     f"{candidate.variant} keeps {st.data.get('canaryWeight') or 0}% until `slimserve resume` starts "
+            st.phase(st.status.phase, f"paused after the {where} step ({step.verdict}); canary "
+                     f"{candidate.variant} keeps {st.status.canary_weight or 0}% until `slimserve resume` starts "
                      f"the step at {nxt.weight}%")  # fmt: skip
             return
-        st.data["deadline"] = None  # the step is judged: between steps, until the next one starts
+        st.status.deadline = None  # the step is judged: between steps, until the next one starts
         if _before_step(model, owner, st, observed, stable, candidate, settings, out, index + 1):
             _start_step(model, owner, st, index + 1, nxt.weight, stable, candidate, settings, out)
         return
     out.gate_decision = nxt.decision
     if nxt.decision == "Promoted" and model.spec.rollout.approval == "manual":
-        msg = (f"every step passed ({nxt.reason}); canary {candidate.variant} keeps {st.data.get('canaryWeight')}% "
+        msg = (f"every step passed ({nxt.reason}); canary {candidate.variant} keeps {st.status.canary_weight}% "
                "until someone approves with `slimserve promote` (or rolls back with `slimserve abort`)")  # fmt: skip
-        st.phase(Phase(st.data["phase"]), f"waiting for approval: {msg}")
+        st.phase(st.status.phase, f"waiting for approval: {msg}")
         st.condition("WaitingForApproval", "True", "ManualApproval", msg)
         out.events.append(("Normal", f"waiting for approval: {msg}"))
         return
@@ -1187,10 +1262,11 @@ def _decide(
     failing: str,
 ) -> None:
     """The policy decided: a promotion first asks rollback, then confirm-promotion webhooks (and may wait)."""
+    assert nxt.decision is not None, "called once the policy decided"
     if nxt.decision != "Promoted":
-        _roll_back(model, owner, st, stable, candidate, settings, out, str(nxt.decision), f"{nxt.reason} ({failing})")
+        _roll_back(model, owner, st, stable, candidate, settings, out, nxt.decision, f"{nxt.reason} ({failing})")
         return
-    st.data["deadline"] = None  # judged: a wait for confirm-promotion has no deadline
+    st.status.deadline = None  # judged: a wait for confirm-promotion has no deadline
     verdict = _webhook_gate(model, owner, st, observed, "promotion", out)
     if verdict is None:
         return
@@ -1229,13 +1305,13 @@ def _webhook_gate(
     hooks = webhooks.of_type(rollout.webhooks, *webhooks.POINTS[point])
     if not hooks:
         return webhooks.Verdict("go")
-    retry_at = st.data.get("webhookRetryAt")
+    retry_at = st.status.webhook_retry_at
     if retry_at and _parse_time(st.now) < _parse_time(str(retry_at)):
         return None
-    failures = int(st.data.get("preRolloutFailures") or 0)
+    failures = int(st.status.pre_rollout_failures or 0)
     verdict = webhooks.gate(hooks, point, observed.webhooks, failures, rollout.failure_budget)
     if verdict.action == "ask":
-        context = _context(owner, st.data)
+        context = _context(owner, st.status)
         out.ask = [(hook, webhooks.payload(hook, context)) for hook in verdict.ask]
         return None
     for hook in webhooks.of_type(hooks, "rollback"):  # unreachable: no rollback, but someone should know
@@ -1247,34 +1323,36 @@ def _webhook_gate(
         every = webhooks.retry_seconds(rollout)
         retry = verdict.action == "retry"
         if retry:
-            st.data["preRolloutFailures"] = failures + 1
-        changed = retry or verdict.waiting_for != st.data.get("waitingFor")
+            st.status.pre_rollout_failures = failures + 1
+        changed = retry or verdict.waiting_for != st.status.waiting_for
         reason = "PreRolloutFailed" if retry else "ConfirmRollout" if point == "start" else "ConfirmPromotion"
         then = "the first step starts" if point == "start" else "the canary is promoted"
         msg = (
             f"waiting for {verdict.waiting_for}: asked again every {every:g} s; {then} once it answers 2xx "
             "(`slimserve abort` rolls back, `slimserve promote` promotes without it once the canary serves)"
         )
-        st.data.update(waitingFor=verdict.waiting_for, webhookRetryAt=_after(st.now, every))
-        st.phase(Phase(st.data["phase"]), msg)
+        st.status.waiting_for = verdict.waiting_for
+        st.status.webhook_retry_at = _after(st.now, every)
+        st.phase(st.status.phase, msg)
         st.condition("WaitingForWebhook", "True", reason, msg)
         if changed:
             out.events.append(("Warning" if retry else "Normal", msg))
         return None
-    if st.data.get("waitingFor"):
-        msg = f"{st.data['waitingFor']} no longer holds the rollout: " + (
+    if st.status.waiting_for:
+        msg = f"{st.status.waiting_for} no longer holds the rollout: " + (
             verdict.reason if verdict.action == "rollback" else "every webhook answered 2xx"
         )
         st.condition("WaitingForWebhook", "False", "Answered", msg)
         out.events.append(("Normal", msg))
-    st.data.update(waitingFor=None, webhookRetryAt=None)
+    st.status.waiting_for = None
+    st.status.webhook_retry_at = None
     return verdict
 
 
-def _context(owner: b.Owner, data: Mapping[str, Any]) -> webhooks.Context:
-    return webhooks.Context(model=owner.name, namespace=owner.namespace, phase=str(data.get("phase") or ""),
-                            variant=data.get("candidateVariant"), stable=data.get("stableVariant"),
-                            weight=data.get("canaryWeight"), message=str(data.get("message") or ""))  # fmt: skip
+def _context(owner: b.Owner, status: CompressedModelStatus) -> webhooks.Context:
+    return webhooks.Context(model=owner.name, namespace=owner.namespace, phase=status.phase.value,
+                            variant=status.candidate_variant, stable=status.stable_variant,
+                            weight=status.canary_weight, message=status.message or "")  # fmt: skip
 
 
 def _promote(
@@ -1294,8 +1372,12 @@ def _promote(
     without an autoscaler; its Service stays.
     """
     msg = f"{new.variant} promoted ({reason}): it serves all traffic; {old.variant} drains, then is kept at 0 replicas"
-    st.data.update(stableVariant=new.variant, stableGeneration=new.generation, previousStableVariant=old.variant,
-                   previousStableGeneration=old.generation, decision="Promoted", canaryWeight=100)  # fmt: skip
+    st.status.stable_variant = new.variant
+    st.status.stable_generation = new.generation
+    st.status.previous_stable_variant = old.variant
+    st.status.previous_stable_generation = old.generation
+    st.status.decision = "Promoted"
+    st.status.canary_weight = 100
     st.phase(Phase.promoted, msg)
     st.condition("Promoted", "True", condition_reason, msg)
     st.condition("Ready", "True", "Promoted", msg)
@@ -1320,7 +1402,7 @@ def _roll_back(
     candidate: Served,
     settings: OperatorSettings,
     out: Plan,
-    decision: str,
+    decision: policy.Decision,
     reason: str,
     condition_reason: str = "",
 ) -> None:
@@ -1330,7 +1412,8 @@ def _roll_back(
         else f"nothing promoted, {stable.variant} keeps serving: {reason}"
     )
     why = condition_reason or ("GateFailed" if decision == "RolledBack" else "Inconclusive")
-    st.data.update(decision=decision, canaryWeight=0)
+    st.status.decision = decision
+    st.status.canary_weight = 0
     st.phase(Phase.rolled_back, msg)
     st.condition("Evaluated", "False", why, msg)
     st.condition("Promoted", "False", why, msg)
@@ -1352,7 +1435,7 @@ def _give_up(
     why: str,
 ) -> None:
     """The rollout cannot be judged (an evaluator that crashed or never ran): Failed, traffic back on stable."""
-    st.data["canaryWeight"] = 0
+    st.status.canary_weight = 0
     _fail(st, "Evaluated", reason, why)
     _back_to_stable(model, owner, st, stable, candidate, settings, out)
 

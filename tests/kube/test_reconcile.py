@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from slimserve.api import CompressedModelStatus, parse_compressed_model
+from slimserve.api import CompressedModel, CompressedModelStatus, parse_compressed_model
 from slimserve.api.report import CheckResult, StepResult
 from slimserve.errors import InvalidInput
 from slimserve.operator import builders as b
@@ -339,7 +339,11 @@ def test_replica_split_deploys_at_the_first_step_ratio_behind_one_service() -> N
 
 
 def test_the_client_share_is_the_pod_ratio_in_replica_mode_and_the_route_weight_with_a_gateway() -> None:
-    from slimserve.operator.reconcile import _client_share
+    from slimserve.operator.reconcile import _client_share as share_of
+    from slimserve.operator.reconcile import parse_status
+
+    def _client_share(model: CompressedModel, settings: OperatorSettings, status: dict[str, Any]) -> int | None:
+        return share_of(model, settings, parse_status(status))  # the planner reads the typed status
 
     status = {"phase": "Progressing", "canaryWeight": 10}
     replicas = _model(rollout={"trafficSplit": "replicas", "steps": [10, 50, 100], "stepDuration": "10s"})
@@ -582,3 +586,16 @@ def test_a_planned_status_is_checked_against_the_typed_model() -> None:
         check_status({"phase": "Evaluating", "canaryWieght": 10})  # the API server would prune it silently
     with pytest.raises(StatusDrift, match="canaryWeight"):
         check_status({"phase": "Evaluating", "canaryWeight": "ten"})
+
+
+def test_the_planned_status_is_a_merge_patch_none_deletes_and_absent_keeps() -> None:
+    """The planner works on the typed status; what it writes keeps the merge-patch meaning."""
+    status = {**evaluating(), "waitingFor": "confirm-rollout webhook 'qa'"}
+    newer = replace(OWNER, generation=2)
+    out = plan(_model(), newer, status, Observed(), SETTINGS, NOW)
+    assert out.status["phase"] == "Compressing" and out.status["observedGeneration"] == 2
+    for cleared in ("candidateVariant", "sizeRatio", "metric", "qualityDrop", "decision", "retries"):
+        assert cleared in out.status and out.status[cleared] is None  # set to None: the patch deletes it
+    assert "waitingFor" not in out.status  # not named by a new generation: the stored value stays
+    same = plan(_model(), OWNER, status, Observed(), SETTINGS, NOW)  # the same generation: the whole status
+    assert same.status["waitingFor"] == status["waitingFor"] and same.status["candidateVariant"] == "int8"

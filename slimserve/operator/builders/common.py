@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from slimserve.api import API_GROUP, API_VERSION, KIND, CompressedModel
+from slimserve.api import API_GROUP, API_VERSION, KIND, CompressedModel, CompressedModelStatus
 from slimserve.operator.settings import ANNOTATION_PREFIX, OperatorSettings
 from slimserve.storage.uris import PVC_MOUNT_ROOT, pvc_claim, scheme_of
 
@@ -132,7 +132,7 @@ def control_name(owner: Owner) -> str:
     return child_name(owner.name, "-control")
 
 
-def canary_variant(status: Mapping[str, Any], generation: int) -> str | None:
+def canary_variant(status: CompressedModelStatus | Mapping[str, Any], generation: int) -> str | None:
     """The name the status's candidate serves under: Deployment, Service, autoscaler, repository folder.
 
     Its own name, unless that name is already taken by the stable variant or by the stable one
@@ -140,11 +140,12 @@ def canary_variant(status: Mapping[str, Any], generation: int) -> str | None:
     weights, so it serves as `int8-g<generation>` with children of its own instead of taking over
     (and, on a rollback, destroying) the ones that serve now.
     """
-    candidate = status.get("candidateVariant")
+    typed = status if isinstance(status, CompressedModelStatus) else CompressedModelStatus.model_validate(status)
+    candidate = typed.candidate_variant
     if not candidate:
         return None
-    taken = {status.get("stableVariant"), status.get("previousStableVariant")}
-    return f"{candidate}-g{generation}" if candidate in taken else str(candidate)
+    taken = {typed.stable_variant, typed.previous_stable_variant}
+    return f"{candidate}-g{generation}" if candidate in taken else candidate
 
 
 def model_name(model: CompressedModel) -> str:
