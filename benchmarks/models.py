@@ -176,7 +176,7 @@ def efficientnet(folder: Path, quick: bool) -> Path:
                     {"name": "int8-static-gptq", "steps": [{"quantize": {"mode": "static", "weightRounding": "gptq"}}]},
                     {
                         "name": EFFNET_OURS,
-                        "steps": [{"quantize": {"mode": "static", "qat": {"steps": 200, "lr": 3e-5}}}],
+                        "steps": [{"quantize": {"mode": "static", "qat": {"steps": 80, "lr": 1e-5}}}],
                     },
                     {"name": "pruned-20", "steps": [{"prune": {"ratio": 0.2, "roundTo": 8}}, tune]},
                     {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.98}}, tune]},

@@ -54,13 +54,13 @@ class QuantizationAware(Model):
     fake quantization that mimics onnxruntime's (uint8 activations over minmax ranges, int8 per-channel
     weights), to reproduce the source model's outputs on data.train plus data.calibration."""
 
-    steps: int = Field(default=200, ge=1, le=100_000, description="Optimizer steps. Default 200.")
+    steps: int = Field(default=80, ge=1, le=100_000, description="Optimizer steps. Default 80.")
     lr: float = Field(
-        default=3e-5,
+        default=1e-5,
         gt=0,
         le=1,
-        description="Learning rate of Adam (constant). Default 0.00003: larger steps move the float model "
-        "further than the int8 rounding it compensates.",
+        description="Learning rate of Adam (constant). Default 0.00001 (EfficientNet-Lite0: 0.00003 gained half "
+        "as much: the float model drifts further than the int8 rounding it compensates).",
     )  # fmt: skip
     batch_size: int = Field(default=16, ge=1, le=65_536, description="Training batch size. Default 16.")
 
@@ -150,7 +150,8 @@ class Quantize(Model):
         description="Quantization-aware fine-tuning first (static int8 with uint8 activations, int8 per-channel "
         "weights, minmax calibration, weightRounding nearest; needs a PyTorch source): the float model is trained "
         "through fake quantization to imitate the source model's outputs (no labels), then quantized; bias "
-        "correction defaults to off. Default: off. Example: {steps: 200, lr: 0.00003}.",
+        "correction defaults to off. EfficientNet-Lite0: 12.6 -> 6-7 points of top-1 agreement lost. Default: off. "
+        "Example: {steps: 80, lr: 0.00001}.",
     )
 
     cel: ClassVar[list[dict[str, str]]] = [
