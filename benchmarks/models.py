@@ -49,7 +49,9 @@ EXAMPLES = ROOT / "examples"
 CONTROL = "control-fp32"
 SPEED_RUNS = 60
 THROUGHPUT_BATCH = 32
-EFFNET_OURS = "int8-static-gptq"  # the EfficientNet variant the goals judge: static int8 with GPTQ weight rounding
+# The EfficientNet variant the goals judge: static int8 after quantization-aware fine-tuning (run 5; run 4 judged
+# int8-static-gptq, still measured below).
+EFFNET_OURS = "int8-static-qat"
 PEER_TOLERANCE = 0.95  # "matches a peer": within 5% of its speedup (the control shows the noise)
 log = logging.getLogger("benchmarks.models")
 
@@ -171,7 +173,11 @@ def efficientnet(folder: Path, quick: bool) -> Path:
                 "measure": _measure(),
                 "variants": [
                     *QUANT_VARIANTS,
-                    {"name": EFFNET_OURS, "steps": [{"quantize": {"mode": "static", "weightRounding": "gptq"}}]},
+                    {"name": "int8-static-gptq", "steps": [{"quantize": {"mode": "static", "weightRounding": "gptq"}}]},
+                    {
+                        "name": EFFNET_OURS,
+                        "steps": [{"quantize": {"mode": "static", "qat": {"steps": 80, "lr": 1e-5}}}],
+                    },
                     {"name": "pruned-20", "steps": [{"prune": {"ratio": 0.2, "roundTo": 8}}, tune]},
                     {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.98}}, tune]},
                     {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},

@@ -9,6 +9,8 @@ LayerNormalization present) only MatMul/Gemm layers with constant weights are qu
 activation x activation MatMuls stay in float, where quantizing them costs the most. With
 `weightRounding: gptq` the Conv/Gemm weights are first rounded by GPTQ on the calibration set
 (recipes/rounding.py) and bias correction then measures their shift against the float weights.
+With `qat` the float model (a PyTorch source) is first fine-tuned through fake quantization of
+these same settings (recipes/qat.py), and bias correction defaults to off.
 
 Dynamic int8 quantizes weights ahead and activations per call (per-channel by default). fp16 uses
 onnxruntime's converter (it keeps Cast, Gather and shape arithmetic consistent, where
@@ -40,6 +42,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from slimserve.api.spec import Quantize
 from slimserve.compression.loading import DataSet, onnx_input_specs
 from slimserve.compression.measure import cpu_flags, take
+from slimserve.compression.recipes import qat
 from slimserve.compression.recipes.base import ModelState, RecipeContext
 from slimserve.compression.recipes.biascorrection import correct
 from slimserve.compression.recipes.rounding import round_weights
@@ -104,9 +107,11 @@ def reduce_range(params: Quantize) -> tuple[bool, str]:
 
 
 def bias_correction(params: Quantize, model: onnx.ModelProto) -> bool:
-    """The spec's choice, else on for convolutional graphs (static int8)."""
+    """The spec's choice, else on for convolutional graphs (static int8) unless qat trained the weights."""
     if params.bias_correction is not None:
         return params.bias_correction
+    if params.qat is not None:
+        return False  # it would fit the int8 weights back to the float ones qat moved on purpose
     return any(n.op_type == "Conv" for n in model.graph.node)
 
 
@@ -328,6 +333,12 @@ def fp16(src: Path, out: Path, params: Quantize, sample: DataSet) -> list[str]:
 
 
 def apply(state: ModelState, params: Quantize, ctx: RecipeContext) -> ModelState:
+    if params.qat is not None:
+        if ctx.calibration is None:
+            raise InvalidInput("quantize.qat: spec.data.calibration is missing; it sets the activation ranges")
+        module = state.require_module("quantize.qat")
+        calib = calibration_subset(ctx.calibration, params.calibration_samples, ctx.seed)
+        state = replace(state, module=qat.fine_tune(module, params.qat, ctx, calib), onnx_path=None, float_onnx=None)
     state = ctx.onnx(state)
     assert state.onnx_path is not None
     src = state.onnx_path
