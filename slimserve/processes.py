@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG: Final = 1
 _LIVE: dict[int, ManagedProcess] = {}
 _LOCK = threading.Lock()
-_AT_EXIT: list[bool] = []  # non-empty once stop_all() is registered with atexit
 
 
 # Resolved in the parent, once: the child between fork and exec must not load libraries (dlopen takes
@@ -88,9 +87,8 @@ class ManagedProcess:
             raise ServingError(f"{name}: cannot start {self.argv[0]}: {exc}") from None
         with _LOCK:
             _LIVE[self.popen.pid] = self
-            if not _AT_EXIT:
-                atexit.register(stop_all)
-                _AT_EXIT.append(True)
+            atexit.unregister(stop_all)  # registered once, however many children start
+            atexit.register(stop_all)
         log.debug("started %s pid=%d: %s", name, self.popen.pid, " ".join(self.argv))
 
     @property

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from slimserve.api.spec import Rollout, Webhook
+from slimserve.api.spec import Rollout, Webhook, duration_seconds
 
 Kind = Literal["ok", "refused", "timeout", "error"]
 Point = Literal["start", "step", "promotion"]
@@ -128,14 +127,6 @@ def retry_seconds(rollout: Rollout) -> float:
 
 def timeout_seconds(hook: Webhook) -> float:
     return duration_seconds(hook.timeout)
-
-
-def duration_seconds(text: str) -> float:
-    """'500ms', '10s', '2m' (the spec's DURATION_PATTERN) → seconds."""
-    match = re.fullmatch(r"([0-9]+)(ms|s|m)", text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration such as 500ms, 10s or 2m")
-    return int(match.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match.group(2)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Literal
 
 from slimserve.api.report import Decision
 from slimserve.api.resource import CompressedModel
+from slimserve.api.spec import duration_seconds
 from slimserve.evaluator import policy, webhooks
 from slimserve.evaluator.webhooks import Answer, Context, Verdict
 
@@ -40,7 +41,7 @@ class LocalWebhooks:
         rollout = model.spec.rollout
         self.retry_s = webhooks.retry_seconds(rollout)  # once per stepDuration, as in a cluster
         longest = rollout.max_step_duration
-        self.wait_limit_s = max(webhooks.duration_seconds(longest), self.retry_s) if longest else 4 * self.retry_s
+        self.wait_limit_s = max(duration_seconds(longest), self.retry_s) if longest else 4 * self.retry_s
         self.started = False
         self.failures = 0
         self.since: float | None = None  # when the current wait began

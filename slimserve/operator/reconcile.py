@@ -31,7 +31,7 @@ from pydantic import ConfigDict, ValidationError
 from slimserve.api import CompressedModel, Phase, compression_hash, set_condition
 from slimserve.api.controls import Controls, Request
 from slimserve.api.report import CheckResult, EvaluationReport, StepResult
-from slimserve.api.spec import Webhook
+from slimserve.api.spec import Webhook, duration_seconds
 from slimserve.api.status import (
     TERMINAL_PHASES,
     CheckVerdict,
@@ -46,7 +46,7 @@ from slimserve.evaluator import policy, webhooks
 from slimserve.evaluator.webhooks import Answer
 from slimserve.operator import builders as b
 from slimserve.operator.builders import BASELINE, Served
-from slimserve.operator.settings import OperatorSettings, duration_seconds, seconds
+from slimserve.operator.settings import OperatorSettings, seconds
 
 Manifest = dict[str, Any]
 ConditionStatus = Literal["True", "False", "Unknown"]

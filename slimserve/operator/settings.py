@@ -7,28 +7,18 @@ here; everything a model owner sets per model lives in the CompressedModel spec.
 from __future__ import annotations
 
 import math
-import re
 from typing import Final, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from slimserve.api.spec import DURATION_PATTERN
+from slimserve.api.spec import DURATION_PATTERN, duration_seconds
 
 # Our own finalizer and annotation prefix, so kopf's defaults never appear on our objects.
 FINALIZER: Final = "slimserve.dev/finalizer"
 ANNOTATION_PREFIX: Final = "slimserve.dev"
 # The field manager of the operator's server-side applies (`metadata.managedFields`, `kubectl get --show-managed-fields`).
 FIELD_MANAGER: Final = "slimserve-operator"
-_UNITS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-
-
-def duration_seconds(text: str) -> float:
-    """'500ms', '15s', '2m', '6h' → seconds (values already checked by the spec's or the settings' pattern)."""
-    match = re.fullmatch(r"([0-9]+)(ms|s|m|h)", text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration such as 15s, 10m or 6h")
-    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def seconds(text: str) -> int:

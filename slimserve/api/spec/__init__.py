@@ -34,6 +34,7 @@ from slimserve.api.spec.common import (
     WEBHOOK_URL_PATTERN,
     Model,
     Uri,
+    duration_seconds,
 )
 from slimserve.api.spec.compression import (
     RECIPES,
@@ -95,6 +96,7 @@ from slimserve.api.spec.serving import (
 )
 
 __all__ = [
+    "duration_seconds",
     "API_GROUP",
     "API_VERSION",
     "Approval",

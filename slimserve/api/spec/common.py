@@ -18,6 +18,7 @@ NO_DOTDOT_PATTERN: Final = r"^([^.]|\.([^.]|$))*$"
 DNS_LABEL_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 FACTORY_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 DURATION_PATTERN: Final = r"^[0-9]+(ms|s|m)$"
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 CPU_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?m?$"
 MEMORY_PATTERN: Final = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"
 DEADLINE_PATTERN: Final = r"^[0-9]+(s|m|h)$"
@@ -108,3 +109,12 @@ Uri = Annotated[
     ),
     AfterValidator(_readable_uri),
 ]
+
+
+def duration_seconds(text: str) -> float:
+    """'500ms', '15s', '2m', '6h' → seconds. Spec fields are already held to DURATION_PATTERN (or
+    DEADLINE_PATTERN) when parsed; this is the one parser the operator, the webhooks and the settings use."""
+    match = re.fullmatch(r"([0-9]+)(ms|s|m|h)", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 15s, 10m or 6h")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
