@@ -4,8 +4,9 @@
 - `efficientnet_lite0.pt`: the pretrained weights as a state dict (factory source `model:build`);
 - `efficientnet_lite0.onnx`: the same model exported with a dynamic batch (for ONNX-source runs);
 - `data/{calibration,evaluation,train}.npz`: `x` float32 [N, 3, 224, 224], [-1, 1]-scaled random
-  crops (seeded) of the real photographs scikit-image ships in its wheel. No labels: the metric is
-  top-1 agreement with the fp32 model, over 1000 ImageNet classes.
+  crops (seeded) of real photographs that scikit-image, scikit-learn and matplotlib ship in their
+  wheels. Evaluation crops come from 17 photographs, calibration and train crops from 8 others. No
+  labels: the metric is top-1 agreement with the fp32 model, over 1000 ImageNet classes.
 """
 
 from __future__ import annotations
@@ -27,42 +28,55 @@ SIZES = {"evaluation": 500, "calibration": 128, "train": 128}
 # EfficientNet-Lite's own preprocessing (as its TF reference and the TFLite models): (pixel - 127) / 128.
 MEAN = np.float32(127.0 / 255.0)
 STD = np.float32(128.0 / 255.0)
-PHOTOS = (
+# Evaluation and tuning (calibration + train) crops come from different photographs, so that
+# calibration ranges and quantization-aware fine-tuning are judged on images they never saw. Both
+# groups mix ImageNet-like photos with textures, text and microscopy.
+EVALUATION_PHOTOS = (
     "astronaut",
     "chelsea",
-    "coffee",
     "rocket",
+    "camera",
+    "motorcycle",
+    "china",
     "hubble_deep_field",
     "immunohistochemistry",
-    "retina",
     "colorwheel",
-    "logo",
-    "camera",
     "coins",
     "moon",
     "page",
-    "text",
     "clock",
     "grass",
-    "gravel",
     "brick",
     "horse",
     "cell",
-    "microaneurysms",
 )
+TUNING_PHOTOS = ("coffee", "grace_hopper", "flower", "retina", "logo", "text", "gravel", "microaneurysms")
+ROLES = {"evaluation": EVALUATION_PHOTOS, "calibration": TUNING_PHOTOS, "train": TUNING_PHOTOS}
 
 
-def photos() -> list[np.ndarray]:
-    """The bundled photographs as float RGB in [0, 1] (grey ones repeated to three channels)."""
+def _photo(name: str) -> np.ndarray:
+    """One photograph bundled in an installed wheel (scikit-image, scikit-learn, matplotlib)."""
     import skimage.data
 
+    if name == "motorcycle":
+        return skimage.data.stereo_motorcycle()[0]
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(f"{name}.jpg")
+    if name == "grace_hopper":
+        import matplotlib.cbook
+        import skimage.io
+
+        return skimage.io.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    return getattr(skimage.data, name)()
+
+
+def photos(names: tuple[str, ...] = EVALUATION_PHOTOS) -> list[np.ndarray]:
+    """The named photographs as float RGB in [0, 1] (grey ones repeated to three channels)."""
     out = []
-    for name in PHOTOS:
-        try:
-            img = getattr(skimage.data, name)()
-        except Exception:  # noqa: BLE001 - a photo this scikit-image version does not bundle
-            continue
-        img = np.asarray(img, dtype=np.float32)
+    for name in names:
+        img = np.asarray(_photo(name), dtype=np.float32)
         if img.max() > 1.0:
             img = img / 255.0
         if img.ndim == 2:
@@ -71,12 +85,12 @@ def photos() -> list[np.ndarray]:
     return out
 
 
-def crops(n: int, seed: int) -> np.ndarray:
+def crops(n: int, seed: int, names: tuple[str, ...] = EVALUATION_PHOTOS) -> np.ndarray:
     """`n` random square crops (50-100% of the short side, random flips), resized to 224 and normalised."""
     from skimage.transform import resize
 
     rng = np.random.default_rng(seed)
-    images = photos()
+    images = photos(names)
     out = np.empty((n, 3, SIZE, SIZE), dtype=np.float32)
     for i in range(n):
         img = images[rng.integers(len(images))]
@@ -96,7 +110,7 @@ def write_data(folder: Path, sizes: dict[str, int] = SIZES) -> dict[str, Path]:
     paths = {}
     for seed, (role, n) in enumerate(sizes.items()):
         paths[role] = folder / "data" / f"{role}.npz"
-        np.savez(paths[role], x=crops(n, seed=100 + seed))
+        np.savez(paths[role], x=crops(n, seed=100 + seed, names=ROLES[role]))
     return paths
 
 

@@ -196,6 +196,21 @@ def test_fine_tune_recovers_accuracy_after_pruning(trained_digits, make_ctx, dig
     tuned = REGISTRY["fineTune"](pruned, FineTune(epochs=3, lr=2e-3), ctx)
     after = _torch_accuracy(tuned.module, digits_data["evaluation"])  # type: ignore[arg-type]
     assert after > 95.0 and after >= before
+    assert any(n.startswith("fineTune: train-set loss (eval mode)") for n in ctx.notes), ctx.notes
+
+
+def test_fine_tune_that_cannot_improve_returns_the_model_it_was_given(trained_digits, make_ctx, digits_data) -> None:
+    """Label-free fine-tune of an unchanged model: the loss starts at zero, so every AdamW step (which does
+    not shrink with the gradient) can only make it worse. The start is kept, bit for bit, and the note says so."""
+    unlabeled = type(digits_data["train"])(digits_data["train"].path, digits_data["train"].inputs, None).head(128)
+    ctx = make_ctx(train=unlabeled, teacher=trained_digits)
+    model = copy.deepcopy(trained_digits)
+    tuned = REGISTRY["fineTune"](ModelState(module=model), FineTune(epochs=2, lr=1e-2, batch_size=32), ctx)
+    assert tuned.module is not None
+    before, after = trained_digits.state_dict(), tuned.module.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the fine-tune moved a model it could not improve"
+    assert any("kept the model it was given" in n for n in ctx.notes), ctx.notes
 
 
 def test_fine_tune_without_train_set_is_invalid(trained_digits, make_ctx) -> None:

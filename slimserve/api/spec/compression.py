@@ -300,7 +300,15 @@ class Distill(Model):
 class FineTune(Model):
     """Train the current model on the train set (after pruning or factorization)."""
 
-    epochs: int = Field(default=3, ge=1, le=1000, description="Passes over data.train. Default 3.")
+    epochs: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description=(
+            "Passes over data.train. The epoch with the lowest train-set loss (model in eval mode) is kept, "
+            "the starting weights included. Default 3."
+        ),
+    )
     lr: float = Field(
         default=1e-3,
         gt=0,

@@ -3,10 +3,18 @@
 Inputs are bound to forward() by name (`ctx.forward`). Without labels, the loss follows the
 quality metric: soft-target KL for class scores, 1 − cosine for embeddings, MSE for one-column
 outputs (a binary logit or a regression value) and the error metrics.
+
+The loop keeps the best of its epochs, the starting weights included, judged by the loss over the
+train set with the module in eval mode (as it will be served). Adam's steps do not shrink with the
+gradient, so a model that is already close to its target (a mild prune, a no-op factorization)
+can leave training worse than it came in: on EfficientNet-Lite0, 4 AdamW steps at lr 1e-4 on a
+model with zero distillation loss cost 9 points of top-1 agreement. Such a fine-tune now returns
+the model it was given, and the note says so.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -41,6 +49,17 @@ def soft_targets(teacher: nn.Module, data: DataSet, ctx: RecipeContext, batch_si
     return torch.cat(outs)
 
 
+def eval_loss(module: nn.Module, data: DataSet, loss_fn: LossFn, ctx: RecipeContext, batch_size: int) -> float:
+    """The mean loss over the whole set with the module in eval mode (no dropout, running norm statistics)."""
+    module.eval()
+    total = 0.0
+    with torch.no_grad():
+        for idx in torch.arange(len(data)).split(batch_size):
+            inputs = [t.to(ctx.device) for t in data.torch_inputs(idx, ctx.input_names)]
+            total += float(loss_fn(output_of(ctx.forward(module, inputs), ctx), idx)) * len(idx)
+    return total / max(1, len(data))
+
+
 def fit(
     module: nn.Module,
     data: DataSet,
@@ -51,14 +70,17 @@ def fit(
     batch_size: int,
     label: str,
 ) -> nn.Module:
-    """AdamW with a cosine schedule; returns the module in eval mode on the CPU."""
+    """AdamW with a cosine schedule; returns the best epoch's module (the start counts) in eval mode on the CPU."""
     torch.manual_seed(ctx.seed)
-    module = module.to(ctx.device).train()
+    module = module.to(ctx.device)
+    best_loss = start_loss = eval_loss(module, data, loss_fn, ctx, batch_size)
+    best_epoch, best_state = 0, copy.deepcopy(module.state_dict())
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
     gen = torch.Generator().manual_seed(ctx.seed)
     with ctx.task(label, epochs) as advance:
-        for _ in range(epochs):
+        for epoch in range(1, epochs + 1):
+            module.train()
             for idx in torch.randperm(len(data), generator=gen).split(batch_size):
                 inputs = [t.to(ctx.device) for t in data.torch_inputs(idx, ctx.input_names)]
                 opt.zero_grad()
@@ -66,7 +88,24 @@ def fit(
                 loss.backward()
                 opt.step()
             sched.step()
+            now = eval_loss(module, data, loss_fn, ctx, batch_size)
+            if now < best_loss:
+                best_loss, best_epoch, best_state = now, epoch, copy.deepcopy(module.state_dict())
             advance()
+    module.load_state_dict(best_state)
+    label = {"fine-tune": "fineTune"}.get(label, label)  # the notes use the spec's words
+    if best_epoch == 0:
+        ctx.notes.append(
+            f"{label}: no epoch lowered the train-set loss (eval mode) below the starting model's {start_loss:.4g}; "
+            "kept the model it was given"
+        )
+    elif best_epoch < epochs:
+        ctx.notes.append(
+            f"{label}: kept epoch {best_epoch} of {epochs}, the lowest train-set loss (eval mode): "
+            f"{start_loss:.4g} → {best_loss:.4g}"
+        )
+    else:
+        ctx.notes.append(f"{label}: train-set loss (eval mode) {start_loss:.4g} → {best_loss:.4g}")
     return module.to("cpu").eval()
 
 
