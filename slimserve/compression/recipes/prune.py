@@ -1,7 +1,12 @@
 """prune: remove whole channels with torch-pruning (structured), or zero single weights (unstructured).
 
 Structured pruning removes channels and every tensor slice that depends on them, so the dense
-model really has fewer MACs and runs faster. The final classifier (the last Linear/Conv that
+model really has fewer MACs and runs faster. Which channels go is decided by what they feed the
+layers that read them, measured on a few calibration samples: ||W[:, c]||² · Var[a_c] summed over
+every reading Linear/Conv (weight magnitude alone is blind to the BatchNorm that follows a conv:
+on EfficientNet-Lite0 it left 15% top-1 agreement at 5% per layer where this leaves 55%). The
+removed channels' mean (what they added on average) is folded into the readers' bias, so only
+their variation is lost. The final classifier (the last Linear/Conv that
 runs) is never pruned: its outputs are the model's outputs. Unstructured pruning only zeroes
 weights: the dense ONNX file is as large and as fast as before; only a compressed copy
 (gzip) shrinks, and the record says so.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -71,6 +77,95 @@ def _attention_blocks(module: nn.Module) -> tuple[list[_Attention], list[str]]:
     return found, unknown
 
 
+_STAT_SAMPLES = 64
+_IN_CHANNELS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+_Stats = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]  # per input channel: mean, mean square
+
+
+def _input_stats(module: nn.Module, ctx: RecipeContext) -> tuple[_Stats, int]:
+    """Per input channel of every dense Linear/Conv (groups 1): mean and mean square over calibration samples."""
+    data = ctx.calibration or ctx.train or ctx.evaluation
+    n = min(len(data), _STAT_SAMPLES)
+    sums: dict[nn.Module, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
+        x = inputs[0].detach().double()
+        x = x.reshape(-1, x.shape[-1]) if isinstance(layer, nn.Linear) else x.transpose(0, 1).flatten(1).t()
+        s, q, c = sums.get(layer, (torch.zeros(x.shape[1], dtype=torch.float64),) * 2 + (0,))
+        sums[layer] = (s + x.sum(0), q + (x * x).sum(0), c + x.shape[0])
+
+    hooks = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, _LAYERS) and getattr(m, "groups", 1) == 1
+    ]
+    try:
+        with torch.no_grad():
+            for start in range(0, n, 16):
+                ctx.forward(module, data.torch_inputs(slice(start, min(n, start + 16)), ctx.input_names))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {m: ((s / c).float(), (q / c).float()) for m, (s, q, c) in sums.items()}, n
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    w = layer.weight
+    assert isinstance(w, torch.Tensor)
+    return w.detach()
+
+
+def _reader(dep: Any, stats: _Stats) -> nn.Module | None:
+    """The dense layer this dependency prunes input channels of, when its input statistics are known."""
+    layer = dep.target.module
+    if dep.handler in _IN_CHANNELS and layer in stats and getattr(layer, "groups", 1) == 1:
+        return cast(nn.Module, layer)
+    return None
+
+
+class _OutputEnergy(tp.importance.GroupMagnitudeImportance):
+    """A channel's importance: the variance it feeds the layers that read it, sum over readers of
+    ||W[:, c]||² · Var[a_c]. Groups no measured reader sees fall back to group weight magnitude."""
+
+    def __init__(self, stats: _Stats) -> None:
+        super().__init__(p=2, group_reduction="sum", normalizer=None)
+        self.stats = stats
+
+    @torch.no_grad()
+    def __call__(self, group: Any) -> torch.Tensor | None:
+        total: torch.Tensor | None = None
+        for i, (dep, idxs) in enumerate(group):
+            layer = _reader(dep, self.stats)
+            if layer is None:
+                continue
+            mean, square = self.stats[layer]
+            energy = _weight(layer).transpose(0, 1).flatten(1).pow(2).sum(1) * (square - mean * mean).clamp_min(0)
+            # Sized by the root's channels (tp's own _reduce sizes by its first entry: a reader after a
+            # flatten has more), each reader's channels added onto the root channel they come from.
+            total = torch.zeros(len(group[0][1])) if total is None else total
+            total.scatter_add_(0, torch.tensor(group[i].root_idxs, dtype=torch.long), energy[idxs].float())
+        return total if total is not None else cast(torch.Tensor | None, super().__call__(group))
+
+
+@torch.no_grad()
+def _fold_mean(group: Any, stats: _Stats) -> None:
+    """Before the group's channels go: add W[:, removed] · E[a_removed] to each reader's bias (a bias is
+    added where the layer had none), so the readers still see the removed channels' average."""
+    for dep, idxs in group:
+        layer = _reader(dep, stats)
+        if layer is None or not idxs:
+            continue
+        w = _weight(layer)[:, list(idxs)]
+        w = w.flatten(2).sum(2) if w.dim() > 2 else w  # kernel taps all see the constant
+        delta = w @ stats[layer][0][list(idxs)].to(w.dtype)
+        if layer.bias is None:
+            layer.bias = nn.Parameter(delta.clone())
+        else:
+            bias = layer.bias
+            assert isinstance(bias, torch.Tensor)
+            bias.add_(delta)
+
+
 def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: list[nn.Module]) -> None:
     attention, unknown = _attention_blocks(module)
     if unknown:
@@ -93,18 +188,24 @@ def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: l
         }
     widths = {name: _width(layer) for name, layer in module.named_modules() if isinstance(layer, _LAYERS)}
     wrapped = Bound(module, ctx.input_names, ctx.by_name)
+    stats, samples = _input_stats(module, ctx)
     pruner = tp.pruner.MetaPruner(
         wrapped,
         tuple(ctx.example()),
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        importance=_OutputEnergy(stats),
         pruning_ratio=params.ratio,
         ignored_layers=ignored,
         round_to=params.round_to,
         **extra,
     )
-    pruner.step()
+    for group in pruner.step(interactive=True):
+        _fold_mean(group, stats)
+        group.prune()
     after = sum(p.numel() for p in module.parameters())
-    what = f"{params.ratio:.0%} of channels per layer"
+    what = (
+        f"{params.ratio:.0%} of channels per layer, the least variance fed to the next layers on {samples} samples "
+        "(their mean folded into the next layers' bias)"
+    )
     if attention:
         kept = []
         for a in attention:

@@ -1,0 +1,156 @@
+"""Structured prune on a depthwise-separable inverted-residual CNN with TF-"same" padding (ZeroPad2d).
+
+The pruned model must equal the source model with the removed channels replaced by their calibration
+mean at the input of every layer that reads them (what the recipe folds into those layers' bias), and
+every coupled slice (expand conv, BN, depthwise conv, BN, project conv, residual, classifier) must
+keep the same channels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimserve.api.spec import Prune
+from slimserve.compression.loading import DataSet
+from slimserve.compression.recipes import REGISTRY, ModelState, RecipeContext
+from slimserve.compression.recipes.base import clone
+
+
+class _SameConv(nn.Conv2d):
+    """Like efficientnet_lite_pytorch's Conv2dStaticSamePadding: a ZeroPad2d, then F.conv2d."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, k, stride, groups=groups, bias=False)
+        pad = k - 1 if stride == 1 else max(k - stride, 0)
+        self.static_padding = nn.ZeroPad2d((pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(self.static_padding(x), self.weight, self.bias, self.stride, 0, 1, self.groups)
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int, expand: int) -> None:
+        super().__init__()
+        self.expand, self.bn0 = _SameConv(c, c * expand, 1), nn.BatchNorm2d(c * expand)
+        self.dw, self.bn1 = _SameConv(c * expand, c * expand, 3, groups=c * expand), nn.BatchNorm2d(c * expand)
+        self.project, self.bn2 = _SameConv(c * expand, c, 1), nn.BatchNorm2d(c)
+        self.act = nn.ReLU6()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn0(self.expand(x)))
+        y = self.act(self.bn1(self.dw(y)))
+        return x + self.bn2(self.project(y))
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = _SameConv(3, 16, 3, stride=2), nn.BatchNorm2d(16)
+        self.block = _Block(16, 4)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(self.act(self.bn(self.stem(x))))
+        return self.fc(y.mean((2, 3)))
+
+
+def _net() -> _Net:
+    torch.manual_seed(0)
+    net = _Net()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.uniform_(m.weight, 0.2, 2.0)
+                nn.init.uniform_(m.bias, -1.0, 2.0)
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.copy_(torch.empty(m.num_features).uniform_(-0.3, 0.3))
+                m.running_var.copy_(torch.empty(m.num_features).uniform_(0.05, 1.0))
+        net.block.bn1.weight[7] = 0.0  # channel 7 of the expanded space is dead: it always outputs relu6(-1) = 0
+        net.block.bn1.bias[7] = -1.0
+        net.block.dw.weight[7] *= 50.0  # ... behind the largest depthwise weights
+    return net.eval()
+
+
+def _rows(original: torch.Tensor, pruned: torch.Tensor) -> list[int]:
+    """The original channel (row) each pruned row is, by value."""
+    o, p = original.detach().flatten(1), pruned.detach().flatten(1)
+    found = []
+    for row in p:
+        diff = (o - row).abs().sum(1)
+        assert float(diff.min()) < 1e-6, "a pruned row is no row of the original"
+        found.append(int(diff.argmin()))
+    return found
+
+
+def _bn_rows(original: nn.BatchNorm2d, pruned: nn.BatchNorm2d) -> list[int]:
+    def table(bn: nn.BatchNorm2d) -> torch.Tensor:
+        return torch.stack([bn.weight, bn.bias, bn.running_mean, bn.running_var], 1)  # type: ignore[list-item]
+
+    return _rows(table(original), table(pruned))
+
+
+def test_prune_keeps_coupled_slices_aligned_and_folds_the_removed_mean(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    data = DataSet(tmp_path / "d.npz", {"x": rng.normal(size=(48, 3, 16, 16)).astype(np.float32)}, None)
+    ctx = RecipeContext(
+        variant="v",
+        input_names=["x"],
+        evaluation=data,
+        work_dir=tmp_path,
+        base_dir=tmp_path,
+        device=torch.device("cpu"),
+        calibration=data,
+    )
+    source = _net()
+    pruned = REGISTRY["prune"](ModelState(module=clone(source)), Prune(ratio=0.25), ctx).module
+    assert isinstance(pruned, _Net)
+    assert pruned.block.dw.groups == pruned.block.dw.out_channels == 48
+    assert pruned.stem.out_channels == 12 and pruned.fc.out_features == 5
+
+    inner = _rows(source.block.dw.weight, pruned.block.dw.weight)
+    assert 7 not in inner  # the dead channel goes first, however large its weights
+    stream = _bn_rows(source.bn, pruned.bn)
+    assert _bn_rows(source.block.bn0, pruned.block.bn0) == inner
+    assert _bn_rows(source.block.bn1, pruned.block.bn1) == inner
+    assert _rows(source.block.expand.weight[:, stream], pruned.block.expand.weight) == inner
+    assert _bn_rows(source.block.bn2, pruned.block.bn2) == stream  # the residual add keeps one channel set
+    assert _rows(source.block.project.weight[:, inner], pruned.block.project.weight) == stream
+    assert _rows(source.stem.weight, pruned.stem.weight) == stream
+    assert torch.equal(pruned.fc.weight.detach(), source.fc.weight.detach()[:, stream])
+
+    # Reference by hand: the source model with the removed channels held at their calibration mean
+    # wherever a dense layer reads them.
+    readers = {source.block.expand: stream, source.block.project: inner, source.fc: stream}
+    means: dict[nn.Module, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda m, i: means.__setitem__(
+                m, i[0].transpose(0, 1).flatten(1).mean(1) if i[0].dim() == 4 else i[0].mean(0)
+            )
+        )
+        for m in readers
+    ]
+    x = torch.from_numpy(data.inputs["x"])
+    with torch.no_grad():
+        source(x)
+    for h in hooks:
+        h.remove()
+
+    def hold(layer: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+        y = inputs[0].clone()
+        gone = [c for c in range(y.shape[1]) if c not in readers[layer]]
+        fill = means[layer][gone]
+        y[:, gone] = fill.view(-1, *([1] * (y.dim() - 2))) if y.dim() == 4 else fill
+        return (y,)
+
+    for m in readers:
+        m.register_forward_pre_hook(hold)
+    with torch.no_grad():
+        expected, got = source(x), pruned(x)
+    assert torch.allclose(got, expected, atol=1e-4), float((got - expected).abs().max())
