@@ -11,13 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from slimserve.api.spec import Prune
 from slimserve.compression.loading import DataSet
 from slimserve.compression.recipes import REGISTRY, ModelState, RecipeContext
 from slimserve.compression.recipes.base import clone
+from slimserve.errors import InvalidInput
 
 
 class _SameConv(nn.Conv2d):
@@ -154,3 +157,122 @@ def test_prune_keeps_coupled_slices_aligned_and_folds_the_removed_mean(tmp_path:
     with torch.no_grad():
         expected, got = source(x), pruned(x)
     assert torch.allclose(got, expected, atol=1e-4), float((got - expected).abs().max())
+
+
+class _Uneven(nn.Module):
+    """Three conv layers; `mid` has 12 dead channels (BN scale 0, negative shift: ReLU outputs 0), the others none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.bn1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.mid, self.bn2 = nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.last, self.bn3 = nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.first(x)))
+        x = torch.relu(self.bn2(self.mid(x)))
+        x = torch.relu(self.bn3(self.last(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _uneven() -> _Uneven:
+    torch.manual_seed(1)
+    net = _Uneven()
+    with torch.no_grad():
+        for bn in (net.bn1, net.bn2, net.bn3):
+            nn.init.uniform_(bn.weight, 0.5, 1.5)
+            nn.init.uniform_(bn.bias, 0.0, 0.5)
+        net.bn2.weight[:12] = 0.0
+        net.bn2.bias[:12] = -1.0
+    return net.eval()
+
+
+def test_global_scope_prunes_where_importance_is_low(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    data = DataSet(tmp_path / "d.npz", {"x": rng.normal(size=(32, 3, 12, 12)).astype(np.float32)}, None)
+    source = _uneven()
+    x = torch.from_numpy(data.inputs["x"])
+
+    def run(scope: str) -> tuple[_Uneven, float, list[str]]:
+        ctx = RecipeContext(
+            variant="v", input_names=["x"], evaluation=data, work_dir=tmp_path, base_dir=tmp_path,
+            device=torch.device("cpu"), calibration=data,
+        )  # fmt: skip
+        pruned = REGISTRY["prune"](ModelState(module=clone(source)), Prune(ratio=0.25, scope=scope), ctx).module
+        assert isinstance(pruned, _Uneven)
+        with torch.no_grad():
+            error = float((pruned(x) - source(x)).pow(2).mean())
+        return pruned, error, ctx.notes
+
+    layer, layer_error, _ = run("layer")
+    assert (layer.first.out_channels, layer.mid.out_channels, layer.last.out_channels) == (12, 24, 24)
+    pruned, global_error, notes = run("global")
+    widths = (pruned.first.out_channels, pruned.mid.out_channels, pruned.last.out_channels)
+    assert sum(widths) == 80 - 20  # 25% of the 80 prunable channels (fc's outputs are the model's)
+    assert 32 - widths[1] >= 12 > 16 - widths[0]  # the dead channels went first, `first` lost least
+    assert (32 - widths[1]) / 32 > (16 - widths[0]) / 16
+    assert global_error < layer_error
+    assert "scope global" in notes[0] and "most pruned: mid" in notes[0], notes
+
+
+def test_prune_scope_spec() -> None:
+    assert Prune(ratio=0.1).scope == "layer"
+    assert Prune.model_validate({"ratio": 0.1, "scope": "global", "roundTo": 8}).scope == "global"
+    with pytest.raises(ValidationError, match="scope"):
+        Prune.model_validate({"ratio": 0.1, "scope": "globl"})
+
+
+def _ctx(tmp_path: Path, x: np.ndarray) -> RecipeContext:
+    data = DataSet(tmp_path / "d.npz", {"x": x.astype(np.float32)}, None)
+    return RecipeContext(
+        variant="v", input_names=["x"], evaluation=data, work_dir=tmp_path, base_dir=tmp_path,
+        device=torch.device("cpu"), calibration=data,
+    )  # fmt: skip
+
+
+def test_global_scope_leaves_every_layer_a_tenth(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    source = _uneven()
+    with torch.no_grad():
+        source.bn3.weight.mul_(1e-3)  # all of `last` nearly silent: the global ranking would take it whole
+    ctx = _ctx(tmp_path, np.random.default_rng(0).normal(size=(16, 3, 8, 8)))
+    pruned = REGISTRY["prune"](ModelState(module=source), Prune(ratio=0.6, scope="global"), ctx).module
+    assert isinstance(pruned, _Uneven)
+    # torch-pruning alone (max_pruning_ratio 0.9) would skip `last` whole here and remove 16 channels, not 48
+    assert pruned.last.out_channels == 4  # 90% of 32 at most (28) went
+    assert pruned.first.out_channels + pruned.mid.out_channels + pruned.last.out_channels == 80 - 48
+
+
+class _Heads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_attention_heads = 2
+        self.query, self.key, self.value = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (m(x).unflatten(-1, (2, 4)).transpose(1, 2) for m in (self.query, self.key, self.value))
+        return nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention, self.fc = _Heads(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.attention(x).mean(1))
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "names"),
+    [
+        (_Encoder, Prune(ratio=0.2, scope="global"), "prune.scope global.*attention.*prune.scope: layer"),
+        (_uneven, Prune(ratio=0.2, scope="global", method="unstructured"), "prune.scope global.*prune.scope: layer"),
+    ],
+)
+def test_global_scope_refusals(tmp_path: Path, model: type[nn.Module], params: Prune, names: str) -> None:
+    x = np.random.default_rng(0).normal(size=(4, 5, 8) if model is _Encoder else (4, 3, 8, 8))
+    with pytest.raises(InvalidInput, match=names):
+        REGISTRY["prune"](ModelState(module=model()), params, _ctx(tmp_path, x))

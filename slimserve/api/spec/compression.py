@@ -205,6 +205,11 @@ class PruneMethod(StrEnum):
     unstructured = "unstructured"
 
 
+class PruneScope(StrEnum):
+    layer = "layer"
+    global_ = "global"
+
+
 class Prune(Model):
     """Structured channel pruning with torch-pruning (or unstructured magnitude pruning)."""
 
@@ -214,6 +219,14 @@ class Prune(Model):
         description="structured removes whole channels (a smaller, faster dense model); unstructured zeroes "
         "single weights by magnitude (same file size and speed, only a gzip copy shrinks). Default structured.",
     )  # fmt: skip
+    scope: PruneScope = Field(
+        default=PruneScope.layer,
+        description="Where ratio applies (structured only). layer removes that share of channels in every layer. "
+        "global removes that share of all prunable channels, the least important across the whole network "
+        "(importance compared between layers), so layers that matter little lose more and sensitive ones less; "
+        "every layer keeps at least 10%. Default layer. Use global for higher ratios or models with uneven "
+        "layers (e.g. mobile CNNs); not for models with attention heads.",
+    )
     round_to: int | None = Field(default=None, ge=1, le=1024, description="Keep channel counts multiples of this.")
     keep_layers: list[str] = Field(default_factory=list, description="Module names never pruned.")
     head_ratio: float | None = Field(

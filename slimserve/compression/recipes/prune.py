@@ -23,7 +23,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from slimserve.api.spec import Prune
+from slimserve.api.spec import Prune, PruneScope
 from slimserve.compression.export import Bound
 from slimserve.compression.recipes.base import ModelState, RecipeContext, final_layer, layers_of, named_module
 from slimserve.errors import InvalidInput
@@ -130,9 +130,17 @@ class _OutputEnergy(tp.importance.GroupMagnitudeImportance):
     def __init__(self, stats: _Stats) -> None:
         super().__init__(p=2, group_reduction="sum", normalizer=None)
         self.stats = stats
+        self.plan: dict[tuple[object, object], torch.Tensor] | None = None  # scope global: see _plan_global
 
     @torch.no_grad()
     def __call__(self, group: Any) -> torch.Tensor | None:
+        if self.plan is not None:  # None leaves the group out of the global ranking (and whole)
+            return self.plan.get(_key(group))
+        energy = self.measured(group)
+        return energy if energy is not None else cast(torch.Tensor | None, super().__call__(group))
+
+    def measured(self, group: Any) -> torch.Tensor | None:
+        """The fed variance per root channel, or None when no measured dense layer reads the group."""
         total: torch.Tensor | None = None
         for i, (dep, idxs) in enumerate(group):
             layer = _reader(dep, self.stats)
@@ -144,7 +152,75 @@ class _OutputEnergy(tp.importance.GroupMagnitudeImportance):
             # flatten has more), each reader's channels added onto the root channel they come from.
             total = torch.zeros(len(group[0][1])) if total is None else total
             total.scatter_add_(0, torch.tensor(group[i].root_idxs, dtype=torch.long), energy[idxs].float())
-        return total if total is not None else cast(torch.Tensor | None, super().__call__(group))
+        return total
+
+
+def _key(group: Any) -> tuple[object, object]:
+    """A group's identity across DependencyGraph.get_all_groups calls: its root layer and pruning function."""
+    dep = group[0][0]
+    return dep.target.module, dep.handler
+
+
+_GLOBAL_MAX_LAYER = 0.9  # scope global: no layer loses more than this share of its channels
+
+
+@dataclass
+class _Plan:
+    removed: dict[nn.Module, float]  # out-channel share planned per layer (before roundTo)
+    channels: int  # channels ranked (groups a measured dense layer reads)
+    unmeasured: int  # groups left whole: no measured reader, so no comparable importance
+
+
+def _plan_global(pruner: Any, importance: _OutputEnergy, ratio: float) -> _Plan:
+    """Rank every channel of every prunable group by fed variance (absolute units, comparable between
+    layers: the variance the channel adds to its readers' outputs) and pick the `ratio` share of them with
+    the least, each group losing at most _GLOBAL_MAX_LAYER of its channels and keeping at least one.
+
+    torch-pruning 1.6's global ranking (one step) enforces neither limit — max_pruning_ratio is only checked
+    before the step and a group it would empty is skipped silently — so the plan is made here and handed to
+    it as scores: planned channels keep their fed variance, the others get it plus an offset above every
+    score, so its threshold removes exactly the plan (and roundTo's extra channels are the next least)."""
+    dg = pruner.DG
+    measured: list[tuple[Any, int, torch.Tensor]] = []  # group, channel groups, score per channel slot
+    unmeasured = 0
+    for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
+        if not pruner._check_pruning_ratio(group):
+            continue
+        imp = importance.measured(group)
+        if imp is None:
+            unmeasured += 1
+            continue
+        ch_groups = pruner._get_channel_groups(group)
+        measured.append((group, ch_groups, imp.double().view(ch_groups, -1).mean(0)))
+    total = sum(len(d) for _, _, d in measured)
+    # torch-pruning's own count for the scope, so its threshold falls exactly on the plan
+    target = total - int(total * (1 - ratio))
+    pool = []
+    for i, (_, _, d) in enumerate(measured):
+        cap = min(int(_GLOBAL_MAX_LAYER * len(d)), len(d) - 1)
+        values, _order = torch.sort(d)
+        pool += [(float(v), i) for v in values[:cap]]
+    if target > len(pool):
+        raise InvalidInput(
+            f"prune.ratio {ratio} with prune.scope global: at most {len(pool) / max(total, 1):.0%} of the "
+            f"{total} prunable channels can go while every layer keeps {1 - _GLOBAL_MAX_LAYER:.0%} of its own; "
+            "lower ratio"
+        )
+    counts = [0] * len(measured)
+    for _, i in sorted(pool)[:target]:
+        counts[i] += 1
+    offset = max((float(d.max()) for _, _, d in measured), default=0.0) + 1.0
+    plan: dict[tuple[object, object], torch.Tensor] = {}
+    removed: dict[nn.Module, float] = {}
+    for (group, ch_groups, d), k in zip(measured, counts, strict=True):
+        scores = d.clone()
+        scores[torch.argsort(d)[k:]] += offset
+        plan[_key(group)] = scores.repeat(ch_groups)  # torch-pruning averages the channel groups back
+        for dep, _ in group:
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                removed[dep.target.module] = k / len(d)
+    importance.plan = plan
+    return _Plan(removed, total, unmeasured)
 
 
 @torch.no_grad()
@@ -174,6 +250,12 @@ def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: l
             "pruning its channels would break the head layout. Use lowRank or quantize for this model, or give a "
             "model whose attention has separate query/key/value Linear layers and a num_attention_heads attribute"
         )
+    scope_global = params.scope == PruneScope.global_
+    if attention and scope_global:
+        raise InvalidInput(
+            f"prune.scope global: the model has attention ({len(attention)} blocks) whose heads are pruned per layer "
+            "(headRatio); global ranking would mix head and channel scores. Set prune.scope: layer for this model"
+        )
     before = sum(p.numel() for p in module.parameters())
     extra: dict[str, object] = {}
     if attention:
@@ -189,23 +271,32 @@ def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: l
     widths = {name: _width(layer) for name, layer in module.named_modules() if isinstance(layer, _LAYERS)}
     wrapped = Bound(module, ctx.input_names, ctx.by_name)
     stats, samples = _input_stats(module, ctx)
+    importance = _OutputEnergy(stats)
     pruner = tp.pruner.MetaPruner(
         wrapped,
         tuple(ctx.example()),
-        importance=_OutputEnergy(stats),
+        importance=importance,
         pruning_ratio=params.ratio,
+        global_pruning=scope_global,
         ignored_layers=ignored,
         round_to=params.round_to,
         **extra,
     )
+    plan = _plan_global(pruner, importance, params.ratio) if scope_global else None
     for group in pruner.step(interactive=True):
         _fold_mean(group, stats)
         group.prune()
     after = sum(p.numel() for p in module.parameters())
-    what = (
-        f"{params.ratio:.0%} of channels per layer, the least variance fed to the next layers on {samples} samples "
-        "(their mean folded into the next layers' bias)"
+    fed = (
+        f"the least variance fed to the next layers on {samples} samples (their mean folded into the next layers' bias)"
     )
+    if plan is None:
+        what = f"scope layer, {params.ratio:.0%} of channels per layer, {fed}"
+    else:
+        what = (
+            f"scope global, {params.ratio:.0%} of the {plan.channels} prunable channels over the whole network, {fed}; "
+            + _kept_widths(module, widths, plan)
+        )
     if attention:
         kept = []
         for a in attention:
@@ -224,26 +315,49 @@ def _structured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored: l
         )
     ctx.notes.append(f"prune: structured, {what}; params {before} → {after}")
     if params.round_to:
-        _note_rounding(module, widths, params, ctx)
+        _note_rounding(module, widths, params, ctx, plan)
 
 
 def _width(layer: nn.Module) -> int:
     return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)  # type: ignore[arg-type]
 
 
-def _note_rounding(module: nn.Module, widths: dict[str, int], params: Prune, ctx: RecipeContext) -> None:
-    """Say where roundTo removed much more than `ratio`: torch-pruning rounds the kept width *down*, so
-    a 16-channel layer at roundTo 8 keeps 8 (50%) for any ratio. Narrow layers of mobile CNNs suffer most."""
+def _kept_widths(module: nn.Module, widths: dict[str, int], plan: _Plan) -> str:
+    """Scope global: the range of kept widths over the pruned layers and the most pruned ones."""
+    shrunk = []
+    for name, layer in module.named_modules():
+        depthwise = getattr(layer, "groups", 1) > 1  # follows the layer before it: listed once
+        if name in widths and isinstance(layer, _LAYERS) and not depthwise and _width(layer) < widths[name]:
+            shrunk.append((_width(layer) / widths[name], name, widths[name], _width(layer)))
+    skipped = f"; {plan.unmeasured} group(s) no measured layer reads kept whole" if plan.unmeasured else ""
+    if not shrunk:
+        return "no layer shrank" + skipped
+    shrunk.sort()
+    most = ", ".join(f"{n} {o} → {w}" for _, n, o, w in shrunk[:3])
+    return (
+        f"{len(shrunk)} layer(s) shrank, keeping {shrunk[0][0]:.0%}-{shrunk[-1][0]:.0%} of their channels "
+        f"(each keeps at least {1 - _GLOBAL_MAX_LAYER:.0%}); most pruned: {most}{skipped}"
+    )
+
+
+def _note_rounding(
+    module: nn.Module, widths: dict[str, int], params: Prune, ctx: RecipeContext, plan: _Plan | None
+) -> None:
+    """Say where roundTo removed much more than planned (`ratio`, or the layer's share of the global plan):
+    torch-pruning rounds the kept width *down*, so a 16-channel layer at roundTo 8 keeps 8 (50%) for any
+    ratio. Narrow layers of mobile CNNs suffer most."""
     over = []
     for name, layer in module.named_modules():
         if name in widths and isinstance(layer, _LAYERS):
             old, new = widths[name], _width(layer)
-            if old and (old - new) / old > params.ratio + 0.1:
+            planned = params.ratio if plan is None else plan.removed.get(layer, 0.0)
+            if old and (old - new) / old > planned + 0.1:
                 over.append(f"{name} {old} → {new}")
     if over:
+        than = f"{params.ratio:.0%}" if plan is None else "their planned share"
         ctx.notes.append(
             f"prune: roundTo {params.round_to} rounds kept channels down, so {len(over)} layer(s) lost more than "
-            f"{params.ratio:.0%}+10 points: {', '.join(over[:4])}{' …' if len(over) > 4 else ''}; lower roundTo "
+            f"{than}+10 points: {', '.join(over[:4])}{' …' if len(over) > 4 else ''}; lower roundTo "
             "or list them in keepLayers"
         )
 
@@ -272,6 +386,11 @@ def _unstructured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored:
 
 
 def apply(state: ModelState, params: Prune, ctx: RecipeContext) -> ModelState:
+    if params.method != "structured" and params.scope == PruneScope.global_:
+        raise InvalidInput(
+            "prune.scope global ranks whole channels and needs method structured; unstructured zeroes weights "
+            "per layer. Set prune.scope: layer (or method: structured)"
+        )
     module = state.require_module("prune")
     layers_of(module, "prune", _LAYERS)
     if isinstance(module, torch.jit.ScriptModule):
