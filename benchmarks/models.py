@@ -182,6 +182,10 @@ def efficientnet(folder: Path, quick: bool) -> Path:
                         "steps": [{"quantize": {"mode": "static", "qat": {"steps": 80, "lr": 1e-5}}}],
                     },
                     {"name": "pruned-20", "steps": [{"prune": {"ratio": 0.2, "roundTo": 8}}, tune]},
+                    {
+                        "name": "pruned-20-global",
+                        "steps": [{"prune": {"ratio": 0.2, "roundTo": 8, "scope": "global"}}, tune],
+                    },
                     {"name": "low-rank", "steps": [{"lowRank": {"energy": 0.98}}, tune]},
                     {"name": "distilled", "steps": [{"distill": {"student": {"widthMultiplier": 0.5}, "epochs": 1}}]},
                 ],

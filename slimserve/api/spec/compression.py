@@ -213,7 +213,12 @@ class PruneScope(StrEnum):
 class Prune(Model):
     """Structured channel pruning with torch-pruning (or unstructured magnitude pruning)."""
 
-    ratio: float = Field(gt=0, lt=1, description="Fraction of channels (or weights) to remove.")
+    ratio: float = Field(
+        gt=0,
+        lt=1,
+        description="Fraction of channels (or weights) to remove: in every layer, or over the whole network "
+        "with scope global.",
+    )  # fmt: skip
     method: PruneMethod = Field(
         default=PruneMethod.structured,
         description="structured removes whole channels (a smaller, faster dense model); unstructured zeroes "
