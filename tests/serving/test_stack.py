@@ -304,7 +304,12 @@ def test_ctrl_c_stops_every_process(compression_output: Path, no_orphans: Path) 
                      "measure": {"latencyRuns": 10, "throughputBatch": 8, "threads": 1}},
         rollout={"candidate": "int8", "steps": [50, 100], "stepDuration": "30s", "users": 4, "spawnRate": 4},
     )  # fmt: skip
-    proc = _cli(["run", str(spec), "--out", str(no_orphans / "out")])
+    # As from a terminal: a shell without job control (CI's, `cmd &`) starts its children with SIGINT
+    # ignored, and Python keeps an inherited SIG_IGN, so the Ctrl-C below would be lost.
+    proc = _cli(
+        ["run", str(spec), "--out", str(no_orphans / "out")],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 180
     seen = ""
     assert proc.stdout is not None
