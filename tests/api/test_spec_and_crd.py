@@ -156,6 +156,16 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
         "temperature = 0",
     ),
     (
+        "global pruning unstructured",
+        edit("spec.compression.variants", step({"prune": {"ratio": 0.2, "scope": "global", "method": "unstructured"}})),
+        "needs method structured",
+    ),
+    (
+        "qat with gptq rounding",
+        edit("spec.compression.variants", step({"quantize": {"qat": {}, "weightRounding": "gptq"}})),
+        "weightRounding 'gptq'",
+    ),
+    (
         "student with both",
         edit("spec.compression.variants", step({"distill": {"student": {"widthMultiplier": 0.5, "factory": "a:b"}}})),
         "exactly one of 'widthMultiplier'",

@@ -222,6 +222,8 @@ def test_prune_scope_spec() -> None:
     assert Prune.model_validate({"ratio": 0.1, "scope": "global", "roundTo": 8}).scope == "global"
     with pytest.raises(ValidationError, match="scope"):
         Prune.model_validate({"ratio": 0.1, "scope": "globl"})
+    with pytest.raises(ValueError, match="scope global.*needs method structured.*Set scope: layer"):
+        Prune.model_validate({"ratio": 0.2, "scope": "global", "method": "unstructured"})
 
 
 def _ctx(tmp_path: Path, x: np.ndarray) -> RecipeContext:
@@ -269,7 +271,6 @@ class _Encoder(nn.Module):
     ("model", "params", "names"),
     [
         (_Encoder, Prune(ratio=0.2, scope="global"), "prune.scope global.*attention.*prune.scope: layer"),
-        (_uneven, Prune(ratio=0.2, scope="global", method="unstructured"), "prune.scope global.*prune.scope: layer"),
     ],
 )
 def test_global_scope_refusals(tmp_path: Path, model: type[nn.Module], params: Prune, names: str) -> None:

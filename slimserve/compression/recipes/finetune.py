@@ -31,5 +31,5 @@ def apply(state: ModelState, params: FineTune, ctx: RecipeContext) -> ModelState
         ctx.notes.append(
             f"fineTune: no labels; distilled from {source} ({what}), {params.epochs} epochs, lr {params.lr:g}"
         )
-    tuned = fit(module, data, loss, ctx, params.epochs, params.lr, params.batch_size, "fine-tune")
+    tuned = fit(module, data, loss, ctx, params.epochs, params.lr, params.batch_size, "fineTune")
     return replace(state, module=tuned, onnx_path=None, float_onnx=None)

@@ -386,11 +386,6 @@ def _unstructured(module: nn.Module, params: Prune, ctx: RecipeContext, ignored:
 
 
 def apply(state: ModelState, params: Prune, ctx: RecipeContext) -> ModelState:
-    if params.method != "structured" and params.scope == PruneScope.global_:
-        raise InvalidInput(
-            "prune.scope global ranks whole channels and needs method structured; unstructured zeroes weights "
-            "per layer. Set prune.scope: layer (or method: structured)"
-        )
     module = state.require_module("prune")
     layers_of(module, "prune", _LAYERS)
     if isinstance(module, torch.jit.ScriptModule):

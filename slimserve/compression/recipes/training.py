@@ -93,7 +93,6 @@ def fit(
                 best_loss, best_epoch, best_state = now, epoch, copy.deepcopy(module.state_dict())
             advance()
     module.load_state_dict(best_state)
-    label = {"fine-tune": "fineTune"}.get(label, label)  # the notes use the spec's words
     if best_epoch == 0:
         ctx.notes.append(
             f"{label}: no epoch lowered the train-set loss (eval mode) below the starting model's {start_loss:.4g}; "
